@@ -1,0 +1,224 @@
+//! Configuration: the first thing `run`, `check` and reload touch. A TOML file
+//! is read into the raw serde structs of [`raw`] (unknown keys rejected) and
+//! then validated into the typed [`Config`] below, so that nothing past this
+//! module ever sees an unchecked value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod raw;
+mod units;
+mod validate;
+
+pub use units::{parse_duration, parse_size};
+pub use validate::{ConfigError, load, parse_str};
+
+/// A validated configuration. Every value here has passed the checks in
+/// `validate`; durations and sizes are typed, names are unique, routes point
+/// at pools that exist.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file was read from (for reload and messages).
+    pub source: PathBuf,
+    /// Client-facing listeners and limits.
+    pub proxy: ProxySettings,
+    /// The operator's listener.
+    pub admin: AdminSettings,
+    /// Routes in file order (matching order is decided by the routing table).
+    pub routes: Vec<RouteConfig>,
+    /// Pools in name order (`BTreeMap` order of the file), each with its stamps.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Plaintext listeners (HTTP/1.1 and h2c prior knowledge on one port).
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners (ALPN h2, http/1.1).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Requests with a larger body are answered 413.
+    pub max_request_body: u64,
+    /// A client must send the complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this time.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM before exit.
+    pub shutdown_grace: Duration,
+    /// `[[proxy.certificates]]`: the first is the default certificate.
+    pub certificates: Vec<CertificateConfig>,
+    /// Add `x-stampgate-stamp` to responses (naming the serving stamp).
+    pub stamp_header: bool,
+}
+
+/// One `[[proxy.certificates]]` entry, already loaded from disk and checked
+/// to be PEM.
+#[derive(Debug, Clone)]
+pub struct CertificateConfig {
+    /// SNI names this certificate answers for (exact, or `*.example.com`).
+    pub server_names: Vec<String>,
+    /// Path of the certificate chain (for messages).
+    pub cert_path: PathBuf,
+    /// Path of the private key (for messages).
+    pub key_path: PathBuf,
+    /// The certificate chain, DER, leaf first.
+    pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The private key, DER.
+    pub key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Admin listener address (default `127.0.0.1:9901`).
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// Where operator decisions are persisted.
+    pub state_file: Option<PathBuf>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Route name (unique), used in logs and metrics.
+    pub name: String,
+    /// Host patterns: exact names (lower-cased, no port) or `*` for any.
+    pub hosts: Vec<String>,
+    /// Path prefix; the longest matching prefix wins.
+    pub path_prefix: String,
+    /// Name of the pool (exists in `Config::pools`).
+    pub pool: String,
+    /// Time limit for the whole request until response headers (504).
+    pub timeout: Duration,
+    /// Retry settings.
+    pub retry: RetryConfig,
+}
+
+/// `retry = { attempts, budget_percent, per_try_timeout, replay_limit }`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries including the first (1 = no retry).
+    pub attempts: u32,
+    /// Retries allowed as a share of recent requests (percent).
+    pub budget_percent: u32,
+    /// Time limit for one try until response headers.
+    pub per_try_timeout: Duration,
+    /// Request bodies up to this size are kept for replay; larger ones are
+    /// never retried.
+    pub replay_limit: u64,
+}
+
+/// Routing method of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Lowest priority number with a usable stamp takes all traffic.
+    Priority,
+    /// Active-active by effective weight.
+    Weighted,
+    /// Stamps within `latency_sensitivity` of the fastest share traffic.
+    Latency,
+}
+
+/// What to do when no stamp of a pool is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllUnhealthy {
+    /// Send traffic to every enabled stamp anyway.
+    FailOpen,
+    /// Answer 503 with `Retry-After`.
+    FailClosed,
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Pool name (the TOML key).
+    pub name: String,
+    /// Routing method.
+    pub method: Method,
+    /// Latency method: stamps within this of the fastest share traffic.
+    pub latency_sensitivity: Duration,
+    /// Behaviour when every stamp is unusable.
+    pub all_unhealthy: AllUnhealthy,
+    /// Ramp-up window of a recovered stamp (zero: none).
+    pub slow_start: Duration,
+    /// TLS to stamps.
+    pub upstream_tls: bool,
+    /// Extra trust anchors for upstream TLS (PEM), instead of system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Speak HTTP/2 to stamps (prior knowledge, or ALPN with TLS).
+    pub upstream_http2: bool,
+    /// `Host` header sent to stamps; `None` keeps the client's.
+    pub host_header: Option<String>,
+    /// Upstream TCP connect time limit.
+    pub connect_timeout: Duration,
+    /// Active health probe.
+    pub probe: ProbeConfig,
+    /// Passive health (outlier detection).
+    pub outlier: OutlierConfig,
+    /// Stamps in file order (at least one).
+    pub stamps: Vec<StampConfig>,
+}
+
+/// `[pools.NAME.probe]`
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Path probed on every stamp.
+    pub path: String,
+    /// `GET` or `HEAD`.
+    pub method: http::Method,
+    /// Probe over HTTPS (defaults to the pool's `upstream_tls`).
+    pub https: bool,
+    /// Time between probes of a healthy stamp.
+    pub interval: Duration,
+    /// Time between probes of an unhealthy stamp (faster, to notice recovery).
+    pub unhealthy_interval: Duration,
+    /// Probe time limit (< interval).
+    pub timeout: Duration,
+    /// Sliding window length.
+    pub sample_size: u32,
+    /// Successes within the window needed to be healthy (<= sample_size).
+    pub successful_samples_required: u32,
+    /// Accepted status ranges, inclusive.
+    pub expect_status: Vec<(u16, u16)>,
+    /// Optional substring the body must contain.
+    pub expect_body: Option<String>,
+    /// Extra request headers.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `Host` header for probes (default: the stamp address).
+    pub host: Option<String>,
+}
+
+/// `[pools.NAME.outlier]`
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    /// Consecutive gateway failures that eject a stamp.
+    pub consecutive_failures: u32,
+    /// Ejection time, multiplied by the number of ejections (capped).
+    pub base_ejection: Duration,
+    /// Upper bound of an ejection.
+    pub max_ejection: Duration,
+    /// Never eject more than this share of a pool at once.
+    pub max_ejected_percent: u32,
+}
+
+/// One `[[pools.NAME.stamps]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampConfig {
+    /// Stamp name, unique across the whole config.
+    pub name: String,
+    /// Region label.
+    pub region: String,
+    /// `host:port` as written; `host` may be an IP or a DNS name.
+    pub address: String,
+    /// Host part of `address` (no brackets for IPv6).
+    pub host: String,
+    /// Port part of `address`.
+    pub port: u16,
+    /// Configured weight, 1..=1000 (0 is allowed: configured out).
+    pub weight: u32,
+    /// Priority tier (lower is preferred), 1..=255.
+    pub priority: u32,
+}
