@@ -1,1 +1,33 @@
-//! stampgate
+//! # stampgate
+//!
+//! A global traffic manager and failover proxy for workloads deployed as
+//! identical regional **stamps**. One process terminates client HTTP/1.1,
+//! HTTP/2 and TLS, picks a stamp from a lock-free routing snapshot, and
+//! forwards the request.
+//!
+//! ```text
+//!  client ──▶ proxy::server (accept, TLS, hyper conn)
+//!               │
+//!               ▼
+//!           proxy::forward::Gateway::handle
+//!               │  table = routing.load()            (one ArcSwap load)
+//!               │  route = table.route(host, path)   (routing)
+//!               │  stamp = pool.selector.pick(..)    (routing::selector)
+//!               │  headers::prepare_request
+//!               ▼
+//!           proxy::upstream::Upstream::send ──▶ stamp
+//!               │  outcome ──▶ StampStats atomics
+//!               ▼
+//!           response streamed back (proxy::body)
+//! ```
+//!
+//! Module map: [`config`] (two-stage TOML), [`routing`] (the snapshot and
+//! selectors), [`proxy`] (the data plane), [`stamp`] (the simulated regional
+//! stamp), [`error`] (typed request-path errors), [`demo`].
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod proxy;
+pub mod routing;
+pub mod stamp;

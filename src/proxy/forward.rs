@@ -1,0 +1,281 @@
+//! The request handler: one routing-table load, route match, stamp pick,
+//! header rewrite, forward on a pooled connection, classify the outcome into
+//! the stamp's counters, stream the response back. Errors become responses
+//! in [`error_response`] and nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{ResponseBody, UpstreamBody};
+use super::headers::{self, ClientSide, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP};
+use crate::error::{Blame, ProxyError};
+use crate::routing::{RoutingTable, StampStats, Tried, host_without_port};
+
+/// Seconds a fail-closed pool asks clients to wait before trying again:
+/// about one probe interval, after which a recovered stamp is back.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// Everything the request path shares, read-only apart from atomics.
+/// Locks: none. The routing table is swapped by the controller only.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The current routing table.
+    pub routing: Arc<ArcSwap<RoutingTable>>,
+    /// `proxy.max_request_body`.
+    pub max_request_body: u64,
+    /// Whether responses name the serving stamp.
+    pub stamp_header: bool,
+}
+
+/// Activity of one client connection, for the idle timeout: a connection
+/// is idle when no request is in flight (including streaming bodies) and
+/// none ended for `idle_timeout`.
+#[derive(Debug)]
+pub struct ConnActivity {
+    in_flight: AtomicU32,
+    last_active_ms: AtomicU64,
+    born: Instant,
+}
+
+impl ConnActivity {
+    /// A fresh connection, active now.
+    pub fn new() -> ConnActivity {
+        ConnActivity {
+            in_flight: AtomicU32::new(0),
+            last_active_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle if nothing happens, or `None` while
+    /// a request is in flight.
+    pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        Some(self.born + std::time::Duration::from_millis(last) + idle)
+    }
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        ConnActivity::new()
+    }
+}
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address.
+    pub remote: SocketAddr,
+    /// TLS listener?
+    pub tls: bool,
+    /// Shared with the connection task for the idle timeout.
+    pub activity: Arc<ConnActivity>,
+}
+
+/// Held while a request is in flight, until its response body is done or
+/// dropped; counts for the connection's idle timer and the stamp's
+/// in-flight gauge (drains wait on it).
+#[derive(Debug)]
+pub struct InFlight {
+    conn: Arc<ConnActivity>,
+    stamp: Option<Arc<StampStats>>,
+}
+
+impl InFlight {
+    fn begin(conn: &Arc<ConnActivity>) -> InFlight {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            conn: conn.clone(),
+            stamp: None,
+        }
+    }
+
+    fn at_stamp(&mut self, stats: &Arc<StampStats>) {
+        if let Some(prev) = self.stamp.replace(stats.clone()) {
+            prev.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(stamp) = &self.stamp {
+            stamp.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.conn.touch();
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gateway {
+    /// Serve one client request.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let guard = InFlight::begin(&conn.activity);
+        let client_id = req.headers().get(&X_REQUEST_ID).cloned();
+        match self.forward(req, conn, guard).await {
+            Ok(resp) => resp,
+            Err((err, id)) => {
+                let id = id.or(client_id).unwrap_or_else(headers::new_request_id);
+                match err.blame() {
+                    Blame::Stamp | Blame::Proxy => tracing::debug!(error = %err, "request failed"),
+                    Blame::Client => tracing::trace!(error = %err, "request refused"),
+                }
+                error_response(&err, &id)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        mut guard: InFlight,
+    ) -> Result<Response<ResponseBody>, (ProxyError, Option<HeaderValue>)> {
+        let table = self.routing.load_full();
+        let (mut parts, body) = req.into_parts();
+
+        let host = client_host(&parts);
+        let host_name = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(host_without_port);
+        let route = table
+            .route(host_name, parts.uri.path())
+            .ok_or((ProxyError::NoRoute, None))?;
+        let pool = &table.pools[route.pool];
+
+        if content_length(&parts.headers).is_some_and(|len| len > self.max_request_body) {
+            let limit = self.max_request_body;
+            return Err((ProxyError::BodyTooLarge { limit }, None));
+        }
+
+        let client = ClientSide {
+            ip: conn.remote.ip(),
+            tls: conn.tls,
+            version: parts.version,
+            host: host.as_ref(),
+        };
+        let request_id = headers::prepare_request(&mut parts.headers, &client, pool.host_header.as_ref());
+        let fail = |e: ProxyError| (e, Some(request_id.clone()));
+
+        let idx = pool
+            .selector
+            .pick(&pool.stamps, &Tried::default())
+            .ok_or_else(|| fail(ProxyError::NoHealthyStamp { pool: pool.name.to_string() }))?;
+        let stamp = &pool.stamps[idx];
+
+        parts.uri = upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
+        parts.version = pool.upstream.version();
+        let upstream_req =
+            Request::from_parts(parts, UpstreamBody::streaming(body, self.max_request_body));
+
+        guard.at_stamp(&stamp.stats);
+        let sent = tokio::time::timeout(route.timeout, pool.upstream.send(&stamp.name, upstream_req)).await;
+        let resp = match sent {
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+                stamp: stamp.name.to_string(),
+                timeout: route.timeout,
+            }),
+            Ok(result) => result,
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.blame() == Blame::Stamp {
+                    stamp.stats.record(true);
+                }
+                return Err(fail(e));
+            }
+        };
+        stamp.stats.record(is_gateway_failure(resp.status()));
+
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::prepare_response(&mut rparts.headers, &request_id);
+        if self.stamp_header {
+            rparts.headers.insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
+        }
+        Ok(Response::from_parts(
+            rparts,
+            ResponseBody::Upstream {
+                inner: rbody,
+                guard,
+            },
+        ))
+    }
+}
+
+/// 502/503/504 from a stamp mean it (or something in front of it) could not
+/// serve: a gateway failure for passive health, unlike a 500 from the app.
+pub fn is_gateway_failure(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// The host the client asked for: the Host header (HTTP/1.1) or the URI
+/// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
+fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn upstream_uri(scheme: &http::uri::Scheme, authority: &http::uri::Authority, original: &Uri) -> Uri {
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .expect("scheme, authority and path are each valid")
+}
+
+/// The one place a [`ProxyError`] becomes a response: status from the
+/// error, a short JSON body, the cause in `x-stampgate-error`.
+pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": err.code(),
+        "message": err.to_string(),
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    let mut resp = Response::new(ResponseBody::local(body.to_string()));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_STAMPGATE_ERROR.clone(), HeaderValue::from_static(err.code()));
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if matches!(err, ProxyError::NoHealthyStamp { .. }) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+    resp
+}

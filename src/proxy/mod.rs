@@ -1,0 +1,166 @@
+//! The data plane: listeners, TLS, the request handler, upstream connection
+//! pools and the header rules. [`start`] binds everything and returns a
+//! [`ProxyHandle`]; the request path itself lives in [`forward`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::routing::{RoutingTable, StampInput};
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use forward::Gateway;
+use server::{Acceptor, ConnLimits};
+use upstream::{Upstream, UpstreamSetupError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS listener configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// A pool's upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    /// Bound plaintext listener addresses (port 0 resolved).
+    pub listen: Vec<SocketAddr>,
+    /// Bound TLS listener addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The routing table the request path reads.
+    pub routing: Arc<ArcSwap<RoutingTable>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Every in-flight request finished within the grace period.
+    Drained,
+    /// The grace period ran out; remaining connections were dropped.
+    GraceExpired,
+}
+
+impl ProxyHandle {
+    /// Stop accepting, let in-flight requests finish within the grace
+    /// period, then return.
+    pub async fn shutdown(self) -> ShutdownOutcome {
+        self.shutdown.cancel();
+        self.tracker.close();
+        match tokio::time::timeout(self.grace, self.tracker.wait()).await {
+            Ok(()) => ShutdownOutcome::Drained,
+            Err(_) => ShutdownOutcome::GraceExpired,
+        }
+    }
+}
+
+/// Bind the listeners and start serving `config`.
+pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
+    let mut upstreams = Vec::with_capacity(config.pools.len());
+    for pool in &config.pools {
+        upstreams.push((pool.name.clone(), Arc::new(Upstream::new(pool)?)));
+    }
+    let table = RoutingTable::build(
+        config,
+        1,
+        |pool| {
+            upstreams
+                .iter()
+                .find(|(name, _)| *name == pool.name)
+                .map(|(_, u)| u.clone())
+                .expect("an upstream per pool")
+        },
+        |_, stamp| StampInput {
+            effective_weight: stamp.weight,
+            admin_enabled: true,
+            rtt: None,
+            stats: Arc::default(),
+        },
+    );
+    let routing = Arc::new(ArcSwap::from_pointee(table));
+
+    let tls = if config.proxy.tls_listen.is_empty() {
+        None
+    } else {
+        Some(TlsAcceptor::from(tls::server_config(&config.proxy.certificates)?))
+    };
+
+    let limits = ConnLimits {
+        header_read_timeout: config.proxy.header_read_timeout,
+        idle_timeout: config.proxy.idle_timeout,
+    };
+    let acceptor = Acceptor {
+        gateway: Arc::new(Gateway {
+            routing: routing.clone(),
+            max_request_body: config.proxy.max_request_body,
+            stamp_header: config.proxy.stamp_header,
+        }),
+        limits,
+        http: Arc::new(server::http_builder(limits)),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+
+    let plain = bind_all(&config.proxy.listen).await?;
+    let secure = bind_all(&config.proxy.tls_listen).await?;
+    let listen = local_addrs(&plain);
+    let tls_listen = local_addrs(&secure);
+    for l in plain {
+        acceptor.tracker.spawn(acceptor.clone().run(l, None));
+    }
+    for l in secure {
+        acceptor.tracker.spawn(acceptor.clone().run(l, tls.clone()));
+    }
+    tracing::info!(?listen, ?tls_listen, "proxy listening");
+    Ok(ProxyHandle {
+        listen,
+        tls_listen,
+        routing,
+        shutdown: acceptor.shutdown,
+        tracker: acceptor.tracker,
+        grace: config.proxy.shutdown_grace,
+    })
+}
+
+async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+}

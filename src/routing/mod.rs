@@ -1,0 +1,364 @@
+//! The routing table: the one immutable snapshot that the request path reads
+//! (with a single `ArcSwap::load`) to map a request to a route, a pool and
+//! a stamp. Only the controller builds tables; see [`RoutingTable::build`].
+//!
+//! A newcomer looking for "which stamp gets this request" wants
+//! [`RoutingTable::route`] and then [`selector::Selector::pick`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::config::{AllUnhealthy, Config, Method, PoolConfig, RetryConfig, StampConfig};
+use crate::proxy::upstream::Upstream;
+
+pub mod selector;
+
+pub use selector::{Selector, Tier, Tried};
+
+/// Per-stamp counters written by the request path with relaxed atomics and
+/// read by the controller, status and metrics. One instance per stamp name
+/// lives as long as the stamp is configured, across table generations.
+#[derive(Debug, Default)]
+pub struct StampStats {
+    /// Requests currently being served by the stamp (headers or body).
+    pub in_flight: AtomicU64,
+    /// Requests sent to the stamp since start.
+    pub requests: AtomicU64,
+    /// Requests that failed at the stamp (connect, reset, timeout, 5xx gateway).
+    pub failures: AtomicU64,
+    /// Gateway failures in a row; reset by any success (passive health).
+    pub consecutive_failures: AtomicU32,
+}
+
+impl StampStats {
+    /// Record a finished try. Returns the consecutive-failure count after it.
+    pub fn record(&self, failed: bool) -> u32 {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            // Avoid a write (and cache-line traffic) when already zero.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            0
+        }
+    }
+}
+
+/// What the controller knows about a stamp when it builds a table.
+#[derive(Debug, Clone)]
+pub struct StampInput {
+    /// configured weight × health factor × slow-start ramp × admin state;
+    /// zero means "no new requests".
+    pub effective_weight: u32,
+    /// The operator allows traffic (not draining, not disabled): fail-open
+    /// may use the stamp even when it is unhealthy.
+    pub admin_enabled: bool,
+    /// Smoothed probe round-trip time, when known (latency method).
+    pub rtt: Option<Duration>,
+    /// The stamp's counters, carried over from earlier tables.
+    pub stats: Arc<StampStats>,
+}
+
+/// One stamp as the request path sees it.
+#[derive(Debug, Clone)]
+pub struct StampView {
+    /// Stamp name.
+    pub name: Arc<str>,
+    /// The name as a header value, made once per table (`x-stampgate-stamp`).
+    pub name_header: http::HeaderValue,
+    /// Region label.
+    pub region: Arc<str>,
+    /// Small integer per distinct region of the pool (retries avoid regions
+    /// already tried without comparing strings).
+    pub region_id: u16,
+    /// `host:port` to connect to.
+    pub authority: Authority,
+    /// Weight from the config.
+    pub configured_weight: u32,
+    /// Weight this table gives it.
+    pub effective_weight: u32,
+    /// Priority tier from the config.
+    pub priority: u32,
+    /// Shared counters.
+    pub stats: Arc<StampStats>,
+}
+
+/// One pool with its ready-made selector.
+#[derive(Debug)]
+pub struct PoolView {
+    /// Pool name.
+    pub name: Arc<str>,
+    /// Routing method.
+    pub method: Method,
+    /// Stamps in config order (selector indices point here).
+    pub stamps: Vec<StampView>,
+    /// Who gets the next request.
+    pub selector: Selector,
+    /// What happens when nothing is usable.
+    pub all_unhealthy: AllUnhealthy,
+    /// True when no stamp was usable and fail-open put them all back.
+    pub failing_open: bool,
+    /// `Host` to send upstream instead of the client's.
+    pub host_header: Option<http::HeaderValue>,
+    /// Connection pools to the stamps; shared across tables so a publish
+    /// never drops warm connections.
+    pub upstream: Arc<Upstream>,
+}
+
+/// One route, precompiled for matching.
+#[derive(Debug)]
+pub struct RouteEntry {
+    /// Route name.
+    pub name: Arc<str>,
+    /// Exact host names (lower case); empty matches any host.
+    hosts: Box<[Box<str>]>,
+    /// Path prefix.
+    pub path_prefix: Box<str>,
+    /// Index into [`RoutingTable::pools`].
+    pub pool: usize,
+    /// Whole-request limit until response headers.
+    pub timeout: Duration,
+    /// Retry settings.
+    pub retry: RetryConfig,
+}
+
+impl RouteEntry {
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        path.starts_with(&*self.path_prefix)
+            && (self.hosts.is_empty()
+                || host.is_some_and(|h| self.hosts.iter().any(|e| e.eq_ignore_ascii_case(h))))
+    }
+}
+
+/// The immutable snapshot: routes, pools, selectors.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Bumps on every publish; shown in status.
+    pub generation: u64,
+    /// Routes ordered for first-match: routes naming hosts before catch-all
+    /// ones, longest prefix first within each group.
+    routes: Vec<RouteEntry>,
+    /// Pools, indexed by [`RouteEntry::pool`].
+    pub pools: Vec<PoolView>,
+}
+
+impl RoutingTable {
+    /// Build a table from the config and the controller's view of each stamp.
+    ///
+    /// `upstream` supplies the connection pool of each pool (the controller
+    /// keeps them across tables); `input` the state of each stamp.
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        mut upstream: impl FnMut(&PoolConfig) -> Arc<Upstream>,
+        mut input: impl FnMut(&PoolConfig, &StampConfig) -> StampInput,
+    ) -> RoutingTable {
+        let pools: Vec<PoolView> = config
+            .pools
+            .iter()
+            .map(|p| {
+                let inputs: Vec<StampInput> = p.stamps.iter().map(|s| input(p, s)).collect();
+                build_pool(p, inputs, upstream(p))
+            })
+            .collect();
+        let mut routes: Vec<RouteEntry> = config
+            .routes
+            .iter()
+            .map(|r| RouteEntry {
+                name: r.name.as_str().into(),
+                hosts: r
+                    .hosts
+                    .iter()
+                    .filter(|h| h.as_str() != "*")
+                    .map(|h| h.to_ascii_lowercase().into_boxed_str())
+                    .collect(),
+                path_prefix: r.path_prefix.as_str().into(),
+                pool: config
+                    .pools
+                    .iter()
+                    .position(|p| p.name == r.pool)
+                    .expect("validated config: route pools exist"),
+                timeout: r.timeout,
+                retry: r.retry.clone(),
+            })
+            .collect();
+        // Stable sort keeps file order among equals, so the first of two
+        // identical routes wins, as the operator would read it.
+        routes.sort_by_key(|r| (r.hosts.is_empty(), std::cmp::Reverse(r.path_prefix.len())));
+        RoutingTable {
+            generation,
+            routes,
+            pools,
+        }
+    }
+
+    /// The route for a request: a route naming the host beats a catch-all
+    /// one, then the longest path prefix wins. `host` is without port.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// Routes in match order.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&PoolView> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream>) -> PoolView {
+    let mut regions: Vec<&str> = Vec::new();
+    let stamps: Vec<StampView> = pool
+        .stamps
+        .iter()
+        .zip(&inputs)
+        .map(|(s, i)| StampView {
+            name: s.name.as_str().into(),
+            name_header: http::HeaderValue::from_str(&s.name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-name")),
+            region: s.region.as_str().into(),
+            region_id: region_id(&mut regions, &s.region),
+            authority: authority_of(s),
+            configured_weight: s.weight,
+            effective_weight: i.effective_weight,
+            priority: s.priority,
+            stats: i.stats.clone(),
+        })
+        .collect();
+    let usable = |i: &usize| inputs[*i].effective_weight > 0;
+    let weighted = |i: usize| (i, inputs[i].effective_weight);
+    let mut failing_open = false;
+    let tiers: Vec<Tier> = if !(0..stamps.len()).any(|i| usable(&i)) {
+        match pool.all_unhealthy {
+            AllUnhealthy::FailClosed => Vec::new(),
+            AllUnhealthy::FailOpen => {
+                failing_open = true;
+                let enabled = (0..stamps.len()).filter(|&i| inputs[i].admin_enabled);
+                vec![Tier::new(enabled.map(|i| (i, stamps[i].configured_weight)))]
+            }
+        }
+    } else {
+        match pool.method {
+            Method::Weighted => vec![Tier::new((0..stamps.len()).filter(usable).map(weighted))],
+            Method::Priority => {
+                let mut prios: Vec<u32> = pool.stamps.iter().map(|s| s.priority).collect();
+                prios.sort_unstable();
+                prios.dedup();
+                prios
+                    .into_iter()
+                    .map(|p| {
+                        let members = (0..stamps.len()).filter(usable);
+                        Tier::new(members.filter(|&i| stamps[i].priority == p).map(weighted))
+                    })
+                    .collect()
+            }
+            Method::Latency => {
+                let fastest = (0..stamps.len())
+                    .filter(usable)
+                    .filter_map(|i| inputs[i].rtt)
+                    .min();
+                let near = |i: usize| match (fastest, inputs[i].rtt) {
+                    (Some(f), Some(rtt)) => rtt <= f + pool.latency_sensitivity,
+                    // Not measured yet: give it traffic rather than guess it slow.
+                    _ => true,
+                };
+                let fast = (0..stamps.len()).filter(usable).filter(|&i| near(i));
+                let slow = (0..stamps.len()).filter(usable).filter(|&i| !near(i));
+                vec![Tier::new(fast.map(weighted)), Tier::new(slow.map(weighted))]
+            }
+        }
+    };
+    PoolView {
+        name: pool.name.as_str().into(),
+        method: pool.method,
+        stamps,
+        selector: Selector::new(tiers),
+        all_unhealthy: pool.all_unhealthy,
+        failing_open,
+        host_header: pool
+            .host_header
+            .as_deref()
+            .and_then(|h| http::HeaderValue::from_str(h).ok()),
+        upstream,
+    }
+}
+
+fn region_id<'a>(regions: &mut Vec<&'a str>, region: &'a str) -> u16 {
+    let pos = regions.iter().position(|r| *r == region).unwrap_or_else(|| {
+        regions.push(region);
+        regions.len() - 1
+    });
+    u16::try_from(pos).expect("fewer than 65536 regions")
+}
+
+/// The authority to connect to; IPv6 hosts get their brackets back.
+pub fn authority_of(stamp: &StampConfig) -> Authority {
+    let text = if stamp.host.contains(':') {
+        format!("[{}]:{}", stamp.host, stamp.port)
+    } else {
+        format!("{}:{}", stamp.host, stamp.port)
+    };
+    text.parse()
+        .expect("validated config: stamp addresses are valid authorities")
+}
+
+/// Host part of a `Host` header or URI authority: port stripped, IPv6
+/// brackets kept off, a trailing dot removed.
+pub fn host_without_port(authority: &str) -> &str {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Stamp views with the given names and region ids, for selector tests.
+    pub(crate) fn stamp_views(spec: &[(&str, u16)]) -> Vec<StampView> {
+        spec.iter()
+            .map(|&(name, region_id)| StampView {
+                name: name.into(),
+                name_header: http::HeaderValue::from_static("x"),
+                region: format!("r{region_id}").into(),
+                region_id,
+                authority: "127.0.0.1:1".parse().unwrap(),
+                configured_weight: 100,
+                effective_weight: 100,
+                priority: 1,
+                stats: Arc::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_is_stripped_of_port_and_brackets() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("example.com."), "example.com");
+        assert_eq!(host_without_port("[::1]:443"), "::1");
+        assert_eq!(host_without_port("[::1]"), "::1");
+    }
+
+    #[test]
+    fn stats_count_consecutive_failures_until_a_success() {
+        let s = StampStats::default();
+        assert_eq!(s.record(true), 1);
+        assert_eq!(s.record(true), 2);
+        assert_eq!(s.record(false), 0);
+        assert_eq!(s.requests.load(Ordering::Relaxed), 3);
+        assert_eq!(s.failures.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,229 @@
+//! Test support: simulated stamps on port 0, a proxy-under-test built from a
+//! TOML snippet, and small HTTP clients (HTTP/1.1, h2c, TLS).
+#![allow(dead_code, missing_docs)] // each test binary uses a different part
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stampgate::config::{self, Config};
+use stampgate::proxy::{self, ProxyHandle};
+use stampgate::stamp::{Stamp, StampOptions};
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type HttpClient = Client<HttpConnector, TestBody>;
+
+/// Start a simulated stamp on port 0.
+pub async fn stamp(name: &str, region: &str) -> Stamp {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Stamp::start(StampOptions {
+        name: name.into(),
+        region: region.into(),
+        listen: any,
+        control: any,
+    })
+    .await
+    .expect("stamp starts")
+}
+
+/// Pieces of a test config; every listener binds port 0.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Extra lines in `[proxy]`.
+    pub proxy: String,
+    /// Extra lines in the route (`path_prefix = "/"`, pool `p`).
+    pub route: String,
+    /// Extra lines in `[pools.p]`.
+    pub pool: String,
+    /// `(name, region, address)`, in pool `p`.
+    pub stamps: Vec<(String, String, String)>,
+    /// Whole extra TOML appended at the end.
+    pub extra: String,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Setup {
+            proxy: String::new(),
+            route: String::new(),
+            pool: String::new(),
+            stamps: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn stamp(mut self, s: &Stamp) -> Setup {
+        self.stamps
+            .push((s.name().into(), s.region().into(), s.addr().to_string()));
+        self
+    }
+
+    pub fn address(mut self, name: &str, region: &str, addr: &str) -> Setup {
+        self.stamps.push((name.into(), region.into(), addr.into()));
+        self
+    }
+
+    pub fn proxy(mut self, lines: &str) -> Setup {
+        self.proxy.push_str(lines);
+        self.proxy.push('\n');
+        self
+    }
+
+    pub fn route(mut self, lines: &str) -> Setup {
+        self.route.push_str(lines);
+        self.route.push('\n');
+        self
+    }
+
+    pub fn pool(mut self, lines: &str) -> Setup {
+        self.pool.push_str(lines);
+        self.pool.push('\n');
+        self
+    }
+
+    pub fn extra(mut self, text: &str) -> Setup {
+        self.extra.push_str(text);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut t = format!(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[routes]]\nname = \"main\"\npath_prefix = \"/catalogservice/\"\npool = \"p\"\n{}\n\
+             [pools.p]\n{}\n",
+            self.proxy, self.route, self.pool
+        );
+        for (name, region, addr) in &self.stamps {
+            t.push_str(&format!(
+                "[[pools.p.stamps]]\nname = \"{name}\"\nregion = \"{region}\"\naddress = \"{addr}\"\n\n"
+            ));
+        }
+        t.push_str(&self.extra);
+        t
+    }
+
+    pub fn config(&self) -> Config {
+        let text = self.toml();
+        config::parse_str(&text, Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config is valid: {e}\n{text}"))
+    }
+
+    pub async fn start(&self) -> Proxy {
+        let config = self.config();
+        let handle = proxy::start(&config).await.expect("proxy starts");
+        Proxy { handle, config }
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup::new()
+    }
+}
+
+/// A proxy under test.
+pub struct Proxy {
+    pub handle: ProxyHandle,
+    pub config: Config,
+}
+
+impl Proxy {
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.listen[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+}
+
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> TestBody {
+    full(Bytes::new())
+}
+
+/// A response with its body read to the end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub version: http::Version,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("JSON body ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(client: &HttpClient, req: http::Request<TestBody>) -> Answer {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("response within 30 s")
+        .expect("request succeeds");
+    read(resp).await
+}
+
+pub async fn read<B>(resp: http::Response<B>) -> Answer
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        version: parts.version,
+        body,
+    }
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Answer {
+    let req = http::Request::get(url).body(empty()).unwrap();
+    send(client, req).await
+}
+
+/// Resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS line")
+}
