@@ -8,10 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod defaults;
 pub mod raw;
+mod summary;
 mod units;
 mod validate;
 
+pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub use validate::{ConfigError, load, parse_str};
 

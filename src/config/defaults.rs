@@ -1,0 +1,134 @@
+//! Default values of every optional config key, each with the reason for
+//! its value. `validate` fills them in; `config/stampgate.toml` documents them.
+
+use std::time::Duration;
+
+// ---- [proxy] -------------------------------------------------------------
+
+/// Loopback, so that a config without `[proxy]` never exposes a port by
+/// surprise; production configs name their public address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Large enough for API payloads, small enough that a client cannot tie up
+/// memory with a huge upload (nginx's 1 MiB default breaks too many APIs).
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 * 1024 * 1024;
+/// Slowloris guard: a real client sends its request head in milliseconds.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than typical client keep-alive pools (Go's default is 90 s idle,
+/// but most browsers and SDKs reuse within a minute), short enough to shed
+/// abandoned connections.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lets in-flight API calls finish on SIGTERM while staying well inside a
+/// container orchestrator's usual 30 s kill deadline.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// On: seeing which stamp served a response is the first thing an operator
+/// needs during a failover, and the header reveals nothing sensitive.
+pub const DEFAULT_STAMP_HEADER: bool = true;
+
+// ---- [admin] -------------------------------------------------------------
+
+/// Loopback only: the admin API can drain regions, so it must be exposed on
+/// purpose, never by default (Envoy's admin port convention, 9901).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+// ---- [[routes]] ----------------------------------------------------------
+
+/// Any host: most deployments front one application.
+pub const DEFAULT_ROUTE_HOST: &str = "*";
+/// Everything: a route without a prefix catches all paths.
+pub const DEFAULT_PATH_PREFIX: &str = "/";
+/// Matches common gateway limits (Front Door's origin response timeout is
+/// 30 s by default), so stampgate is not the first hop to give up.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// One retry: enough to hide a single dead stamp from the client, without
+/// multiplying load when a whole region is slow.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// Envoy's and tower's retry budget: retries may add at most a fifth of the
+/// recent request rate, so a dying region cannot cause a retry storm.
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+/// A try that has not produced headers in 5 s is usually stuck on a dead
+/// stamp; moving on leaves time for the retry within the route timeout.
+/// Capped at the route timeout when that is shorter.
+pub const DEFAULT_PER_TRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bodies up to 64 KiB are buffered for replay: covers typical JSON posts,
+/// while larger uploads stream through and are simply not retried.
+pub const DEFAULT_REPLAY_LIMIT: u64 = 64 * 1024;
+
+// ---- [pools.NAME] --------------------------------------------------------
+
+/// Active-active by weight: the mission-critical reference runs every
+/// stamp live, and it needs no latency data to start.
+pub const DEFAULT_METHOD: &str = "weighted";
+/// Stamps within 50 ms of the fastest share traffic: one region's jitter,
+/// not the distance between continents (Front Door's 0 ms default sends
+/// everything to one region; its reference setting of 1 s spreads globally).
+pub const DEFAULT_LATENCY_SENSITIVITY: Duration = Duration::from_millis(50);
+/// Fail open: if every probe fails at once, the probes (or the network to
+/// them) are more likely broken than every region; serving beats a 503.
+pub const DEFAULT_ALL_UNHEALTHY: &str = "fail-open";
+/// A recovered stamp ramps up over 30 s, long enough to warm caches and
+/// connection pools, short enough to relieve the other regions quickly.
+pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(30);
+/// Stamps usually sit on a private network behind the proxy.
+pub const DEFAULT_UPSTREAM_TLS: bool = false;
+/// HTTP/1.1 works with every backend; HTTP/2 is opt-in.
+pub const DEFAULT_UPSTREAM_HTTP2: bool = false;
+/// A TCP connect in one cloud region takes milliseconds; after 1 s the stamp
+/// is down or drowning and the retry should go elsewhere.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+// ---- [pools.NAME.probe] --------------------------------------------------
+
+/// The health endpoint of the mission-critical reference architecture,
+/// which the simulated stamp serves too.
+pub const DEFAULT_PROBE_PATH: &str = "/healthservice/health/stamp";
+/// GET, so that `expect_body` can check the answer (HEAD has no body).
+pub const DEFAULT_PROBE_METHOD: &str = "GET";
+/// Every second: fast on purpose, against Front Door's 30 s, because the
+/// promise is failover within about a second. A probe is one small request.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Half the interval at most, so that a hung stamp costs one missed sample,
+/// not a stalled probe loop. Capped at half the interval when that is shorter.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A window of 4 samples: Front Door's window, at 30 times the pace.
+pub const DEFAULT_SAMPLE_SIZE: u32 = 4;
+/// 3 of the last 4 must succeed: two failures in a row mark a stamp down
+/// (about 2.5 s worst case) while one lost probe does not. Capped at
+/// `sample_size` when that is smaller.
+pub const DEFAULT_SUCCESSFUL_SAMPLES_REQUIRED: u32 = 3;
+/// Success and redirects: a health endpoint that redirects is still up
+/// (the same range Front Door and Traffic Manager accept).
+pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 399);
+
+// ---- [pools.NAME.outlier] ------------------------------------------------
+
+/// Envoy's default: five gateway failures in a row are not bad luck.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// First ejection 10 s: long enough for the active probe to take over the
+/// verdict, short enough that a false positive heals on its own.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
+/// Repeated ejections grow up to 5 minutes and no further, so a stamp that
+/// keeps failing stays out without being forgotten. Raised to
+/// `base_ejection` when that is longer.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// A pool can never eject more than half its stamps on passive signals
+/// alone: when everything fails at once the cause is usually shared (a bad
+/// deploy, the proxy's own network), and ejecting all would be an outage.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+// ---- [[pools.NAME.stamps]] -----------------------------------------------
+
+/// 100, so that percentages are easy when shifting traffic between stamps
+/// (the reference's release switch steps weights 10 -> 50 -> 100).
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Everyone in the first tier: active-active unless told otherwise.
+pub const DEFAULT_PRIORITY: u32 = 1;
+/// Upper bound of `weight`: fine-grained enough for 0.1 % steps.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Upper bound of `priority`: more tiers than anyone needs, fits a `u8`.
+pub const MAX_PRIORITY: u32 = 255;
+/// Upper bound of `retry.attempts`: past five tries the client has waited
+/// too long and the pool is in trouble; more tries only add load.
+pub const MAX_RETRY_ATTEMPTS: u32 = 5;
+/// Upper bound of a probe window: the window is kept per stamp, and 100
+/// samples at any sane interval is already minutes of history.
+pub const MAX_SAMPLE_SIZE: u32 = 100;

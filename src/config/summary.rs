@@ -1,0 +1,304 @@
+//! The human-readable view of a validated config that `stampgate check`
+//! prints: listeners, routes, pools with their stamps, and how long each
+//! pool takes, at worst, to notice a dead stamp.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::units::{format_duration, format_size};
+use super::{AllUnhealthy, Config, Method, PoolConfig, ProbeConfig};
+
+/// Request rate used to turn `consecutive_failures` into a time: a modest,
+/// round figure, so numbers compare across pools and configs.
+const PASSIVE_REFERENCE_RPS: f64 = 100.0;
+
+/// Renders `cfg` as the text of `stampgate check`.
+pub fn summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    listeners(&mut out, cfg);
+    routes(&mut out, cfg);
+    out.push_str("pools:\n");
+    for pool in &cfg.pools {
+        pool_block(&mut out, pool);
+    }
+    let unused: Vec<&str> = cfg
+        .pools
+        .iter()
+        .filter(|p| !cfg.routes.iter().any(|r| r.pool == p.name))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !unused.is_empty() {
+        let _ = writeln!(out, "note: no route uses pool(s) {}", unused.join(", "));
+    }
+    out
+}
+
+fn listeners(out: &mut String, cfg: &Config) {
+    let proxy = &cfg.proxy;
+    out.push_str("listeners:\n");
+    for addr in &proxy.listen {
+        let _ = writeln!(out, "  proxy  http   {addr}");
+    }
+    let names: Vec<String> = proxy
+        .certificates
+        .iter()
+        .map(|c| match c.server_names.is_empty() {
+            true => c.cert_path.display().to_string(),
+            false => c.server_names.join(" "),
+        })
+        .collect();
+    for addr in &proxy.tls_listen {
+        let _ = writeln!(
+            out,
+            "  proxy  https  {addr}  certificates: {}",
+            names.join(", ")
+        );
+    }
+    let token = match &cfg.admin.token_env {
+        Some(var) => format!("  token from ${var}"),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "  admin  http   {}{token}", cfg.admin.listen);
+    let _ = writeln!(
+        out,
+        "  limits: body {}, header read {}, idle {}, shutdown grace {}",
+        format_size(proxy.max_request_body),
+        format_duration(proxy.header_read_timeout),
+        format_duration(proxy.idle_timeout),
+        format_duration(proxy.shutdown_grace),
+    );
+}
+
+fn routes(out: &mut String, cfg: &Config) {
+    out.push_str("routes:\n");
+    for route in &cfg.routes {
+        let (method, all_unhealthy) = cfg
+            .pools
+            .iter()
+            .find(|p| p.name == route.pool)
+            .map_or(("?", "?"), |p| {
+                (method_name(p.method), all_unhealthy_name(p.all_unhealthy))
+            });
+        let retry = &route.retry;
+        let _ = writeln!(
+            out,
+            "  {}: hosts {} path {} -> pool {} ({method}, {all_unhealthy})\n    \
+             timeout {}, {} attempt(s), retry budget {}%, per try {}, replay up to {}",
+            route.name,
+            route.hosts.join(","),
+            route.path_prefix,
+            route.pool,
+            format_duration(route.timeout),
+            retry.attempts,
+            retry.budget_percent,
+            format_duration(retry.per_try_timeout),
+            format_size(retry.replay_limit),
+        );
+    }
+}
+
+fn pool_block(out: &mut String, pool: &PoolConfig) {
+    let method = match pool.method {
+        Method::Latency => format!(
+            "latency within {}",
+            format_duration(pool.latency_sensitivity)
+        ),
+        other => method_name(other).to_string(),
+    };
+    let scheme = if pool.upstream_tls { "https" } else { "http" };
+    let version = if pool.upstream_http2 {
+        "h2"
+    } else {
+        "http/1.1"
+    };
+    let _ = writeln!(
+        out,
+        "  {}: {method}, {}, slow start {}, upstream {scheme} {version}",
+        pool.name,
+        all_unhealthy_name(pool.all_unhealthy),
+        format_duration(pool.slow_start),
+    );
+    let name_w = pool.stamps.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let region_w = pool
+        .stamps
+        .iter()
+        .map(|s| s.region.len())
+        .max()
+        .unwrap_or(0);
+    let addr_w = pool
+        .stamps
+        .iter()
+        .map(|s| s.address.len())
+        .max()
+        .unwrap_or(0);
+    for s in &pool.stamps {
+        let _ = writeln!(
+            out,
+            "    {:name_w$}  {:region_w$}  {:addr_w$}  weight {:>4}  priority {}",
+            s.name, s.region, s.address, s.weight, s.priority
+        );
+    }
+    let probe = &pool.probe;
+    let _ = writeln!(
+        out,
+        "    worst-case detection: active probes {} = interval {} x ({} - {} + 1) + timeout {} ({} {})",
+        format_duration(active_detection(probe)),
+        format_duration(probe.interval),
+        probe.sample_size,
+        probe.successful_samples_required,
+        format_duration(probe.timeout),
+        probe.method,
+        probe.path,
+    );
+    let failures = pool.outlier.consecutive_failures;
+    let _ = match passive_detection(pool) {
+        Some(t) => writeln!(
+            out,
+            "    passive: {failures} consecutive failures (~{} at {PASSIVE_REFERENCE_RPS} req/s)",
+            format_duration(t)
+        ),
+        None => writeln!(
+            out,
+            "    passive: {failures} consecutive failures (no stamp has a weight above 0)"
+        ),
+    };
+}
+
+/// Worst case for the active probe to mark a dead stamp down: the window
+/// holds `required` successes, so `size - required + 1` failed probes are
+/// needed, one per interval, and the last one only fails at its timeout.
+pub(crate) fn active_detection(probe: &ProbeConfig) -> Duration {
+    let probes = probe.sample_size - probe.successful_samples_required + 1;
+    probe.interval * probes + probe.timeout
+}
+
+/// Time for the least-loaded stamp that gets traffic to see
+/// `consecutive_failures` requests at [`PASSIVE_REFERENCE_RPS`]:
+/// the stamp's rate is `rps x weight / total_weight`, so the time is
+/// `failures x total_weight / (rps x weight)`. Only stamps with weight
+/// above 0 count, and for the priority method only the first tier (the
+/// others get no traffic until it fails). `None` when no stamp gets traffic.
+pub(crate) fn passive_detection(pool: &PoolConfig) -> Option<Duration> {
+    let live = pool.stamps.iter().filter(|s| s.weight > 0);
+    let top_tier = live.clone().map(|s| s.priority).min()?;
+    let weights: Vec<u32> = live
+        .filter(|s| pool.method != Method::Priority || s.priority == top_tier)
+        .map(|s| s.weight)
+        .collect();
+    let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    let lightest = f64::from(*weights.iter().min()?);
+    let secs =
+        f64::from(pool.outlier.consecutive_failures) * total / (PASSIVE_REFERENCE_RPS * lightest);
+    // Whole milliseconds: the estimate is not more precise than that.
+    Some(Duration::from_millis((secs * 1000.0).round() as u64))
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Priority => "priority",
+        Method::Weighted => "weighted",
+        Method::Latency => "latency",
+    }
+}
+
+fn all_unhealthy_name(a: AllUnhealthy) -> &'static str {
+    match a {
+        AllUnhealthy::FailOpen => "fail-open",
+        AllUnhealthy::FailClosed => "fail-closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use std::path::Path;
+
+    const POOL: &str = r#"
+[[routes]]
+name = "all"
+pool = "p"
+
+[pools.p]
+method = "METHOD"
+[pools.p.probe]
+interval = "1s"
+timeout = "500ms"
+sample_size = 4
+successful_samples_required = 3
+[pools.p.outlier]
+consecutive_failures = 5
+
+[[pools.p.stamps]]
+name = "a"
+region = "r1"
+address = "127.0.0.1:9001"
+weight = 100
+
+[[pools.p.stamps]]
+name = "b"
+region = "r2"
+address = "127.0.0.1:9002"
+weight = 300
+
+[[pools.p.stamps]]
+name = "c"
+region = "r3"
+address = "127.0.0.1:9003"
+priority = 2
+weight = 0
+"#;
+
+    fn pool(method: &str) -> PoolConfig {
+        let text = POOL.replace("METHOD", method);
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        cfg.pools.into_iter().next().expect("one pool")
+    }
+
+    #[test]
+    fn active_detection_is_window_times_interval_plus_timeout() {
+        // 1s x (4 - 3 + 1) + 500ms
+        assert_eq!(
+            active_detection(&pool("weighted").probe),
+            Duration::from_millis(2500)
+        );
+    }
+
+    #[test]
+    fn passive_detection_uses_the_lightest_stamp_with_traffic() {
+        // a gets 100/400 of 100 req/s = 25 req/s; 5 failures take 200ms.
+        assert_eq!(
+            passive_detection(&pool("weighted")),
+            Some(Duration::from_millis(200))
+        );
+    }
+
+    #[test]
+    fn summary_lists_everything_one_per_line() {
+        let text = POOL.replace("METHOD", "priority");
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        let s = summary(&cfg);
+        assert!(s.contains("  proxy  http   127.0.0.1:8080\n"), "{s}");
+        assert!(s.contains("  admin  http   127.0.0.1:9901\n"), "{s}");
+        assert!(
+            s.contains("all: hosts * path / -> pool p (priority, fail-open)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("    a  r1  127.0.0.1:9001  weight  100  priority 1\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("    c  r3  127.0.0.1:9003  weight    0  priority 2\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("worst-case detection: active probes 2.5s"),
+            "{s}"
+        );
+        assert!(
+            s.contains("passive: 5 consecutive failures (~200ms at 100 req/s)"),
+            "{s}"
+        );
+    }
+}
