@@ -1,1 +1,3 @@
+//! Routing benchmarks (a placeholder until the routing table exists).
+
 fn main() {}

@@ -1,1 +1,3 @@
+//! The `stampgate` command line.
+
 fn main() {}
