@@ -2,6 +2,8 @@
 //! match the route, pick a stamp. For 3 and 30 stamps, and with 1, 2 and 4
 //! reader threads while a writer publishes a new table every millisecond.
 
+#![allow(missing_docs)] // criterion_group! makes an undocumented function
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,10 +54,15 @@ fn table(config: &Config, generation: u64) -> RoutingTable {
 fn decide(routing: &ArcSwap<RoutingTable>) -> usize {
     let t = routing.load();
     let route = t
-        .route(Some("catalog.example.com"), "/catalogservice/api/1.0/catalogitem/7")
+        .route(
+            Some("catalog.example.com"),
+            "/catalogservice/api/1.0/catalogitem/7",
+        )
         .expect("route");
     let pool = &t.pools[route.pool];
-    pool.selector.pick(&pool.stamps, &Tried::default()).expect("stamp")
+    pool.selector
+        .pick(&pool.stamps, &Tried::default())
+        .expect("stamp")
 }
 
 fn decision(c: &mut Criterion) {
@@ -81,7 +88,8 @@ fn under_publish(c: &mut Criterion) {
     for readers in [1usize, 2, 4] {
         let routing = Arc::new(ArcSwap::from_pointee(table(&config, 1)));
         let stop = Arc::new(AtomicBool::new(false));
-        let prebuilt: Vec<Arc<RoutingTable>> = (0..16).map(|g| Arc::new(table(&config, g))).collect();
+        let prebuilt: Vec<Arc<RoutingTable>> =
+            (0..16).map(|g| Arc::new(table(&config, g))).collect();
         let writer = {
             let (routing, stop) = (routing.clone(), stop.clone());
             std::thread::spawn(move || {

@@ -77,11 +77,13 @@ impl Demo {
                     listen,
                     control,
                 };
-                let stamp = Stamp::start(opts).await.map_err(|source| DemoError::Stamp {
-                    name: s.name.clone(),
-                    addr: listen,
-                    source,
-                })?;
+                let stamp = Stamp::start(opts)
+                    .await
+                    .map_err(|source| DemoError::Stamp {
+                        name: s.name.clone(),
+                        addr: listen,
+                        source,
+                    })?;
                 s.port = stamp.addr().port();
                 s.address = stamp.addr().to_string();
                 stamps.push(stamp);

@@ -32,7 +32,11 @@ fn make_pki(names: &[&str]) -> Pki {
             .signed_by(&key, &ca, &ca_key)
             .unwrap();
         std::fs::write(dir.path().join(format!("{name}.pem")), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}-key.pem")),
+            key.serialize_pem(),
+        )
+        .unwrap();
         leaves.push(((*name).to_owned(), leaf.der().clone()));
     }
     Pki {
@@ -43,7 +47,9 @@ fn make_pki(names: &[&str]) -> Pki {
 }
 
 fn tls_setup(pki: &Pki, stamp: &stampgate::stamp::Stamp) -> Setup {
-    let mut setup = Setup::new().stamp(stamp).proxy("tls_listen = [\"127.0.0.1:0\"]");
+    let mut setup = Setup::new()
+        .stamp(stamp)
+        .proxy("tls_listen = [\"127.0.0.1:0\"]");
     for (name, _) in &pki.leaves {
         let dir = pki.dir.path().display();
         setup = setup.extra(&format!(
@@ -76,8 +82,12 @@ async fn connect(
         .expect("TLS handshake")
 }
 
-fn peer_leaf(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> CertificateDer<'static> {
-    tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+fn peer_leaf(
+    tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
 }
 
 #[tokio::test]
@@ -92,9 +102,10 @@ async fn h2_over_tls_with_sni_certificate_selection() {
         assert_eq!(&peer_leaf(&tls), leaf, "SNI {name} got its own certificate");
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         let req = Request::get(format!("https://{name}/catalogservice/api/1.0/headers"))
             .body(empty())
@@ -121,7 +132,9 @@ async fn http1_over_tls_and_unknown_sni_gets_the_default_certificate() {
     let tls = connect(&pki, addr, "catalog.test", &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(peer_leaf(&tls), pki.leaves[0].1);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::get("/catalogservice/api/1.0/catalogitem?limit=1")
         .header("host", "catalog.test")
@@ -144,5 +157,8 @@ async fn http1_over_tls_and_unknown_sni_gets_the_default_certificate() {
         .connect(ServerName::try_from("unknown.test").unwrap(), tcp)
         .await
         .expect_err("the default certificate does not cover unknown.test");
-    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
 }

@@ -111,7 +111,6 @@ impl Body for UpstreamBody {
     }
 }
 
-
 pin_project! {
     /// The body sent back to the client.
     #[allow(missing_docs)] // fields are described on their variants
@@ -149,7 +148,9 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             ResponseBodyProj::Upstream { inner, .. } => inner.poll_frame(cx),
-            ResponseBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBodyProj::Local { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
         }
     }
 

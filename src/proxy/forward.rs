@@ -171,13 +171,18 @@ impl Gateway {
             version: parts.version,
             host: host.as_ref(),
         };
-        let request_id = headers::prepare_request(&mut parts.headers, &client, pool.host_header.as_ref());
+        let request_id =
+            headers::prepare_request(&mut parts.headers, &client, pool.host_header.as_ref());
         let fail = |e: ProxyError| (e, Some(request_id.clone()));
 
         let idx = pool
             .selector
             .pick(&pool.stamps, &Tried::default())
-            .ok_or_else(|| fail(ProxyError::NoHealthyStamp { pool: pool.name.to_string() }))?;
+            .ok_or_else(|| {
+                fail(ProxyError::NoHealthyStamp {
+                    pool: pool.name.to_string(),
+                })
+            })?;
         let stamp = &pool.stamps[idx];
 
         parts.uri = upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
@@ -186,7 +191,9 @@ impl Gateway {
             Request::from_parts(parts, UpstreamBody::streaming(body, self.max_request_body));
 
         guard.at_stamp(&stamp.stats);
-        let sent = tokio::time::timeout(route.timeout, pool.upstream.send(&stamp.name, upstream_req)).await;
+        let sent =
+            tokio::time::timeout(route.timeout, pool.upstream.send(&stamp.name, upstream_req))
+                .await;
         let resp = match sent {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 stamp: stamp.name.to_string(),
@@ -208,7 +215,9 @@ impl Gateway {
         let (mut rparts, rbody) = resp.into_parts();
         headers::prepare_response(&mut rparts.headers, &request_id);
         if self.stamp_header {
-            rparts.headers.insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
+            rparts
+                .headers
+                .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
         }
         Ok(Response::from_parts(
             rparts,
@@ -247,7 +256,11 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn upstream_uri(scheme: &http::uri::Scheme, authority: &http::uri::Authority, original: &Uri) -> Uri {
+fn upstream_uri(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+    original: &Uri,
+) -> Uri {
     let path = original
         .path_and_query()
         .cloned()
@@ -271,11 +284,20 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Re
     let mut resp = Response::new(ResponseBody::local(body.to_string()));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(X_STAMPGATE_ERROR.clone(), HeaderValue::from_static(err.code()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        X_STAMPGATE_ERROR.clone(),
+        HeaderValue::from_static(err.code()),
+    );
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     if matches!(err, ProxyError::NoHealthyStamp { .. }) {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
     }
     resp
 }

@@ -110,7 +110,9 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
     let tls = if config.proxy.tls_listen.is_empty() {
         None
     } else {
-        Some(TlsAcceptor::from(tls::server_config(&config.proxy.certificates)?))
+        Some(TlsAcceptor::from(tls::server_config(
+            &config.proxy.certificates,
+        )?))
     };
 
     let limits = ConnLimits {
@@ -162,5 +164,8 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
-    listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
 }

@@ -69,7 +69,8 @@ impl Acceptor {
                 Ok((stream, remote)) => {
                     let this = self.clone();
                     let tls = tls.clone();
-                    self.tracker.spawn(async move { this.serve(stream, remote, tls).await });
+                    self.tracker
+                        .spawn(async move { this.serve(stream, remote, tls).await });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -87,7 +88,9 @@ impl Acceptor {
                 let handshake =
                     tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
                 match handshake.await {
-                    Ok(Ok(tls_stream)) => self.serve_io(TokioIo::new(tls_stream), remote, true).await,
+                    Ok(Ok(tls_stream)) => {
+                        self.serve_io(TokioIo::new(tls_stream), remote, true).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }

@@ -61,7 +61,9 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The server configuration for TLS listeners.
-pub fn server_config(certs: &[CertificateConfig]) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+pub fn server_config(
+    certs: &[CertificateConfig],
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();

@@ -142,7 +142,9 @@ fn client_tls(pool: &PoolConfig) -> Result<rustls::ClientConfig, UpstreamSetupEr
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    // ALPN is left empty: the connector builder sets it from the enabled
+    // protocols (h2 or http/1.1).
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| UpstreamSetupError::Tls {
             pool: pool.name.clone(),
@@ -150,11 +152,6 @@ fn client_tls(pool: &PoolConfig) -> Result<rustls::ClientConfig, UpstreamSetupEr
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = if pool.upstream_http2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
     Ok(config)
 }
 

@@ -293,10 +293,13 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
 }
 
 fn region_id<'a>(regions: &mut Vec<&'a str>, region: &'a str) -> u16 {
-    let pos = regions.iter().position(|r| *r == region).unwrap_or_else(|| {
-        regions.push(region);
-        regions.len() - 1
-    });
+    let pos = regions
+        .iter()
+        .position(|r| *r == region)
+        .unwrap_or_else(|| {
+            regions.push(region);
+            regions.len() - 1
+        });
     u16::try_from(pos).expect("fewer than 65536 regions")
 }
 

@@ -26,7 +26,10 @@ impl Tier {
             .filter(|&(_, w)| w > 0)
             .map(|(idx, w)| {
                 total = total.saturating_add(w);
-                (total, u16::try_from(idx).expect("pools hold fewer than 65536 stamps"))
+                (
+                    total,
+                    u16::try_from(idx).expect("pools hold fewer than 65536 stamps"),
+                )
             })
             .collect();
         Tier { entries, total }
@@ -109,7 +112,9 @@ impl Tried {
     }
 
     fn has_stamp(&self, stamp: usize) -> bool {
-        self.stamps[..self.len].iter().any(|&s| usize::from(s) == stamp)
+        self.stamps[..self.len]
+            .iter()
+            .any(|&s| usize::from(s) == stamp)
     }
 
     fn has_region(&self, region: u16) -> bool {
@@ -154,9 +159,8 @@ impl Selector {
             return self.tiers.first().and_then(Tier::pick_fresh);
         }
         for tier in self.tiers.iter() {
-            let other_region = tier.pick_filtered(|i| {
-                !tried.has_stamp(i) && !tried.has_region(stamps[i].region_id)
-            });
+            let other_region = tier
+                .pick_filtered(|i| !tried.has_stamp(i) && !tried.has_region(stamps[i].region_id));
             if other_region.is_some() {
                 return other_region;
             }
@@ -196,10 +200,18 @@ mod tests {
         let mut tried = Tried::default();
         tried.push(0, 0);
         for _ in 0..100 {
-            assert_eq!(sel.pick(&stamps, &tried), Some(2), "other region despite low weight");
+            assert_eq!(
+                sel.pick(&stamps, &tried),
+                Some(2),
+                "other region despite low weight"
+            );
         }
         tried.push(2, 1);
-        assert_eq!(sel.pick(&stamps, &tried), Some(1), "then the untried stamp of a tried region");
+        assert_eq!(
+            sel.pick(&stamps, &tried),
+            Some(1),
+            "then the untried stamp of a tried region"
+        );
         tried.push(1, 0);
         assert_eq!(sel.pick(&stamps, &tried), None, "never a stamp twice");
     }
@@ -213,7 +225,11 @@ mod tests {
         }
         let mut tried = Tried::default();
         tried.push(0, 0);
-        assert_eq!(sel.pick(&stamps, &tried), Some(1), "retry falls to the backup tier");
+        assert_eq!(
+            sel.pick(&stamps, &tried),
+            Some(1),
+            "retry falls to the backup tier"
+        );
 
         let only_backup = Selector::new([Tier::new([(0, 0)]), Tier::new([(1, 100)])]);
         assert_eq!(only_backup.pick(&stamps, &Tried::default()), Some(1));

@@ -1,0 +1,117 @@
+//! The `stampgate` binary: `check` exit codes and messages, `run` shutting
+//! down cleanly on SIGTERM, and the demo's stamps answering through its proxy.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use stampgate::demo::{Demo, DemoPorts};
+use support::*;
+
+fn stampgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stampgate"))
+}
+
+#[test]
+fn check_prints_the_resolved_config_and_exits_zero() {
+    let out = stampgate()
+        .args(["check", "--config", "config/stampgate.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("backend-apis"), "{stdout}");
+    assert!(stdout.contains("westeurope"), "{stdout}");
+    assert!(stdout.contains("worst-case detection"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_key_and_exits_one_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n[pools.p.probe]\ninterval = \"1s\"\ntimeout = \"2s\"\n\
+         [[pools.p.stamps]]\nname = \"a\"\nregion = \"r\"\naddress = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = stampgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pools.p.probe.timeout"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.toml");
+    let setup = Setup::new().address("s1", "r1", "127.0.0.1:1");
+    std::fs::write(&path, setup.toml()).unwrap();
+    let mut child = stampgate()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("proxy listening"));
+    assert!(listening.is_some(), "the proxy announced its listeners");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code}");
+}
+
+#[tokio::test]
+async fn demo_serves_from_all_three_regions() {
+    let demo = Demo::start(DemoPorts::Ephemeral)
+        .await
+        .expect("demo starts");
+    let banner = demo.banner();
+    assert!(banner.contains("curl"), "{banner}");
+    assert!(banner.contains("/fault"), "{banner}");
+    let url = format!(
+        "http://{}/catalogservice/api/1.0/catalogitem?limit=1",
+        demo.proxy.listen[0]
+    );
+    let c = http1_client();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let a = get(&c, &url).await;
+        assert_eq!(a.status, http::StatusCode::OK);
+        seen.insert(a.header("x-server-location").to_owned());
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "weighted demo pool spreads over regions: {seen:?}"
+    );
+    demo.shutdown().await;
+}
