@@ -409,6 +409,22 @@ fn bad_configs() -> Vec<Bad> {
             concat!(base!(), "[pools.p.probe]\npath = \"health\"\n"),
             &["pools.p.probe.path = \"health\": must be a URL path starting with '/'"],
         ),
+        // ---- health ----
+        bad(
+            "degraded_error_rate above 1",
+            concat!(base!(), "[pools.p.health]\ndegraded_error_rate = 1.5\n"),
+            &["pools.p.health.degraded_error_rate = 1.5: must be a share above 0 and at most 1"],
+        ),
+        bad(
+            "degraded_weight_percent zero",
+            concat!(base!(), "[pools.p.health]\ndegraded_weight_percent = 0\n"),
+            &["pools.p.health.degraded_weight_percent = 0: must be between 1 and 100"],
+        ),
+        bad(
+            "probe jitter over 50",
+            concat!(base!(), "[pools.p.probe]\njitter_percent = 80\n"),
+            &["pools.p.probe.jitter_percent = 80: must be between 0 and 50"],
+        ),
         // ---- outlier ----
         bad(
             "max_ejected_percent over 100",

@@ -115,6 +115,28 @@ pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 /// deploy, the proxy's own network), and ejecting all would be an outage.
 pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 
+/// 10 %: enough spread that a fleet of proxies started together drifts out
+/// of lock-step within a few intervals, while a probe is never late by much.
+pub const DEFAULT_PROBE_JITTER_PERCENT: u32 = 10;
+
+// ---- [pools.NAME.health] -------------------------------------------------
+
+/// The reference health model's yellow line for API errors (about 10 % of
+/// requests failing): worth shifting load, not yet worth taking it all away.
+pub const DEFAULT_DEGRADED_ERROR_RATE: f64 = 0.1;
+/// A degraded stamp keeps a quarter of its weight: it still serves (so its
+/// recovery is seen in live traffic) while most requests go elsewhere.
+pub const DEFAULT_DEGRADED_WEIGHT_PERCENT: u32 = 25;
+/// Two seconds in a state before moving back up: two probe intervals, so a
+/// single lucky probe cannot bring a stamp back. Moving down is immediate.
+pub const DEFAULT_MIN_HOLD: Duration = Duration::from_secs(2);
+/// The flap penalty halves every 30 s: a stamp that flapped a minute ago is
+/// mostly forgiven, one that flaps now is not.
+pub const DEFAULT_FLAP_HALF_LIFE: Duration = Duration::from_secs(30);
+/// Four flaps within about a half-life hold a stamp out: fewer would punish
+/// an ordinary fail-and-recover; more would let traffic follow every flap.
+pub const DEFAULT_FLAP_SUPPRESS: u32 = 4;
+
 // ---- [[pools.NAME.stamps]] -----------------------------------------------
 
 /// 100, so that percentages are easy when shifting traffic between stamps

@@ -161,6 +161,8 @@ pub struct PoolConfig {
     pub probe: ProbeConfig,
     /// Passive health (outlier detection).
     pub outlier: OutlierConfig,
+    /// Degradation thresholds and flap damping.
+    pub health: HealthConfig,
     /// Stamps in file order (at least one).
     pub stamps: Vec<StampConfig>,
 }
@@ -192,6 +194,9 @@ pub struct ProbeConfig {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// `Host` header for probes (default: the stamp address).
     pub host: Option<String>,
+    /// Each interval is spread randomly by up to this percent, so that many
+    /// proxies do not probe in lock-step (0 in tests).
+    pub jitter_percent: u32,
 }
 
 /// `[pools.NAME.outlier]`
@@ -205,6 +210,24 @@ pub struct OutlierConfig {
     pub max_ejection: Duration,
     /// Never eject more than this share of a pool at once.
     pub max_ejected_percent: u32,
+}
+
+/// `[pools.NAME.health]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Smoothed probe RTT above this marks a stamp degraded (`None`: off).
+    pub degraded_rtt: Option<Duration>,
+    /// Live 5xx share above this marks a stamp degraded.
+    pub degraded_error_rate: f64,
+    /// Percent of its weight a degraded stamp keeps (1..=100).
+    pub degraded_weight_percent: u32,
+    /// Minimum time in a state before moving up (down is never delayed).
+    pub min_hold: Duration,
+    /// Half-life of the flap penalty.
+    pub flap_half_life: Duration,
+    /// Flaps within about a half-life after which a stamp is held out
+    /// until the penalty decays.
+    pub flap_suppress: u32,
 }
 
 /// One `[[pools.NAME.stamps]]` entry.

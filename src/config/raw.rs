@@ -129,6 +129,8 @@ pub struct RawPool {
     pub probe: Option<RawProbe>,
     /// `[pools.NAME.outlier]`
     pub outlier: Option<RawOutlier>,
+    /// `[pools.NAME.health]`
+    pub health: Option<RawHealth>,
     /// `[[pools.NAME.stamps]]`; optional here so that a missing list gets
     /// the "empty pool" message rather than serde's "missing field".
     pub stamps: Option<Vec<RawStamp>>,
@@ -162,6 +164,8 @@ pub struct RawProbe {
     pub headers: Option<BTreeMap<String, String>>,
     /// `Host` header for probes.
     pub host: Option<String>,
+    /// Random spread of each probe interval, in percent (0 = none).
+    pub jitter_percent: Option<i64>,
 }
 
 /// `[pools.NAME.outlier]`
@@ -176,6 +180,24 @@ pub struct RawOutlier {
     pub max_ejection: Option<String>,
     /// Percent of a pool that may be ejected at once.
     pub max_ejected_percent: Option<i64>,
+}
+
+/// `[pools.NAME.health]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Duration string: smoothed probe RTT above this marks a stamp degraded.
+    pub degraded_rtt: Option<String>,
+    /// Share (0..1) of live requests failing with 5xx that marks a stamp degraded.
+    pub degraded_error_rate: Option<f64>,
+    /// Percent of its weight a degraded stamp keeps.
+    pub degraded_weight_percent: Option<i64>,
+    /// Duration string: minimum time in a state before moving up.
+    pub min_hold: Option<String>,
+    /// Duration string: half-life of the flap penalty.
+    pub flap_half_life: Option<String>,
+    /// Flaps (within about a half-life) after which a stamp is held out.
+    pub flap_suppress: Option<i64>,
 }
 
 /// `[[pools.NAME.stamps]]`

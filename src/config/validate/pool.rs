@@ -11,10 +11,11 @@ use http::{HeaderName, HeaderValue};
 
 use super::{Ctx, check_host_name, key_segment, pem, quote, quote_list, shown_duration};
 use crate::config::defaults::*;
-use crate::config::raw::{RawOutlier, RawPool, RawProbe, RawStamp};
+use crate::config::raw::{RawHealth, RawOutlier, RawPool, RawProbe, RawStamp};
 use crate::config::units::format_duration;
 use crate::config::{
-    AllUnhealthy, ConfigError, Method, OutlierConfig, PoolConfig, ProbeConfig, StampConfig,
+    AllUnhealthy, ConfigError, HealthConfig, Method, OutlierConfig, PoolConfig, ProbeConfig,
+    StampConfig,
 };
 
 /// Validates every pool, in name order.
@@ -101,6 +102,7 @@ fn pool(ctx: &Ctx<'_>, name: &str, raw: RawPool) -> Result<PoolConfig, ConfigErr
         )?,
         probe,
         outlier: outlier(ctx, &key("outlier"), raw.outlier.unwrap_or_default())?,
+        health: health(ctx, &key("health"), raw.health.unwrap_or_default())?,
         stamps: stamps(ctx, &base, raw.stamps.unwrap_or_default())?,
     })
 }
@@ -200,6 +202,13 @@ fn probe(
         expect_body,
         headers: headers(ctx, &key("headers"), raw.headers.unwrap_or_default())?,
         host,
+        jitter_percent: ctx.int(
+            &key("jitter_percent"),
+            raw.jitter_percent,
+            DEFAULT_PROBE_JITTER_PERCENT,
+            0,
+            50,
+        )?,
     })
 }
 
@@ -377,6 +386,48 @@ fn outlier(ctx: &Ctx<'_>, base: &str, raw: RawOutlier) -> Result<OutlierConfig, 
         base_ejection,
         max_ejection,
         max_ejected_percent,
+    })
+}
+
+fn health(ctx: &Ctx<'_>, base: &str, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
+    let key = |k: &str| format!("{base}.{k}");
+    let degraded_rtt = match raw.degraded_rtt.as_deref() {
+        None => None,
+        Some(s) => Some(ctx.positive_duration(&key("degraded_rtt"), Some(s), Duration::ZERO)?),
+    };
+    let degraded_error_rate = raw
+        .degraded_error_rate
+        .unwrap_or(DEFAULT_DEGRADED_ERROR_RATE);
+    if !(degraded_error_rate > 0.0 && degraded_error_rate <= 1.0) {
+        return Err(ctx.invalid(
+            &key("degraded_error_rate"),
+            degraded_error_rate,
+            "must be a share above 0 and at most 1 (e.g. 0.1 for 10 %)",
+        ));
+    }
+    Ok(HealthConfig {
+        degraded_rtt,
+        degraded_error_rate,
+        degraded_weight_percent: ctx.int(
+            &key("degraded_weight_percent"),
+            raw.degraded_weight_percent,
+            DEFAULT_DEGRADED_WEIGHT_PERCENT,
+            1,
+            100,
+        )?,
+        min_hold: ctx.duration(&key("min_hold"), raw.min_hold.as_deref(), DEFAULT_MIN_HOLD)?,
+        flap_half_life: ctx.positive_duration(
+            &key("flap_half_life"),
+            raw.flap_half_life.as_deref(),
+            DEFAULT_FLAP_HALF_LIFE,
+        )?,
+        flap_suppress: ctx.int(
+            &key("flap_suppress"),
+            raw.flap_suppress,
+            DEFAULT_FLAP_SUPPRESS,
+            2,
+            1000,
+        )?,
     })
 }
 
