@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
 use stampgate::config::{self, Config};
+use stampgate::proxy::budget::RetryBudget;
 use stampgate::proxy::upstream::Upstream;
 use stampgate::routing::{RoutingTable, StampInput, Tried};
 
@@ -36,10 +37,12 @@ fn config_with(stamps: usize) -> Config {
 
 fn table(config: &Config, generation: u64) -> RoutingTable {
     let upstream = Arc::new(Upstream::new(&config.pools[0]).expect("upstream"));
+    let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 10, 0.2));
     RoutingTable::build(
         config,
         generation,
         |_| upstream.clone(),
+        |_| budget.clone(),
         |_, s| StampInput {
             effective_weight: s.weight,
             admin_enabled: true,

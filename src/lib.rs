@@ -26,8 +26,10 @@
 //! stamp), [`error`] (typed request-path errors), [`demo`].
 
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod proxy;
 pub mod routing;
 pub mod stamp;

@@ -13,10 +13,18 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use bytes::Bytes;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
 use super::body::{ResponseBody, UpstreamBody};
 use super::headers::{self, ClientSide, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP};
+use crate::controller::Signal;
 use crate::error::{Blame, ProxyError};
-use crate::routing::{RoutingTable, StampStats, Tried, host_without_port};
+use crate::routing::{
+    Outcome, PoolView, RouteEntry, RoutingTable, StampStats, StampView, Tried, host_without_port,
+};
 
 /// Seconds a fail-closed pool asks clients to wait before trying again:
 /// about one probe interval, after which a recovered stamp is back.
@@ -32,6 +40,8 @@ pub struct Gateway {
     pub max_request_body: u64,
     /// Whether responses name the serving stamp.
     pub stamp_header: bool,
+    /// Passive health signals to the controller (`try_send` only).
+    pub signals: mpsc::Sender<Signal>,
 }
 
 /// Activity of one client connection, for the idle timeout: a connection
@@ -160,7 +170,8 @@ impl Gateway {
             .ok_or((ProxyError::NoRoute, None))?;
         let pool = &table.pools[route.pool];
 
-        if content_length(&parts.headers).is_some_and(|len| len > self.max_request_body) {
+        let length = content_length(&parts.headers);
+        if length.is_some_and(|len| len > self.max_request_body) {
             let limit = self.max_request_body;
             return Err((ProxyError::BodyTooLarge { limit }, None));
         }
@@ -175,58 +186,225 @@ impl Gateway {
             headers::prepare_request(&mut parts.headers, &client, pool.host_header.as_ref());
         let fail = |e: ProxyError| (e, Some(request_id.clone()));
 
-        let idx = pool
-            .selector
-            .pick(&pool.stamps, &Tried::default())
-            .ok_or_else(|| {
-                fail(ProxyError::NoHealthyStamp {
+        let start = Instant::now();
+        let deadline = start + route.timeout;
+        route.budget.deposit(start);
+        let mut body = RequestBody::new(body, &parts, length, route, self.max_request_body)
+            .await
+            .map_err(fail)?;
+        let attempts = if body.replayable() {
+            route.retry.attempts.max(1)
+        } else {
+            1
+        };
+
+        let mut tried = Tried::default();
+        let mut next = pool.selector.pick(&pool.stamps, &tried);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(idx) = next.take() else {
+                return Err(fail(ProxyError::NoHealthyStamp {
                     pool: pool.name.to_string(),
-                })
-            })?;
-        let stamp = &pool.stamps[idx];
+                }));
+            };
+            let stamp = &pool.stamps[idx];
+            tried.push(idx, stamp.region_id);
+            let last_try = attempt >= attempts;
+            let upstream_req = Request::builder()
+                .method(parts.method.clone())
+                .uri(upstream_uri(
+                    pool.upstream.scheme(),
+                    &stamp.authority,
+                    &parts.uri,
+                ))
+                .version(pool.upstream.version())
+                .body(body.for_try())
+                .expect("method, URI and version come from a valid request");
+            let (mut req_parts, req_body) = upstream_req.into_parts();
+            req_parts.headers = if last_try {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let upstream_req = Request::from_parts(req_parts, req_body);
 
-        parts.uri = upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
-        parts.version = pool.upstream.version();
-        let upstream_req =
-            Request::from_parts(parts, UpstreamBody::streaming(body, self.max_request_body));
-
-        guard.at_stamp(&stamp.stats);
-        let sent =
-            tokio::time::timeout(route.timeout, pool.upstream.send(&stamp.name, upstream_req))
-                .await;
-        let resp = match sent {
-            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
-                stamp: stamp.name.to_string(),
-                timeout: route.timeout,
-            }),
-            Ok(result) => result,
-        };
-        let resp = match resp {
-            Ok(resp) => resp,
-            Err(e) => {
-                if e.blame() == Blame::Stamp {
-                    stamp.stats.record(true);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let try_timeout = if attempts > 1 {
+                route.retry.per_try_timeout.min(remaining)
+            } else {
+                remaining
+            };
+            guard.at_stamp(&stamp.stats);
+            let sent =
+                tokio::time::timeout(try_timeout, pool.upstream.send(&stamp.name, upstream_req))
+                    .await;
+            let failure = match sent {
+                Ok(Ok(resp)) if !is_gateway_failure(resp.status()) => {
+                    let outcome = if resp.status().is_server_error() {
+                        Outcome::ServerError
+                    } else {
+                        Outcome::Answered
+                    };
+                    stamp.stats.record(outcome);
+                    return Ok(self.respond(resp, stamp, &request_id, guard));
                 }
-                return Err(fail(e));
+                Ok(Ok(resp)) => Failure::Status(resp),
+                Ok(Err(e)) => Failure::Error(e),
+                Err(_elapsed) => Failure::Error(ProxyError::UpstreamTimeout {
+                    stamp: stamp.name.to_string(),
+                    timeout: try_timeout,
+                }),
+            };
+            if failure.blames_stamp() {
+                self.stamp_failed(pool, stamp);
             }
-        };
-        stamp.stats.record(is_gateway_failure(resp.status()));
+            // Another try only if the failure allows it, a stamp not yet
+            // tried is left, time is left, and the budget has a token.
+            if !last_try && failure.retryable() && Instant::now() < deadline {
+                next = pool.selector.pick(&pool.stamps, &tried);
+                if next.is_some() && route.budget.withdraw(Instant::now()) {
+                    tracing::debug!(stamp = %stamp.name, attempt, "retrying on another stamp");
+                    continue;
+                }
+            }
+            return match failure {
+                Failure::Status(resp) => Ok(self.respond(resp, stamp, &request_id, guard)),
+                Failure::Error(e) => Err(fail(e)),
+            };
+        }
+    }
 
-        let (mut rparts, rbody) = resp.into_parts();
-        headers::prepare_response(&mut rparts.headers, &request_id);
+    /// The stamp's response, on its way to the client.
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        stamp: &StampView,
+        request_id: &HeaderValue,
+        guard: InFlight,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = resp.into_parts();
+        headers::prepare_response(&mut parts.headers, request_id);
         if self.stamp_header {
-            rparts
+            parts
                 .headers
                 .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
         }
-        Ok(Response::from_parts(
-            rparts,
-            ResponseBody::Upstream {
-                inner: rbody,
-                guard,
-            },
-        ))
+        Response::from_parts(parts, ResponseBody::Upstream { inner: body, guard })
     }
+
+    /// Count a gateway failure; past the pool's threshold, ask the
+    /// controller (once per episode, never waiting) to eject the stamp.
+    fn stamp_failed(&self, pool: &PoolView, stamp: &StampView) {
+        let consecutive = stamp.stats.record(Outcome::GatewayFailure);
+        if consecutive < pool.outlier_threshold
+            || stamp.stats.ejection_requested.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let signal = Signal::Outlier {
+            stamp: stamp.name.clone(),
+            consecutive,
+        };
+        if self.signals.try_send(signal).is_err() {
+            // Full queue: let the next failure ask again.
+            stamp
+                .stats
+                .ejection_requested
+                .store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a try at a stamp failed.
+enum Failure {
+    /// The stamp answered 502/503/504.
+    Status(Response<Incoming>),
+    /// No usable answer.
+    Error(ProxyError),
+}
+
+impl Failure {
+    fn blames_stamp(&self) -> bool {
+        match self {
+            Failure::Status(_) => true,
+            Failure::Error(e) => e.blame() == Blame::Stamp,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        match self {
+            Failure::Status(_) => true,
+            Failure::Error(e) => e.retryable(),
+        }
+    }
+}
+
+/// The client's request body, either streamed (one try only) or held in
+/// memory so that a retry can send it again.
+enum RequestBody {
+    Streaming(Option<(Incoming, u64)>),
+    Replay(Bytes),
+}
+
+impl RequestBody {
+    /// Hold the body for replay when the request may be retried: it is
+    /// idempotent, the route allows retries, and the body is empty or its
+    /// declared length is within the replay limit. Everything else streams.
+    async fn new(
+        body: Incoming,
+        parts: &http::request::Parts,
+        length: Option<u64>,
+        route: &RouteEntry,
+        max_body: u64,
+    ) -> Result<RequestBody, ProxyError> {
+        let retryable = route.retry.attempts > 1 && is_idempotent(&parts.method, &parts.headers);
+        if !retryable {
+            return Ok(RequestBody::Streaming(Some((body, max_body))));
+        }
+        if body.is_end_stream() {
+            return Ok(RequestBody::Replay(Bytes::new()));
+        }
+        match length {
+            Some(len) if len <= route.retry.replay_limit => {
+                let collected = http_body_util::Limited::new(body, len as usize)
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+                Ok(RequestBody::Replay(collected.to_bytes()))
+            }
+            _ => Ok(RequestBody::Streaming(Some((body, max_body)))),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replay(_))
+    }
+
+    fn for_try(&mut self) -> UpstreamBody {
+        match self {
+            RequestBody::Replay(bytes) => UpstreamBody::full(bytes.clone()),
+            RequestBody::Streaming(inner) => match inner.take() {
+                Some((body, limit)) => UpstreamBody::streaming(body, limit),
+                // Only one try streams; a second never reaches here.
+                None => UpstreamBody::full(Bytes::new()),
+            },
+        }
+    }
+}
+
+/// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2),
+/// or a request the client marked with an `Idempotency-Key`.
+pub fn is_idempotent(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    ) || headers.contains_key("idempotency-key")
 }
 
 /// 502/503/504 from a stamp mean it (or something in front of it) could not

@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::routing::{RoutingTable, StampInput};
+use crate::controller::{Controller, ControllerHandle};
+use crate::routing::RoutingTable;
 
 pub mod body;
+pub mod budget;
 pub mod forward;
 pub mod headers;
 pub mod server;
@@ -24,7 +26,7 @@ pub mod upstream;
 
 use forward::Gateway;
 use server::{Acceptor, ConnLimits};
-use upstream::{Upstream, UpstreamSetupError};
+use upstream::UpstreamSetupError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub struct ProxyHandle {
     pub tls_listen: Vec<SocketAddr>,
     /// The routing table the request path reads.
     pub routing: Arc<ArcSwap<RoutingTable>>,
+    /// The control plane (events, signals).
+    pub controller: ControllerHandle,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -82,31 +86,9 @@ impl ProxyHandle {
     }
 }
 
-/// Bind the listeners and start serving `config`.
+/// Start the controller (first routing table, probes), bind the listeners
+/// and start serving `config`.
 pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
-    let mut upstreams = Vec::with_capacity(config.pools.len());
-    for pool in &config.pools {
-        upstreams.push((pool.name.clone(), Arc::new(Upstream::new(pool)?)));
-    }
-    let table = RoutingTable::build(
-        config,
-        1,
-        |pool| {
-            upstreams
-                .iter()
-                .find(|(name, _)| *name == pool.name)
-                .map(|(_, u)| u.clone())
-                .expect("an upstream per pool")
-        },
-        |_, stamp| StampInput {
-            effective_weight: stamp.weight,
-            admin_enabled: true,
-            rtt: None,
-            stats: Arc::default(),
-        },
-    );
-    let routing = Arc::new(ArcSwap::from_pointee(table));
-
     let tls = if config.proxy.tls_listen.is_empty() {
         None
     } else {
@@ -114,25 +96,28 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
             &config.proxy.certificates,
         )?))
     };
+    let plain = bind_all(&config.proxy.listen).await?;
+    let secure = bind_all(&config.proxy.tls_listen).await?;
 
+    let shutdown = CancellationToken::new();
+    let controller = Controller::start(config.clone(), shutdown.child_token())?;
     let limits = ConnLimits {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
     };
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {
-            routing: routing.clone(),
+            routing: controller.routing.clone(),
             max_request_body: config.proxy.max_request_body,
             stamp_header: config.proxy.stamp_header,
+            signals: controller.signals.clone(),
         }),
         limits,
         http: Arc::new(server::http_builder(limits)),
-        shutdown: CancellationToken::new(),
+        shutdown,
         tracker: TaskTracker::new(),
     };
 
-    let plain = bind_all(&config.proxy.listen).await?;
-    let secure = bind_all(&config.proxy.tls_listen).await?;
     let listen = local_addrs(&plain);
     let tls_listen = local_addrs(&secure);
     for l in plain {
@@ -145,7 +130,8 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
     Ok(ProxyHandle {
         listen,
         tls_listen,
-        routing,
+        routing: controller.routing.clone(),
+        controller,
         shutdown: acceptor.shutdown,
         tracker: acceptor.tracker,
         grace: config.proxy.shutdown_grace,

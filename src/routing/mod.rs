@@ -6,12 +6,15 @@
 //! [`RoutingTable::route`] and then [`selector::Selector::pick`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::config::{AllUnhealthy, Config, Method, PoolConfig, RetryConfig, StampConfig};
+use crate::config::{
+    AllUnhealthy, Config, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
+};
+use crate::proxy::budget::RetryBudget;
 use crate::proxy::upstream::Upstream;
 
 pub mod selector;
@@ -29,24 +32,48 @@ pub struct StampStats {
     pub requests: AtomicU64,
     /// Requests that failed at the stamp (connect, reset, timeout, 5xx gateway).
     pub failures: AtomicU64,
-    /// Gateway failures in a row; reset by any success (passive health).
+    /// Requests the stamp answered with a 5xx that is not a gateway
+    /// failure (the application failed; counts for the live error rate).
+    pub server_errors: AtomicU64,
+    /// Gateway failures in a row; reset by any answer (passive health).
     pub consecutive_failures: AtomicU32,
+    /// Set by the request path when it asked the controller to eject the
+    /// stamp, cleared by the controller: one message per episode, not one
+    /// per failed request.
+    pub ejection_requested: AtomicBool,
+}
+
+/// How one try at a stamp ended, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The stamp answered (any status but a gateway failure or 5xx).
+    Answered,
+    /// The stamp answered 5xx (not 502/503/504): the application failed.
+    ServerError,
+    /// Connect error, reset, timeout, or 502/503/504.
+    GatewayFailure,
 }
 
 impl StampStats {
-    /// Record a finished try. Returns the consecutive-failure count after it.
-    pub fn record(&self, failed: bool) -> u32 {
+    /// Record a finished try. Returns the consecutive gateway-failure count
+    /// after it.
+    pub fn record(&self, outcome: Outcome) -> u32 {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            // Avoid a write (and cache-line traffic) when already zero.
-            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+        match outcome {
+            Outcome::GatewayFailure => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
             }
-            0
+            Outcome::ServerError => {
+                self.server_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Answered => {}
         }
+        // Avoid a write (and cache-line traffic) when already zero.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        0
     }
 }
 
@@ -109,6 +136,22 @@ pub struct PoolView {
     /// Connection pools to the stamps; shared across tables so a publish
     /// never drops warm connections.
     pub upstream: Arc<Upstream>,
+    /// Consecutive gateway failures after which the request path asks the
+    /// controller to eject a stamp.
+    pub outlier_threshold: u32,
+}
+
+impl PoolView {
+    fn routes_like(&self, other: &PoolView) -> bool {
+        self.selector == other.selector
+            && self.failing_open == other.failing_open
+            && self.stamps.len() == other.stamps.len()
+            && self
+                .stamps
+                .iter()
+                .zip(&other.stamps)
+                .all(|(a, b)| a.effective_weight == b.effective_weight && a.name == b.name)
+    }
 }
 
 /// One route, precompiled for matching.
@@ -126,6 +169,8 @@ pub struct RouteEntry {
     pub timeout: Duration,
     /// Retry settings.
     pub retry: RetryConfig,
+    /// The route's retry budget, shared across tables.
+    pub budget: Arc<RetryBudget>,
 }
 
 impl RouteEntry {
@@ -151,12 +196,14 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// Build a table from the config and the controller's view of each stamp.
     ///
-    /// `upstream` supplies the connection pool of each pool (the controller
-    /// keeps them across tables); `input` the state of each stamp.
+    /// `upstream` supplies the connection pool of each pool and `budget`
+    /// the retry budget of each route (the controller keeps both across
+    /// tables); `input` the state of each stamp.
     pub fn build(
         config: &Config,
         generation: u64,
         mut upstream: impl FnMut(&PoolConfig) -> Arc<Upstream>,
+        mut budget: impl FnMut(&RouteConfig) -> Arc<RetryBudget>,
         mut input: impl FnMut(&PoolConfig, &StampConfig) -> StampInput,
     ) -> RoutingTable {
         let pools: Vec<PoolView> = config
@@ -186,6 +233,7 @@ impl RoutingTable {
                     .expect("validated config: route pools exist"),
                 timeout: r.timeout,
                 retry: r.retry.clone(),
+                budget: budget(r),
             })
             .collect();
         // Stable sort keeps file order among equals, so the first of two
@@ -202,6 +250,28 @@ impl RoutingTable {
     /// one, then the longest path prefix wins. `host` is without port.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteEntry> {
         self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// A table with no routes (before the first publish).
+    pub fn empty() -> RoutingTable {
+        RoutingTable {
+            generation: 0,
+            routes: Vec::new(),
+            pools: Vec::new(),
+        }
+    }
+
+    /// Whether `other` would route every request the same way: same pools,
+    /// selectors, weights and fail-open state (routes come from the same
+    /// config). The controller publishes only tables that differ.
+    pub fn routes_like(&self, other: &RoutingTable) -> bool {
+        self.routes.len() == other.routes.len()
+            && self.pools.len() == other.pools.len()
+            && self
+                .pools
+                .iter()
+                .zip(&other.pools)
+                .all(|(a, b)| a.routes_like(b))
     }
 
     /// Routes in match order.
@@ -289,6 +359,7 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
             .as_deref()
             .and_then(|h| http::HeaderValue::from_str(h).ok()),
         upstream,
+        outlier_threshold: pool.outlier.consecutive_failures,
     }
 }
 
@@ -358,10 +429,17 @@ pub(crate) mod tests {
     #[test]
     fn stats_count_consecutive_failures_until_a_success() {
         let s = StampStats::default();
-        assert_eq!(s.record(true), 1);
-        assert_eq!(s.record(true), 2);
-        assert_eq!(s.record(false), 0);
-        assert_eq!(s.requests.load(Ordering::Relaxed), 3);
-        assert_eq!(s.failures.load(Ordering::Relaxed), 2);
+        assert_eq!(s.record(Outcome::GatewayFailure), 1);
+        assert_eq!(s.record(Outcome::GatewayFailure), 2);
+        assert_eq!(
+            s.record(Outcome::ServerError),
+            0,
+            "an answer ends the streak"
+        );
+        assert_eq!(s.record(Outcome::GatewayFailure), 1);
+        assert_eq!(s.record(Outcome::Answered), 0);
+        assert_eq!(s.requests.load(Ordering::Relaxed), 5);
+        assert_eq!(s.failures.load(Ordering::Relaxed), 3);
+        assert_eq!(s.server_errors.load(Ordering::Relaxed), 1);
     }
 }

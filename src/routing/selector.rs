@@ -10,7 +10,7 @@ pub const MAX_TRIES: usize = 8;
 
 /// One tier of candidates: stamps that share traffic by weight. Stored as
 /// cumulative weights so a pick is one random number and a binary search.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tier {
     /// `(cumulative weight, stamp index)`, cumulative weight strictly rising.
     entries: Box<[(u32, u16)]>,
@@ -123,7 +123,7 @@ impl Tried {
 }
 
 /// Where a pool sends requests, precomputed from effective weights.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
     /// Tiers in order of preference: the first non-empty one takes all new
     /// requests; later ones are only used by retries once every stamp above

@@ -1,0 +1,8 @@
+//! Health: active probes ([`probe`]) send raw samples to the controller,
+//! which runs the pure per-stamp state machine ([`state`]) on them and on
+//! the passive signals of live traffic.
+
+pub mod probe;
+pub mod state;
+
+pub use state::{HealthState, ProbeSample, StampHealth, Transition};
