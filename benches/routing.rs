@@ -1,1 +1,3 @@
+//! Routing benchmarks (placeholder in this branch).
+
 fn main() {}

@@ -1,1 +1,3 @@
 //! stampgate
+
+pub mod discovery;

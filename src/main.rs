@@ -1,1 +1,3 @@
+//! The `stampgate` command (placeholder in this branch).
+
 fn main() {}
