@@ -28,6 +28,7 @@
 pub mod config;
 pub mod controller;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod proxy;
