@@ -36,7 +36,8 @@ fn config_with(stamps: usize) -> Config {
 }
 
 fn table(config: &Config, generation: u64) -> RoutingTable {
-    let upstream = Arc::new(Upstream::new(&config.pools[0]).expect("upstream"));
+    let upstream =
+        Arc::new(Upstream::new(&config.pools[0], &Default::default()).expect("upstream"));
     let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 10, 0.2));
     RoutingTable::build(
         config,

@@ -377,3 +377,83 @@ async fn pooled_client_dials_a_cached_name() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "eu");
 }
+
+mod support;
+
+/// The whole path: the proxy's stamp address is a name, the record moves
+/// to another loopback address (where a second stamp listens on the same
+/// port), and traffic follows; when DNS stops answering, the last answer
+/// stays in use and an alarm is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_follows_an_address_change_and_survives_a_dns_outage() {
+    use stampgate::stamp::{Stamp, StampOptions};
+    let dns = TestDns::start().await;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let first = Stamp::start(StampOptions {
+        name: "eu-a".into(),
+        region: "westeurope".into(),
+        listen: SocketAddr::new(v4(10), 0),
+        control: any,
+    })
+    .await
+    .unwrap();
+    let port = first.addr().port();
+    let second = Stamp::start(StampOptions {
+        name: "eu-b".into(),
+        region: "westeurope".into(),
+        listen: SocketAddr::new(v4(11), port),
+        control: any,
+    })
+    .await
+    .unwrap();
+    let p = support::Setup::new()
+        .address("eu", "westeurope", &format!("eu.stamps.test:{port}"))
+        .extra(&format!(
+            "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\nmax_ttl = \"300ms\"\n",
+            dns.addr
+        ))
+        .start()
+        .await;
+    let c = support::http1_client();
+    let url = p.url("/catalogservice/api/1.0/catalogitem?limit=1");
+    let served_by = || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            support::get(&c, &url)
+                .await
+                .header("x-server-name")
+                .to_owned()
+        }
+    };
+    let start = tokio::time::Instant::now();
+    while served_by().await != "eu-a" {
+        assert!(
+            start.elapsed() < REPORT_WAIT,
+            "never served by the first address"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    dns.set_a("eu.stamps.test.", v4(11)).await;
+    let start = tokio::time::Instant::now();
+    while served_by().await != "eu-b" {
+        assert!(
+            start.elapsed() < REPORT_WAIT,
+            "the address change was not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    dns.stop().await;
+    let events = &p.handle.controller.events;
+    let start = tokio::time::Instant::now();
+    while !events.since(0).iter().any(|e| e.reason.contains("failed")) {
+        assert!(start.elapsed() < REPORT_WAIT, "no alarm for the DNS outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(served_by().await, "eu-b", "the last answer stays in use");
+    }
+    drop(first);
+    drop(second);
+}

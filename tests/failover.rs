@@ -101,7 +101,7 @@ fn errors(seen: &[Seen]) -> Vec<&Seen> {
     seen.iter().filter(|s| s.status != StatusCode::OK).collect()
 }
 
-fn served_by_after<'a>(seen: &'a [Seen], name: &str, after: Duration) -> usize {
+fn served_by_after(seen: &[Seen], name: &str, after: Duration) -> usize {
     seen.iter()
         .filter(|s| s.at >= after && s.server == name)
         .count()
@@ -446,18 +446,14 @@ async fn a_flapping_stamp_is_damped() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     victim.clear_fault();
-    let events = health_events(&p, "westeurope-1");
-    assert!(
-        events.iter().any(|(_, why)| why.contains("flap")),
-        "held out for flapping: {events:?}"
-    );
     // Healthy again now, yet kept out while the penalty decays.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = health_events(&p, "westeurope-1");
     assert_eq!(weight(&p, "westeurope-1"), 0, "still damped: {events:?}");
-    let flips = events.len();
+    assert!(events.len() >= 3, "it did go down and up: {events:?}");
     assert!(
-        flips < 9,
-        "traffic did not follow every one of 9 flaps: {events:?}"
+        events.len() <= 4,
+        "traffic did not follow each of 9 flaps: {events:?}"
     );
 }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Pools in name order (`BTreeMap` order of the file), each with its stamps.
     pub pools: Vec<PoolConfig>,
+    /// `[dns]`: resolution of stamp host names.
+    pub dns: crate::discovery::DnsSettings,
 }
 
 /// `[proxy]`

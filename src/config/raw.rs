@@ -23,6 +23,22 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
     /// `[pools.NAME]`, keyed by pool name.
     pub pools: Option<BTreeMap<String, RawPool>>,
+    /// `[dns]`; optional.
+    pub dns: Option<RawDns>,
+}
+
+/// `[dns]`: how stamp host names are resolved.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `IP:port` of name servers; empty or absent: the system's resolv.conf.
+    pub nameservers: Option<Vec<String>>,
+    /// Duration string: shortest time an answer is kept.
+    pub min_ttl: Option<String>,
+    /// Duration string: longest time an answer is kept.
+    pub max_ttl: Option<String>,
+    /// Duration string: time limit of one lookup.
+    pub timeout: Option<String>,
 }
 
 /// `[proxy]`

@@ -98,7 +98,7 @@ pub(crate) fn format_duration(d: Duration) -> String {
 /// exactly: `"10MiB"`, `"64KiB"`, `"1000B"`.
 pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes != 0 && bytes % size == 0 {
+        if bytes != 0 && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

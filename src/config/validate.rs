@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::defaults::*;
-use super::raw::{RawAdmin, RawCertificate, RawConfig, RawProxy, RawRetry, RawRoute};
+use super::raw::{RawAdmin, RawCertificate, RawConfig, RawDns, RawProxy, RawRetry, RawRoute};
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
     AdminSettings, CertificateConfig, Config, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
 };
+use crate::discovery::DnsSettings;
 
 /// Why a config was refused. Every variant names the file; the message is
 /// one line, meant to be printed as is.
@@ -273,12 +274,45 @@ impl<'a> Ctx<'a> {
         self.check_listener_overlap(&proxy, &admin)?;
         let pools = pool::pools(self, raw.pools.unwrap_or_default())?;
         let routes = self.routes(raw.routes.unwrap_or_default(), &pools)?;
+        let dns = self.dns(raw.dns.unwrap_or_default())?;
         Ok(Config {
             source: self.file.to_path_buf(),
             proxy,
             admin,
             routes,
             pools,
+            dns,
+        })
+    }
+
+    fn dns(&self, raw: RawDns) -> Result<DnsSettings, ConfigError> {
+        let defaults = DnsSettings::default();
+        let nameservers =
+            self.socket_addrs("dns.nameservers", &raw.nameservers.unwrap_or_default())?;
+        let min_ttl =
+            self.positive_duration("dns.min_ttl", raw.min_ttl.as_deref(), defaults.min_ttl)?;
+        let max_ttl = self.duration(
+            "dns.max_ttl",
+            raw.max_ttl.as_deref(),
+            defaults.max_ttl.max(min_ttl),
+        )?;
+        if max_ttl < min_ttl {
+            return Err(self.invalid(
+                "dns.max_ttl",
+                quote(raw.max_ttl.as_deref().unwrap_or_default()),
+                format!(
+                    "must not be less than min_ttl ({})",
+                    format_duration(min_ttl)
+                ),
+            ));
+        }
+        let timeout =
+            self.positive_duration("dns.timeout", raw.timeout.as_deref(), defaults.timeout)?;
+        Ok(DnsSettings {
+            nameservers,
+            min_ttl,
+            max_ttl,
+            timeout,
         })
     }
 

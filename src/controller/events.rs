@@ -26,6 +26,8 @@ pub enum EventKind {
     Operator,
     /// Configuration loaded or reloaded.
     Config,
+    /// A stamp host name resolved to new addresses.
+    Dns,
 }
 
 /// One entry of the event log.

@@ -15,6 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PoolConfig, RouteConfig, StampConfig};
+use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
 use crate::health::state::{
     HealthSettings, HealthState, ProbeSample, StampHealth, Transition, max_ejected_allows,
@@ -69,6 +70,17 @@ pub enum Signal {
     },
 }
 
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A pool's upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    /// Stamp addresses use host names and no resolver could be set up.
+    #[error("dns: {0}")]
+    Dns(#[from] DnsError),
+}
+
 /// The controller's view of one stamp.
 struct StampEntry {
     pool: usize,
@@ -99,6 +111,7 @@ pub struct Controller {
     stamps: Vec<StampEntry>,
     by_name: HashMap<Arc<str>, usize>,
     upstreams: Vec<Arc<Upstream>>,
+    dns: DnsCache,
     budgets: HashMap<String, Arc<RetryBudget>>,
     routing: Arc<ArcSwap<RoutingTable>>,
     /// Fail-open flag per pool in the last published table (for alarms).
@@ -116,13 +129,16 @@ impl Controller {
     pub fn start(
         config: Config,
         cancel: CancellationToken,
-    ) -> Result<ControllerHandle, UpstreamSetupError> {
+    ) -> Result<ControllerHandle, ControllerError> {
+        let dns = DnsCache::new();
         let upstreams = config
             .pools
             .iter()
-            .map(|p| Upstream::new(p).map(Arc::new))
+            .map(|p| Upstream::new(p, &dns).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
+        let (dns_tx, dns_rx) = mpsc::channel(SIGNAL_QUEUE);
+        start_dns(&config, &dns, dns_tx, &cancel)?;
         let now = Instant::now();
         let mut stamps = Vec::new();
         let mut by_name = HashMap::new();
@@ -153,6 +169,7 @@ impl Controller {
             stamps,
             by_name,
             upstreams,
+            dns,
             budgets,
             failing_open: Vec::new(),
             generation: 0,
@@ -168,7 +185,7 @@ impl Controller {
             signals: tx,
             events,
         };
-        tokio::spawn(controller.run(rx));
+        tokio::spawn(controller.run(rx, dns_rx));
         Ok(handle)
     }
 
@@ -186,12 +203,13 @@ impl Controller {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Signal>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Signal>, mut dns_rx: mpsc::Receiver<DnsReport>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 Some(signal) = rx.recv() => self.on_signal(signal, Instant::now()),
+                Some(report) = dns_rx.recv() => self.on_dns(report, Instant::now()),
                 _ = tick.tick() => self.on_tick(Instant::now()),
                 () = self.cancel.cancelled() => break,
             }
@@ -212,6 +230,53 @@ impl Controller {
                     return;
                 };
                 self.on_outlier(i, consecutive, now);
+            }
+        }
+    }
+
+    /// New addresses for a host: connections to the old ones must not be
+    /// reused, so the pools using the host get a fresh upstream client (the
+    /// old one closes its connections once in-flight requests finish).
+    fn on_dns(&mut self, report: DnsReport, now: Instant) {
+        match report {
+            DnsReport::Resolved { host, addrs, ttl } => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                tracing::info!(%host, addrs = ?list, ?ttl, "stamp host resolved");
+                self.events.push(NewEvent {
+                    kind: EventKind::Dns,
+                    pool: None,
+                    stamp: None,
+                    from: None,
+                    to: Some(list.join(", ")),
+                    reason: format!(
+                        "{host} resolves to {} (next lookup in {ttl:?})",
+                        list.join(", ")
+                    ),
+                });
+                for (pi, pool) in self.config.pools.iter().enumerate() {
+                    if pool.stamps.iter().any(|s| s.host == host) {
+                        match Upstream::new(pool, &self.dns) {
+                            Ok(u) => self.upstreams[pi] = Arc::new(u),
+                            Err(e) => {
+                                tracing::error!(pool = %pool.name, error = %e, "cannot renew upstream client")
+                            }
+                        }
+                    }
+                }
+                self.publish(now);
+            }
+            DnsReport::Failed { host, error, kept } => {
+                tracing::warn!(%host, %error, kept, "stamp host resolution failed; keeping the last answer");
+                self.events.push(NewEvent {
+                    kind: EventKind::Alarm,
+                    pool: None,
+                    stamp: None,
+                    from: None,
+                    to: None,
+                    reason: format!(
+                        "resolving {host} failed ({error}); {kept} address(es) kept in use"
+                    ),
+                });
             }
         }
     }
@@ -363,6 +428,38 @@ impl Controller {
         self.failing_open = failing_open;
         self.routing.store(Arc::new(table));
     }
+}
+
+/// One refresh loop per distinct stamp host name; IP literals need none.
+fn start_dns(
+    config: &Config,
+    cache: &DnsCache,
+    reports: mpsc::Sender<DnsReport>,
+    cancel: &CancellationToken,
+) -> Result<(), DnsError> {
+    let mut hosts: Vec<&str> = config
+        .pools
+        .iter()
+        .flat_map(|p| &p.stamps)
+        .map(|s| s.host.as_str())
+        .filter(|h| !discovery::is_ip_literal(h))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    let resolver = Arc::new(Discovery::new(config.dns.clone())?);
+    for host in hosts {
+        discovery::spawn_refresh(
+            resolver.clone(),
+            host.to_owned(),
+            cache.clone(),
+            reports.clone(),
+            cancel.child_token(),
+        );
+    }
+    Ok(())
 }
 
 fn pool_index(config: &Config, pool: &PoolConfig) -> usize {

@@ -33,6 +33,23 @@
 //! `tick` carries out a move that was held back. The first verdict out of
 //! `Unknown` is information, not recovery, so it is never held.
 //!
+//! # Passive ejection
+//!
+//! An ejection holds the stamp out for `min(base × n, max)`. It ends when it
+//! runs out, or earlier when a full successful window has been probed since
+//! it began ("released early when probes pass again": the request path saw
+//! a blip that the stamp has got over). Since a failing window outranks an
+//! ejection, the end of an ejection never overrides a probe verdict of
+//! `Unhealthy`; the stamp returns when its probes pass.
+//!
+//! # Flap damping
+//!
+//! Every change between usable and unusable adds a penalty that halves every
+//! `flap_half_life` (see `FlapDamper`). A stamp whose penalty would exceed
+//! `flap_suppress` is held out ("flap-damped") until the penalty has decayed
+//! below `flap_reuse` *and* its window passes. Moves between `Healthy` and
+//! `Degraded` do not count: hysteresis and `min_hold` damp those.
+//!
 //! A change of state returns a [`Transition`] with a human reason. When the
 //! cause changes but the state does not (an ejection ends while the probes
 //! still fail), only [`StampHealth::reason`] changes: there is nothing to
@@ -92,10 +109,6 @@ const RECOVERY_FRACTION: f64 = 0.8;
 /// A live error rate older than this is forgotten: a stamp with too little
 /// traffic to measure has no live evidence either way, and the probes decide.
 const LIVE_ERROR_MAX_AGE: Duration = Duration::from_secs(30);
-/// The flap penalty is capped at `reuse × 2^this`, so a stamp is held out at
-/// most this many half-lives after it stops flapping (BGP's default
-/// max-suppress-time is four half-lives).
-const MAX_SUPPRESS_HALF_LIVES: i32 = 4;
 
 /// What stampgate observed about a stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -170,7 +183,7 @@ pub struct HealthSettings {
     /// Upper bound of one ejection (default 300s).
     pub max_ejection: Duration,
     /// Penalty added by each change between usable and unusable (default
-    /// 1000; 0 turns flap damping off).
+    /// 1000; 0 turns flap damping off, as does a zero half-life).
     pub flap_penalty: f64,
     /// Half-life of the flap penalty (default 60s).
     pub flap_half_life: Duration,
@@ -313,10 +326,11 @@ impl StampHealth {
     /// probe says otherwise.
     pub fn new(settings: HealthSettings, now: Instant) -> Self {
         let settings = settings.sanitized();
+        let window = Window::new(settings.sample_size, settings.successful_samples_required);
         Self {
-            window: Window::new(settings.sample_size, settings.successful_samples_required),
+            reason: awaiting_reason(&window),
+            window,
             state: HealthState::Unknown,
-            reason: "no probe verdict yet".to_owned(),
             since: now,
             last_probe: None,
             last_failure: None,
@@ -594,11 +608,7 @@ impl StampHealth {
             return Verdict::new(Unhealthy, self.flap_reason(now));
         }
         if !self.window.passing() {
-            let reason = format!(
-                "awaiting probe verdict ({} probes so far)",
-                self.window.len()
-            );
-            return Verdict::new(Unknown, reason);
+            return Verdict::new(Unknown, awaiting_reason(&self.window));
         }
         match self.degraded_reason() {
             Some(reason) => Verdict::new(Degraded, reason),
@@ -657,7 +667,11 @@ impl StampHealth {
     }
 
     fn flap_reason(&self, now: Instant) -> String {
-        format!("flap-damped (penalty {:.0})", self.flap_penalty(now))
+        format!(
+            "flap-damped (penalty {:.0}, reuse under {:.0})",
+            self.flap_penalty(now),
+            self.settings.flap_reuse
+        )
     }
 
     fn healthy_reason(&self) -> String {
@@ -856,6 +870,14 @@ impl Ejections {
 /// Route-flap damping, BGP style: every change of usability adds a penalty
 /// that decays as `p0 × 0.5^(dt / half_life)`; above `suppress` the stamp is
 /// held out until the penalty falls below `reuse` (and its window passes).
+///
+/// A move back to usable that would push the penalty over `suppress` is
+/// refused and starts the suppression instead, without adding: the stamp
+/// never bounces in and out, and refusals cannot feed the penalty forever.
+/// A suppressed stamp makes no further changes, so the penalty never exceeds
+/// `suppress + flap_penalty` and needs no cap (BGP's max-suppress-time): a
+/// stamp is held out at most `half_life × log2((suppress + penalty) / reuse)`
+/// after its last flap, about 85s with the defaults.
 #[derive(Debug, Clone)]
 struct FlapDamper {
     penalty: f64,
@@ -888,9 +910,7 @@ impl FlapDamper {
 
     /// Adds one flap; returns true when this flap starts a suppression.
     fn add(&mut self, settings: &HealthSettings, now: Instant) -> bool {
-        let ceiling = (settings.flap_reuse * 2_f64.powi(MAX_SUPPRESS_HALF_LIVES))
-            .max(settings.flap_suppress + settings.flap_penalty);
-        self.penalty = (self.value(settings, now) + settings.flap_penalty).min(ceiling);
+        self.penalty = self.value(settings, now) + settings.flap_penalty;
         self.at = now;
         let starts = !self.suppressed && self.penalty > settings.flap_suppress;
         self.suppressed |= starts;
@@ -919,6 +939,14 @@ fn ewma(old: Duration, new: Duration, alpha: f64) -> Duration {
     Duration::from_secs_f64(alpha * new.as_secs_f64() + (1.0 - alpha) * old.as_secs_f64())
 }
 
+fn awaiting_reason(window: &Window) -> String {
+    format!(
+        "awaiting probe verdict ({} of {} successes needed)",
+        window.successes(),
+        window.required
+    )
+}
+
 fn over_or_recovering(what: &str, over: bool, threshold: &str, recovery: &str) -> String {
     if over {
         format!("{what} over {threshold}")
@@ -932,7 +960,7 @@ fn fmt_duration(d: Duration) -> String {
     let ms = (d.as_nanos() + 500_000) / 1_000_000;
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", d.as_secs_f64())
@@ -944,4 +972,868 @@ fn fmt_percent(share: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+
+    const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+    /// Settings with holds and damping off, so each test sees one rule.
+    fn plain() -> HealthSettings {
+        HealthSettings {
+            min_hold: Duration::ZERO,
+            flap_penalty: 0.0,
+            ..HealthSettings::default()
+        }
+    }
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    fn secs(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    /// A stamp and a hand-driven clock.
+    struct Sim {
+        health: StampHealth,
+        start: Instant,
+        now: Instant,
+        step: Duration,
+    }
+
+    impl Sim {
+        fn new(settings: HealthSettings) -> Self {
+            let start = Instant::now();
+            Self {
+                health: StampHealth::new(settings, start),
+                start,
+                now: start,
+                step: PROBE_EVERY,
+            }
+        }
+
+        fn at(&self, offset: Duration) -> Instant {
+            self.start + offset
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+        }
+
+        fn sample(&mut self, sample: &ProbeSample) -> Option<Transition> {
+            self.advance(self.step);
+            self.health.record_probe(sample, self.now)
+        }
+
+        fn ok_rtt(&mut self, rtt: Duration) -> Option<Transition> {
+            self.sample(&ProbeSample {
+                ok: true,
+                rtt,
+                status: Some(200),
+                detail: "status 200".to_owned(),
+            })
+        }
+
+        /// Probes in order, `+` passing and `-` failing (status 503); returns
+        /// the transitions they caused.
+        fn probes(&mut self, pattern: &str) -> Vec<Transition> {
+            pattern
+                .chars()
+                .filter_map(|c| match c {
+                    '+' => self.ok_rtt(ms(20)),
+                    '-' => self.sample(&ProbeSample {
+                        ok: false,
+                        rtt: ms(5),
+                        status: Some(503),
+                        detail: "status 503".to_owned(),
+                    }),
+                    other => panic!("bad probe pattern char {other:?}"),
+                })
+                .collect()
+        }
+
+        fn eject(&mut self, consecutive: u32) -> Option<Transition> {
+            self.health.eject(consecutive, self.now)
+        }
+
+        fn live(&mut self, requests: u64, failures: u64) -> Option<Transition> {
+            self.advance(PROBE_EVERY);
+            self.health.record_live(requests, failures, self.now)
+        }
+
+        fn tick_at(&mut self, offset: Duration) -> Option<Transition> {
+            self.now = self.at(offset);
+            self.health.tick(self.now)
+        }
+
+        fn state(&self) -> HealthState {
+            self.health.state()
+        }
+    }
+
+    fn only(transitions: Vec<Transition>) -> Transition {
+        assert_eq!(transitions.len(), 1, "{transitions:#?}");
+        transitions.into_iter().next().expect("one transition")
+    }
+
+    fn assert_move(t: &Transition, from: HealthState, to: HealthState, reason: &str) {
+        assert_eq!((t.from, t.to), (from, to), "{t}");
+        assert_eq!(t.reason, reason, "{t}");
+    }
+
+    use HealthState::{Degraded, Healthy, Unhealthy, Unknown};
+
+    // --- the probe window -------------------------------------------------
+
+    #[test]
+    fn a_fresh_stamp_is_unknown_usable_at_full_weight() {
+        let sim = Sim::new(HealthSettings::default());
+        assert_eq!(sim.state(), Unknown);
+        assert!(sim.health.usable());
+        assert_eq!(sim.health.weight_factor(), 1.0);
+        assert!(!sim.health.wants_fast_probes());
+        assert_eq!(sim.health.since(), sim.start);
+        assert_eq!(
+            sim.health.reason(),
+            "awaiting probe verdict (0 of 3 successes needed)"
+        );
+        assert_eq!(sim.health.recovered_at(), None);
+        assert_eq!(sim.health.last_probe(), None);
+    }
+
+    #[test]
+    fn three_of_four_is_healthy_after_three_successes() {
+        let mut sim = Sim::new(plain());
+        assert!(sim.probes("++").is_empty());
+        assert_eq!(sim.state(), Unknown);
+        let t = only(sim.probes("+"));
+        assert_move(&t, Unknown, Healthy, "probes pass (3/3)");
+        assert_eq!(t.at, sim.at(secs(3)));
+        assert_eq!(sim.health.since(), t.at);
+    }
+
+    #[test]
+    fn three_of_four_is_unhealthy_after_two_failures() {
+        let mut sim = Sim::new(plain());
+        assert!(sim.probes("-").is_empty(), "one failure still fits 3 of 4");
+        let t = only(sim.probes("-"));
+        assert_move(
+            &t,
+            Unknown,
+            Unhealthy,
+            "2 of last 2 probes failed (status 503)",
+        );
+        assert!(!sim.health.usable());
+        assert_eq!(sim.health.weight_factor(), 0.0);
+        assert!(sim.health.wants_fast_probes());
+    }
+
+    #[test]
+    fn an_undecided_window_stays_unknown() {
+        let mut sim = Sim::new(plain());
+        assert!(sim.probes("+-+").is_empty());
+        assert_eq!(sim.state(), Unknown);
+        assert!(sim.health.usable());
+        assert_eq!(
+            sim.health.reason(),
+            "awaiting probe verdict (2 of 3 successes needed)"
+        );
+    }
+
+    #[test]
+    fn three_of_four_tolerates_one_failure_in_the_window() {
+        let mut sim = Sim::new(plain());
+        sim.probes("+++");
+        assert!(sim.probes("-+").is_empty(), "[+ + - +] still passes");
+        let t = only(sim.probes("-"));
+        assert_move(
+            &t,
+            Healthy,
+            Unhealthy,
+            "2 of last 4 probes failed (status 503)",
+        );
+        let back = only(sim.probes("++"));
+        assert_move(&back, Unhealthy, Healthy, "probes pass again (3/4)");
+    }
+
+    #[test]
+    fn two_of_four_needs_three_failures_and_two_successes() {
+        let mut sim = Sim::new(HealthSettings {
+            successful_samples_required: 2,
+            ..plain()
+        });
+        assert!(sim.probes("--").is_empty(), "2 of 4 can still be reached");
+        let down = only(sim.probes("-"));
+        assert_move(
+            &down,
+            Unknown,
+            Unhealthy,
+            "3 of last 3 probes failed (status 503)",
+        );
+        assert!(sim.probes("+").is_empty(), "[- - - +] fails");
+        let up = only(sim.probes("+"));
+        assert_move(&up, Unhealthy, Healthy, "probes pass again (2/4)");
+        assert!(
+            sim.probes("--").is_empty(),
+            "[- + + -], [+ + - -] still pass"
+        );
+        let again = only(sim.probes("-"));
+        assert_move(
+            &again,
+            Healthy,
+            Unhealthy,
+            "3 of last 4 probes failed (status 503)",
+        );
+    }
+
+    #[test]
+    fn the_failure_reason_names_the_newest_cause() {
+        let mut sim = Sim::new(plain());
+        sim.probes("+++-");
+        sim.advance(PROBE_EVERY);
+        let refused = ProbeSample {
+            ok: false,
+            rtt: ms(1),
+            status: None,
+            detail: "connect refused".to_owned(),
+        };
+        let t = sim.health.record_probe(&refused, sim.now).expect("down");
+        assert_eq!(t.reason, "2 of last 4 probes failed (connect refused)");
+        assert_eq!(sim.health.last_probe(), Some(&refused));
+        sim.probes("-");
+        assert_eq!(
+            sim.health.reason(),
+            "3 of last 4 probes failed (status 503)",
+            "kept current"
+        );
+    }
+
+    #[test]
+    fn out_of_range_settings_are_clamped_to_a_deciding_window() {
+        let mut sim = Sim::new(HealthSettings {
+            sample_size: 0,
+            successful_samples_required: 9,
+            ..plain()
+        });
+        assert_move(
+            &only(sim.probes("+")),
+            Unknown,
+            Healthy,
+            "probes pass (1/1)",
+        );
+        assert_move(
+            &only(sim.probes("-")),
+            Healthy,
+            Unhealthy,
+            "1 of last 1 probes failed (status 503)",
+        );
+    }
+
+    // --- passive ejection -------------------------------------------------
+
+    #[test]
+    fn an_ejection_takes_a_healthy_stamp_out() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        let t = sim.eject(5).expect("ejected");
+        assert_move(
+            &t,
+            Healthy,
+            Unhealthy,
+            "ejected after 5 consecutive failures for 10s",
+        );
+        assert_eq!(sim.health.ejected_until(), Some(sim.now + secs(10)));
+        assert_eq!(sim.health.ejections(), 1);
+        assert!(!sim.health.usable());
+        assert!(sim.health.wants_fast_probes());
+    }
+
+    #[test]
+    fn ejection_signals_below_threshold_or_while_ejected_are_ignored() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        assert_eq!(sim.eject(4), None, "below consecutive_failures");
+        assert_eq!(sim.state(), Healthy);
+        assert!(sim.eject(5).is_some());
+        let until = sim.health.ejected_until();
+        sim.advance(secs(1));
+        assert_eq!(sim.eject(9), None, "already ejected");
+        assert_eq!(sim.health.ejected_until(), until, "not extended");
+        assert_eq!(sim.health.ejections(), 1);
+    }
+
+    #[test]
+    fn an_ejection_expires_with_time() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        sim.eject(5);
+        let ejected_at = sim.now;
+        assert_eq!(sim.tick_at(secs(4) + secs(10) - ms(1)), None);
+        let t = sim.tick_at(secs(14)).expect("released");
+        assert_move(&t, Unhealthy, Healthy, "ejection expired");
+        assert_eq!(sim.health.ejected_until(), None);
+        assert_eq!(sim.health.recovered_at(), Some(ejected_at + secs(10)));
+        assert_eq!(sim.health.reason(), "ejection expired");
+        sim.tick_at(secs(15));
+        assert_eq!(
+            sim.health.reason(),
+            "probes pass (4/4)",
+            "reason follows the current cause"
+        );
+    }
+
+    #[test]
+    fn passing_probes_release_an_ejection_early() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        sim.eject(5);
+        assert!(
+            sim.probes("++").is_empty(),
+            "successes from before the ejection do not count towards release"
+        );
+        let t = only(sim.probes("+"));
+        assert_move(
+            &t,
+            Unhealthy,
+            Healthy,
+            "probes pass again (4/4), ejection released early",
+        );
+        assert_eq!(sim.health.ejected_until(), None);
+        assert!(sim.now < sim.at(secs(4) + secs(10)));
+    }
+
+    #[test]
+    fn a_released_ejection_does_not_override_failing_probes() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        sim.eject(5);
+        assert!(sim.probes("--").is_empty(), "already unhealthy");
+        assert_eq!(
+            sim.health.reason(),
+            "2 of last 4 probes failed (status 503)"
+        );
+        assert_eq!(
+            sim.tick_at(secs(20)),
+            None,
+            "ejection over, probes still fail"
+        );
+        assert_eq!(sim.state(), Unhealthy);
+        assert_eq!(sim.health.ejected_until(), None);
+        let t = only(sim.probes("+++"));
+        assert_move(&t, Unhealthy, Healthy, "probes pass again (3/4)");
+    }
+
+    #[test]
+    fn ejecting_an_unknown_stamp_returns_it_to_unknown() {
+        let mut sim = Sim::new(plain());
+        let t = sim.eject(5).expect("ejected");
+        assert_eq!((t.from, t.to), (Unknown, Unhealthy));
+        let back = sim.tick_at(secs(10)).expect("expired");
+        assert_move(&back, Unhealthy, Unknown, "ejection expired");
+    }
+
+    #[test]
+    fn ejection_durations_grow_by_base_and_cap_at_max() {
+        let mut sim = Sim::new(HealthSettings {
+            base_ejection: secs(10),
+            max_ejection: secs(25),
+            ..plain()
+        });
+        sim.probes("++++");
+        let mut durations = Vec::new();
+        for _ in 0..4 {
+            sim.eject(5).expect("ejected");
+            let until = sim.health.ejected_until().expect("ejected");
+            durations.push(until - sim.now);
+            sim.now = until;
+            sim.health.tick(sim.now).expect("expired");
+        }
+        assert_eq!(durations, [secs(10), secs(20), secs(25), secs(25)]);
+        assert_eq!(sim.health.ejections(), 4);
+    }
+
+    #[test]
+    fn the_ejection_level_falls_while_the_stamp_stays_in() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        for _ in 0..2 {
+            sim.eject(5);
+            sim.now = sim.health.ejected_until().expect("ejected");
+            sim.health.tick(sim.now);
+        }
+        // Level 2; two quiet base periods bring it back to 0.
+        sim.advance(secs(20));
+        sim.eject(5);
+        assert_eq!(sim.health.ejected_until(), Some(sim.now + secs(10)));
+        assert_eq!(
+            sim.health.ejections(),
+            3,
+            "the total still counts every one"
+        );
+    }
+
+    #[test]
+    fn max_ejected_allows_floor_with_at_least_one() {
+        // (ejected now, pool size, max percent, allowed)
+        let table = [
+            (0, 1, 50, true),   // floor 0, but at least one
+            (1, 1, 50, false),  // ... and only one
+            (0, 2, 50, true),   // floor 1
+            (1, 2, 50, false),  // never the whole pool at 50%
+            (1, 3, 50, false),  // floor(1.5) = 1
+            (1, 4, 50, true),   // 2
+            (2, 4, 50, false),  //
+            (0, 3, 10, true),   // floor 0 -> 1: 10% must not disable ejection
+            (1, 10, 10, false), // exactly 1
+            (1, 20, 10, true),  // 2
+            (0, 5, 0, false),   // 0% turns ejection off
+            (0, 0, 50, false),  // empty pool
+            (2, 3, 100, true),  // 100%: the last one too
+            (3, 3, 150, false), // over 100% is 100%
+        ];
+        for (ejected, pool, percent, allowed) in table {
+            assert_eq!(
+                max_ejected_allows(ejected, pool, percent),
+                allowed,
+                "{ejected} ejected of {pool} at {percent}%"
+            );
+        }
+    }
+
+    // --- degraded ---------------------------------------------------------
+
+    fn rtt_limited() -> HealthSettings {
+        HealthSettings {
+            degraded_rtt: Some(ms(250)),
+            rtt_alpha: 1.0,
+            ..plain()
+        }
+    }
+
+    #[test]
+    fn a_slow_stamp_with_a_passing_window_is_degraded() {
+        let mut sim = Sim::new(rtt_limited());
+        assert_eq!(
+            sim.ok_rtt(ms(420)),
+            None,
+            "no verdict before the window passes"
+        );
+        assert_eq!(sim.ok_rtt(ms(420)), None);
+        let t = sim.ok_rtt(ms(420)).expect("verdict");
+        assert_move(&t, Unknown, Degraded, "probe RTT 420ms over 250ms");
+        assert!(sim.health.usable());
+        assert_eq!(sim.health.weight_factor(), 0.25);
+        assert!(!sim.health.wants_fast_probes());
+    }
+
+    #[test]
+    fn rtt_recovery_needs_to_fall_under_eighty_percent() {
+        let mut sim = Sim::new(rtt_limited());
+        sim.probes("+++");
+        let t = sim.ok_rtt(ms(300)).expect("degraded");
+        assert_move(&t, Healthy, Degraded, "probe RTT 300ms over 250ms");
+        assert_eq!(
+            sim.ok_rtt(ms(240)),
+            None,
+            "under the threshold is not enough"
+        );
+        assert_eq!(sim.health.reason(), "probe RTT 240ms, recovers under 200ms");
+        assert_eq!(sim.ok_rtt(ms(200)), None, "at 80% is not under it");
+        let back = sim.ok_rtt(ms(199)).expect("recovered");
+        assert_move(
+            &back,
+            Degraded,
+            Healthy,
+            "back under degraded thresholds (probe RTT 199ms)",
+        );
+        assert_eq!(
+            sim.ok_rtt(ms(249)),
+            None,
+            "healthy until over the threshold again"
+        );
+    }
+
+    #[test]
+    fn rtt_is_smoothed_and_failed_probes_do_not_feed_it() {
+        let mut sim = Sim::new(plain());
+        sim.ok_rtt(ms(100));
+        assert_eq!(sim.health.smoothed_rtt(), Some(ms(100)));
+        sim.ok_rtt(ms(200));
+        let smoothed = sim.health.smoothed_rtt().expect("rtt");
+        assert!(
+            smoothed.abs_diff(ms(130)) < Duration::from_micros(1),
+            "{smoothed:?}"
+        );
+        sim.probes("-");
+        assert_eq!(sim.health.smoothed_rtt(), Some(smoothed));
+    }
+
+    #[test]
+    fn one_slow_probe_does_not_degrade_a_smoothed_stamp() {
+        let mut sim = Sim::new(HealthSettings {
+            degraded_rtt: Some(ms(250)),
+            ..plain()
+        });
+        sim.probes("+++");
+        assert_eq!(sim.ok_rtt(ms(600)), None, "20ms -> ~194ms");
+        let t = sim.ok_rtt(ms(600)).expect("a second slow probe degrades");
+        assert_eq!(t.to, Degraded);
+    }
+
+    #[test]
+    fn live_gateway_errors_degrade_with_hysteresis() {
+        let mut sim = Sim::new(plain());
+        sim.probes("+++");
+        let t = sim.live(100, 20).expect("degraded");
+        assert_move(&t, Healthy, Degraded, "gateway errors 20.0% over 10.0%");
+        assert_eq!(sim.live(100, 9), None);
+        assert_eq!(
+            sim.health.reason(),
+            "gateway errors 9.0%, recovers under 8.0%"
+        );
+        let back = sim.live(100, 5).expect("recovered");
+        assert_move(
+            &back,
+            Degraded,
+            Healthy,
+            "back under degraded thresholds (probe RTT 20ms, gateway errors 5.0%)",
+        );
+    }
+
+    #[test]
+    fn small_live_windows_are_ignored() {
+        let mut sim = Sim::new(plain());
+        sim.probes("+++");
+        assert_eq!(sim.live(MIN_LIVE_REQUESTS - 1, MIN_LIVE_REQUESTS - 1), None);
+        assert_eq!(sim.state(), Healthy);
+        assert!(sim.live(MIN_LIVE_REQUESTS, MIN_LIVE_REQUESTS).is_some());
+    }
+
+    #[test]
+    fn an_old_live_error_rate_is_forgotten() {
+        let mut sim = Sim::new(plain());
+        sim.probes("+++");
+        sim.live(50, 25).expect("degraded");
+        let measured = sim.now - sim.start;
+        assert_eq!(sim.live(5, 0), None, "too few requests to clear it");
+        assert_eq!(sim.tick_at(measured + secs(29)), None);
+        let t = sim.tick_at(measured + secs(30)).expect("forgotten");
+        assert_eq!((t.from, t.to), (Degraded, Healthy));
+    }
+
+    #[test]
+    fn degraded_needs_a_passing_window() {
+        let mut sim = Sim::new(HealthSettings {
+            degraded_rtt: Some(ms(250)),
+            rtt_alpha: 1.0,
+            ..plain()
+        });
+        assert_eq!(sim.live(100, 50), None, "no probe verdict yet");
+        assert_eq!(sim.state(), Unknown);
+        let down = only(sim.probes("--"));
+        assert_eq!(
+            down.to, Unhealthy,
+            "a failing window is unhealthy, not degraded"
+        );
+        sim.ok_rtt(ms(400));
+        sim.ok_rtt(ms(400));
+        let t = sim.ok_rtt(ms(400)).expect("window passes");
+        assert_move(
+            &t,
+            Unhealthy,
+            Degraded,
+            "probe RTT 400ms over 250ms; gateway errors 50.0% over 10.0%",
+        );
+    }
+
+    #[test]
+    fn a_degraded_weight_over_one_hundred_percent_is_capped() {
+        let mut sim = Sim::new(HealthSettings {
+            degraded_weight_percent: 150,
+            ..plain()
+        });
+        sim.probes("+++");
+        sim.live(10, 10);
+        assert_eq!(sim.state(), Degraded);
+        assert_eq!(sim.health.weight_factor(), 1.0);
+    }
+
+    // --- min hold ---------------------------------------------------------
+
+    #[test]
+    fn min_hold_delays_moves_up_but_not_down() {
+        let mut sim = Sim::new(HealthSettings::default());
+        assert_eq!(
+            only(sim.probes("+++")).to,
+            Healthy,
+            "the first verdict is not held"
+        );
+        let down = only(sim.probes("--"));
+        assert_eq!(
+            (down.at, down.to),
+            (sim.at(secs(5)), Unhealthy),
+            "down at once"
+        );
+        assert!(sim.probes("+++").is_empty(), "held at 8s");
+        assert_eq!(
+            sim.health.reason(),
+            "probes pass again (3/4); held unhealthy for min hold 10s"
+        );
+        assert_eq!(sim.tick_at(secs(15) - ms(1)), None);
+        let up = sim.tick_at(secs(15)).expect("hold over");
+        assert_move(&up, Unhealthy, Healthy, "probes pass again (3/4)");
+        let down_again = only(sim.probes("--"));
+        assert_eq!(
+            down_again.to, Unhealthy,
+            "down at once, even right after a move up"
+        );
+    }
+
+    #[test]
+    fn min_hold_also_holds_degraded_to_healthy() {
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: secs(10),
+            ..plain()
+        });
+        sim.probes("+++");
+        assert_eq!(
+            sim.live(100, 50).map(|t| t.to),
+            Some(Degraded),
+            "down at once"
+        );
+        let degraded_at = sim.now - sim.start;
+        assert_eq!(sim.live(100, 0), None, "held");
+        assert_eq!(sim.state(), Degraded);
+        let t = sim.tick_at(degraded_at + secs(10)).expect("released");
+        assert_eq!((t.from, t.to), (Degraded, Healthy));
+    }
+
+    #[test]
+    fn a_held_recovery_is_dropped_when_the_stamp_fails_again() {
+        // An ejection shorter than the hold: its end only allows a move up.
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: secs(10),
+            base_ejection: secs(5),
+            ..plain()
+        });
+        sim.probes("++++");
+        sim.eject(5);
+        assert_eq!(
+            sim.tick_at(secs(9) + ms(1)),
+            None,
+            "ejection over, hold not"
+        );
+        sim.step = ms(100);
+        sim.probes("--");
+        assert_eq!(sim.tick_at(secs(14)), None, "probes fail now");
+        assert_eq!(
+            sim.health.reason(),
+            "2 of last 4 probes failed (status 503)"
+        );
+        let up = only(sim.probes("+++"));
+        assert_eq!(
+            up.reason, "probes pass again (3/4)",
+            "not the stale ejection note"
+        );
+    }
+
+    // --- flap damping -----------------------------------------------------
+
+    #[test]
+    fn the_flap_penalty_halves_every_half_life() {
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: Duration::ZERO,
+            ..HealthSettings::default()
+        });
+        sim.probes("+++");
+        assert_eq!(
+            sim.health.flap_penalty(sim.now),
+            0.0,
+            "unknown -> healthy is no flap"
+        );
+        sim.probes("--");
+        let down = sim.now;
+        assert_eq!(sim.health.flap_penalty(down), 1000.0);
+        assert!((sim.health.flap_penalty(down + secs(60)) - 500.0).abs() < 1e-6);
+        assert!((sim.health.flap_penalty(down + secs(120)) - 250.0).abs() < 1e-6);
+        let _ = only(sim.probes("+++"));
+        assert!(
+            sim.health.flap_penalty(sim.now) > 1900.0,
+            "the return is a flap too"
+        );
+    }
+
+    #[test]
+    fn flapping_ends_suppressed_and_stays_out_until_the_penalty_decays() {
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: Duration::ZERO,
+            ..HealthSettings::default()
+        });
+        sim.step = ms(200);
+        let mut transitions = Vec::new();
+        for _ in 0..6 {
+            transitions.extend(sim.probes("--+++"));
+        }
+        let moves: Vec<_> = transitions.iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            moves,
+            [
+                (Unknown, Unhealthy),
+                (Unhealthy, Healthy),
+                (Healthy, Unhealthy)
+            ],
+            "the second return would cross suppress: the stamp stays out"
+        );
+        assert!(
+            sim.health.reason().starts_with("flap-damped (penalty "),
+            "{}",
+            sim.health.reason()
+        );
+        assert!(!sim.health.usable());
+        assert!(sim.health.wants_fast_probes());
+
+        // Probes pass from now on; the stamp stays out until the penalty
+        // (about 2980 at 1.4s) has decayed below 1500: about 60s later.
+        sim.step = PROBE_EVERY;
+        let up = loop {
+            if let Some(t) = sim.probes("+").pop() {
+                break t;
+            }
+            assert!(sim.now < sim.at(secs(90)), "never released");
+        };
+        let released = up.at - sim.start;
+        assert!(
+            released > secs(59) && released < secs(63),
+            "released at {released:?}"
+        );
+        assert_eq!((up.from, up.to), (Unhealthy, Healthy));
+        assert!(
+            up.reason.starts_with("flap penalty decayed to 14"),
+            "{}",
+            up.reason
+        );
+        assert!(up.reason.ends_with("below reuse 1500"), "{}", up.reason);
+        assert_eq!(sim.health.recovered_at(), Some(up.at));
+    }
+
+    #[test]
+    fn a_suppressed_stamp_also_waits_for_a_passing_window() {
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: Duration::ZERO,
+            ..HealthSettings::default()
+        });
+        sim.step = ms(200);
+        sim.probes("--+++--+++");
+        assert!(sim.health.reason().starts_with("flap-damped"));
+        sim.probes("--");
+        sim.step = secs(10);
+        assert!(sim.probes("--------").is_empty(), "80s of failures");
+        assert!(sim.health.flap_penalty(sim.now) < 1500.0);
+        assert_eq!(
+            sim.health.reason(),
+            "4 of last 4 probes failed (status 503)"
+        );
+        assert!(sim.probes("++").is_empty());
+        let up = only(sim.probes("+"));
+        assert!(
+            up.reason.starts_with("flap penalty decayed"),
+            "{}",
+            up.reason
+        );
+    }
+
+    #[test]
+    fn ejection_cycles_are_damped_too() {
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: Duration::ZERO,
+            ..HealthSettings::default()
+        });
+        sim.probes("++++");
+        for round in 0..2 {
+            assert!(sim.eject(5).is_some(), "round {round}");
+            let until = sim.health.ejected_until().expect("ejected");
+            sim.now = until;
+            let back = sim.health.tick(sim.now);
+            if round == 0 {
+                assert_eq!(back.map(|t| t.to), Some(Healthy));
+            } else {
+                assert_eq!(back, None, "the second return is damped");
+            }
+        }
+        assert!(
+            sim.health.reason().starts_with("flap-damped"),
+            "{}",
+            sim.health.reason()
+        );
+    }
+
+    #[test]
+    fn a_down_move_that_crosses_suppress_says_so() {
+        let mut sim = Sim::new(HealthSettings {
+            min_hold: Duration::ZERO,
+            flap_suppress: 900.0,
+            flap_reuse: 300.0,
+            ..HealthSettings::default()
+        });
+        sim.probes("+++");
+        let t = only(sim.probes("--"));
+        assert_eq!(t.to, Unhealthy);
+        assert_eq!(
+            t.reason,
+            "2 of last 4 probes failed (status 503); flap-damped (penalty 1000, reuse under 300)"
+        );
+    }
+
+    #[test]
+    fn zero_penalty_or_half_life_turns_damping_off() {
+        for settings in [
+            HealthSettings {
+                min_hold: Duration::ZERO,
+                flap_penalty: 0.0,
+                ..HealthSettings::default()
+            },
+            HealthSettings {
+                min_hold: Duration::ZERO,
+                flap_half_life: Duration::ZERO,
+                ..HealthSettings::default()
+            },
+        ] {
+            let mut sim = Sim::new(settings);
+            sim.step = ms(200);
+            assert_eq!(sim.probes("--+++--+++--+++").len(), 6);
+            assert_eq!(sim.health.flap_penalty(sim.now), 0.0);
+        }
+    }
+
+    // --- names and reasons ------------------------------------------------
+
+    #[test]
+    fn health_states_have_lowercase_names() {
+        let all = [Unknown, Healthy, Degraded, Unhealthy];
+        let names: Vec<_> = all.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names, ["unknown", "healthy", "degraded", "unhealthy"]);
+        for state in all {
+            let json = serde_json::to_string(&state).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
+
+    #[test]
+    fn transitions_read_as_one_line() {
+        let mut sim = Sim::new(plain());
+        let t = only(sim.probes("--"));
+        assert_eq!(
+            t.to_string(),
+            "unknown -> unhealthy: 2 of last 2 probes failed (status 503)"
+        );
+    }
+
+    #[test]
+    fn durations_in_reasons_read_naturally() {
+        assert_eq!(fmt_duration(Duration::from_micros(419_600)), "420ms");
+        assert_eq!(fmt_duration(secs(10)), "10s");
+        assert_eq!(fmt_duration(ms(1500)), "1.5s");
+        assert_eq!(fmt_percent(0.125), "12.5%");
+    }
+}

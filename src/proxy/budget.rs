@@ -48,6 +48,9 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 
 /// A lock-free retry budget shared by all requests of a route.
+///
+/// Locks: none. Every method takes `&self` and touches only atomics, so one
+/// budget is shared (`Arc`) by every request task of its route.
 #[derive(Debug)]
 pub struct RetryBudget {
     start: Instant,
@@ -77,7 +80,7 @@ impl RetryBudget {
         retry_percent: f64,
         start: Instant,
     ) -> Self {
-        let slot = (ttl / u32::try_from(SLOTS).unwrap_or(u32::MAX)).max(MIN_SLOT);
+        let slot = (ttl / SLOTS as u32).max(MIN_SLOT);
         let window = slot.as_secs_f64() * SLOTS as f64;
         Self {
             start,
@@ -149,8 +152,8 @@ struct SlotCounter(AtomicU64);
 
 impl SlotCounter {
     /// Adds one for `epoch`, resetting the slot first if it still holds an
-    /// older epoch. A late writer whose slot already moved on to a newer
-    /// epoch counts there: the skew is one slot boundary at most.
+    /// older epoch. A late writer (one that read `now` just before a slot
+    /// boundary) whose slot already moved on to a newer epoch counts there.
     fn add(&self, epoch: u64) {
         self.update(|slot_epoch, count| {
             if slot_epoch == epoch || newer(slot_epoch, epoch) {
@@ -175,7 +178,9 @@ impl SlotCounter {
         if age < SLOTS as u64 { count } else { 0 }
     }
 
-    /// Applies `f(epoch, count)` atomically; `None` leaves the word alone.
+    /// Applies `f(epoch, count)` atomically (a `compare_exchange` loop, so a
+    /// reset and a racing increment cannot overwrite each other); `None`
+    /// leaves the word alone.
     fn update(&self, f: impl Fn(u64, u64) -> Option<u64>) {
         let _ = self.0.fetch_update(Relaxed, Relaxed, |word| {
             let (epoch, count) = unpack(word);
@@ -249,13 +254,14 @@ mod tests {
         // Within the window the deposits still count ...
         let late = start + Duration::from_millis(9_500);
         assert_eq!(withdraw_all(&budget, late, 10), 10);
-        // ... one ttl later they, and the withdrawals, are gone.
-        let after = start + TTL;
-        assert!(!budget.withdraw(after));
+        // ... one ttl later they are gone.
+        assert!(!budget.withdraw(start + TTL));
+        // New deposits earn afresh once the old withdrawals left too.
+        let much_later = start + 3 * TTL;
         for _ in 0..10 {
-            budget.deposit(after);
+            budget.deposit(much_later);
         }
-        assert_eq!(withdraw_all(&budget, after, 10), 5);
+        assert_eq!(withdraw_all(&budget, much_later, 10), 5);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::controller::{Controller, ControllerHandle};
+use crate::controller::{Controller, ControllerError, ControllerHandle};
 use crate::routing::RoutingTable;
 
 pub mod body;
@@ -26,7 +26,6 @@ pub mod upstream;
 
 use forward::Gateway;
 use server::{Acceptor, ConnLimits};
-use upstream::UpstreamSetupError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +42,9 @@ pub enum StartError {
     /// The TLS listener configuration is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
-    /// A pool's upstream client could not be built.
+    /// The control plane could not start (upstream clients, DNS).
     #[error(transparent)]
-    Upstream(#[from] UpstreamSetupError),
+    Controller(#[from] ControllerError),
 }
 
 /// A running proxy.

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{BodyError, UpstreamBody};
 use crate::config::PoolConfig;
+use crate::discovery::{CacheResolver, DnsCache};
 use crate::error::ProxyError;
 
 /// Idle upstream connections are closed after this long: shorter than the
@@ -53,15 +54,17 @@ pub enum UpstreamSetupError {
 /// The client for one pool's stamps.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    client: Client<HttpsConnector<HttpConnector<CacheResolver>>, UpstreamBody>,
     scheme: Scheme,
     version: http::Version,
 }
 
 impl Upstream {
     /// Build the client for `pool`: connect timeout, TLS roots, protocol.
-    pub fn new(pool: &PoolConfig) -> Result<Upstream, UpstreamSetupError> {
-        let mut http = HttpConnector::new();
+    /// Host names are resolved from `dns` (the controller keeps it fresh),
+    /// so the URI keeps the name for SNI while connects use its addresses.
+    pub fn new(pool: &PoolConfig, dns: &DnsCache) -> Result<Upstream, UpstreamSetupError> {
+        let mut http = HttpConnector::new_with_resolver(CacheResolver::new(dns.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(pool.connect_timeout));

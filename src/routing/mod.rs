@@ -145,6 +145,7 @@ impl PoolView {
     fn routes_like(&self, other: &PoolView) -> bool {
         self.selector == other.selector
             && self.failing_open == other.failing_open
+            && Arc::ptr_eq(&self.upstream, &other.upstream)
             && self.stamps.len() == other.stamps.len()
             && self
                 .stamps
