@@ -171,6 +171,8 @@ async fn hard_kill_of_a_stamp_costs_no_client_error() {
         errors(&seen)
     );
     assert!(seen.len() > 100, "a steady stream: {} requests", seen.len());
+    let retried = p.handle.routing.load().routes()[0].budget.retries_total();
+    assert!(retried > 0, "the kill was hidden by retries");
     assert_eq!(
         weight(&p, "westeurope-1"),
         0,

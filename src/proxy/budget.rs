@@ -61,6 +61,7 @@ pub struct RetryBudget {
     deposits: [SlotCounter; SLOTS],
     withdrawals: [SlotCounter; SLOTS],
     exhausted: AtomicU64,
+    granted: AtomicU64,
 }
 
 impl RetryBudget {
@@ -94,6 +95,7 @@ impl RetryBudget {
             deposits: Default::default(),
             withdrawals: Default::default(),
             exhausted: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
         }
     }
 
@@ -112,11 +114,17 @@ impl RetryBudget {
         // last retry may both undo, but cannot both go through.
         slot.add(epoch);
         if sum(&self.withdrawals, epoch) <= self.allowed(epoch) {
+            self.granted.fetch_add(1, Relaxed);
             return true;
         }
         slot.remove(epoch);
         self.exhausted.fetch_add(1, Relaxed);
         false
+    }
+
+    /// Retries granted since the budget was created (a metric).
+    pub fn retries_total(&self) -> u64 {
+        self.granted.load(Relaxed)
     }
 
     /// Retries refused since the budget was created (a metric).
@@ -226,6 +234,7 @@ mod tests {
         let (budget, start) = budget(10, 0.2);
         assert_eq!(withdraw_all(&budget, start, 500), 100);
         assert_eq!(budget.exhausted_total(), 400);
+        assert_eq!(budget.retries_total(), 100);
     }
 
     #[test]
