@@ -24,8 +24,10 @@ use crate::proxy::budget::RetryBudget;
 use crate::proxy::upstream::{Upstream, UpstreamSetupError};
 use crate::routing::{RoutingTable, StampInput, StampStats};
 
+pub mod admin;
 pub mod events;
 
+use admin::{AdminError, AdminRequest, Command};
 use events::{EventKind, EventLog, NewEvent};
 
 /// Signals queued for the controller. Sized for a burst of probe results
@@ -68,6 +70,8 @@ pub enum Signal {
         /// The count that crossed the threshold.
         consecutive: u32,
     },
+    /// An operator command (admin API, SIGHUP).
+    Admin(AdminRequest),
 }
 
 /// Why the control plane could not start.
@@ -103,6 +107,28 @@ pub struct ControllerHandle {
     pub signals: mpsc::Sender<Signal>,
     /// Health transitions and alarms.
     pub events: EventLog,
+}
+
+impl ControllerHandle {
+    /// Ask the controller to carry out `command` on behalf of `who`, and
+    /// wait for its answer.
+    pub async fn command(
+        &self,
+        command: Command,
+        who: &str,
+    ) -> Result<serde_json::Value, AdminError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = AdminRequest {
+            command,
+            who: who.to_owned(),
+            reply,
+        };
+        self.signals
+            .send(Signal::Admin(request))
+            .await
+            .map_err(|_| AdminError::Unavailable)?;
+        answer.await.map_err(|_| AdminError::Unavailable)?
+    }
 }
 
 /// The control loop's state. Owned by its task; nothing else mutates it.
@@ -231,6 +257,11 @@ impl Controller {
                 };
                 self.on_outlier(i, consecutive, now);
             }
+            Signal::Admin(request) => {
+                let answer = self.on_admin(request.command, &request.who, now);
+                // The asker may have gone away; the decision stands.
+                let _ = request.reply.send(answer);
+            }
         }
     }
 
@@ -279,6 +310,18 @@ impl Controller {
                 });
             }
         }
+    }
+
+    fn on_admin(
+        &mut self,
+        command: Command,
+        who: &str,
+        now: Instant,
+    ) -> Result<serde_json::Value, AdminError> {
+        let _ = (command, who, now);
+        Err(AdminError::Refused(
+            "operator commands are being wired in".into(),
+        ))
     }
 
     fn on_outlier(&mut self, i: usize, consecutive: u32, now: Instant) {
