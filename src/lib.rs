@@ -25,6 +25,7 @@
 //! selectors), [`proxy`] (the data plane), [`stamp`] (the simulated regional
 //! stamp), [`error`] (typed request-path errors), [`demo`].
 
+pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod demo;

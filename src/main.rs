@@ -1,12 +1,26 @@
 //! The `stampgate` command: parses the command line, sets up logging, and
-//! runs one subcommand; SIGTERM/SIGINT become a graceful shutdown.
+//! runs one subcommand; SIGTERM/SIGINT become a graceful shutdown, SIGHUP a
+//! config reload.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use stampgate::admin::{self, AdminHandle, Tokens};
+use stampgate::controller::ControllerHandle;
+use stampgate::controller::admin::Command as AdminCommand;
 use stampgate::{config, demo, proxy, stamp};
+use tokio_util::sync::CancellationToken;
+
+/// After the proxy has stopped, admin connections get this long to finish
+/// (their answers are quick; event streams end on shutdown).
+const ADMIN_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The variable the demo takes its admin token from, if set (the same one
+/// `stampgate ctl` reads).
+const DEMO_TOKEN_ENV: &str = "STAMPGATE_ADMIN_TOKEN";
 
 /// A global traffic manager and failover proxy for multi-region stamps.
 #[derive(Debug, Parser)]
@@ -59,6 +73,8 @@ enum Command {
         #[arg(long)]
         control: SocketAddr,
     },
+    /// The operator's client for the admin API.
+    Ctl(admin::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,9 +121,26 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let stop_admin = CancellationToken::new();
+            let admin =
+                match admin::start(&cfg.admin, handle.controller.clone(), stop_admin.clone()).await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        handle.shutdown().await;
+                        return ExitCode::FAILURE;
+                    }
+                };
+            tokio::spawn(reload_on_sighup(
+                handle.controller.clone(),
+                stop_admin.clone(),
+            ));
             shutdown_signal().await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            stop_admin.cancel();
             let outcome = handle.shutdown().await;
+            close_admin(admin).await;
             tracing::info!(?outcome, "stopped");
             ExitCode::SUCCESS
         }
@@ -119,9 +152,38 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let stop_admin = CancellationToken::new();
+            let (tokens, shown_token) = match demo_tokens() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    demo.shutdown().await;
+                    return ExitCode::FAILURE;
+                }
+            };
+            let listen = demo.config.admin.listen;
+            let controller = demo.proxy.controller.clone();
+            let admin = match admin::start_with_tokens(
+                listen,
+                tokens,
+                controller,
+                stop_admin.clone(),
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {e} (is another demo running?)");
+                    demo.shutdown().await;
+                    return ExitCode::FAILURE;
+                }
+            };
             println!("{}", demo.banner());
+            println!("{}", demo_admin_banner(&admin, shown_token.as_deref()));
             shutdown_signal().await;
+            stop_admin.cancel();
             demo.shutdown().await;
+            close_admin(admin).await;
             ExitCode::SUCCESS
         }
         Command::Stamp {
@@ -143,6 +205,82 @@ async fn run(command: Command) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Ctl(args) => admin::ctl::run(args).await,
+    }
+}
+
+/// The demo's admin tokens: those of `STAMPGATE_ADMIN_TOKEN` when set, else
+/// a fresh random one, returned also for the banner (the demo should let
+/// its user drain a region without setting anything up first).
+fn demo_tokens() -> Result<(Tokens, Option<String>), admin::AdminStartError> {
+    let tokens = admin::tokens_from_env(Some(DEMO_TOKEN_ENV))?;
+    if !tokens.is_empty() {
+        return Ok((tokens, None));
+    }
+    match admin::auth::random_token() {
+        Ok(token) => Ok((Tokens::single(token.clone()), Some(token))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make an admin token; admin changes are disabled");
+            Ok((Tokens::none(), None))
+        }
+    }
+}
+
+fn demo_admin_banner(admin: &AdminHandle, token: Option<&str>) -> String {
+    let url = format!("http://{}", admin.addr);
+    let mut text = format!(
+        "Admin API: {url}  (status: curl -s {url}/admin/status)
+"
+    );
+    let export = match token {
+        Some(t) => format!(
+            "  export {DEMO_TOKEN_ENV}={t}
+"
+        ),
+        None => format!(
+            "  ({DEMO_TOKEN_ENV} from your environment is the token)
+"
+        ),
+    };
+    text.push_str(&format!(
+        "\nOperate it with `stampgate ctl` (another terminal):\n{export}  stampgate ctl --admin {url} status\n  \
+         stampgate ctl --admin {url} drain eastus2-1 --wait\n  stampgate ctl --admin {url} enable eastus2-1\n  \
+         stampgate ctl --admin {url} events --follow\n"
+    ));
+    text
+}
+
+/// Wait for the admin listener's connections after shutdown, bounded.
+async fn close_admin(admin: AdminHandle) {
+    if tokio::time::timeout(ADMIN_CLOSE_GRACE, admin.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after shutdown; dropping them");
+    }
+}
+
+/// SIGHUP asks the controller to reload the config file, as
+/// `POST /admin/reload` does; the event log records who = `sighup`.
+async fn reload_on_sighup(controller: ControllerHandle, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload through the admin API");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hangup.recv() => if received.is_none() { return },
+            () = stop.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading the configuration");
+        match controller.command(AdminCommand::Reload, "sighup").await {
+            Ok(answer) => tracing::info!(%answer, "SIGHUP: configuration reloaded"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
         }
     }
 }

@@ -1,0 +1,929 @@
+//! `stampgate ctl`: the operator's client for the admin API. It turns a
+//! subcommand into one HTTP request (or a status poll, or an event stream),
+//! prints the answer for a person, and exits 0 when done, 1 when the
+//! server refused, 2 when the server could not be reached or the command
+//! line is wrong — so a runbook script can tell "no" from "could not ask".
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::parse_duration;
+
+/// Where the admin API listens unless told otherwise (the config default).
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
+
+/// Giving up on connecting after this long: the admin API is local or one
+/// hop away; a longer wait only delays the "cannot reach" an operator needs.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A whole request/answer (not an event stream). Commands are applied in
+/// one controller turn; a reload parses a file. Neither takes this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `drain --wait` looks at the status this often. The stream of events
+/// does not promise a "drained" event, the status does show it, and two
+/// small requests a second are nothing for the admin listener.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+
+/// Health reasons are cut to this many characters in the status table so
+/// a row fits a terminal; `--json` has them whole.
+const REASON_WIDTH: usize = 40;
+
+/// `stampgate ctl ...`
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Base URL of the admin API.
+    #[arg(long, global = true, env = "STAMPGATE_ADMIN", default_value = DEFAULT_ADMIN_URL)]
+    pub admin: String,
+    /// Bearer token for changes (prefer the environment variable: command
+    /// lines are visible to other users of the machine).
+    #[arg(
+        long,
+        global = true,
+        env = "STAMPGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+/// The `ctl` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Action {
+    /// Pools and stamps: health, admin state, weights, traffic share.
+    Status {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new traffic to a stamp; in-flight requests finish.
+    Drain {
+        /// Stamp name.
+        stamp: String,
+        /// Cut requests still in flight after this long (e.g. 30s).
+        #[arg(long, value_parser = duration_arg)]
+        deadline: Option<String>,
+        /// Wait until nothing is in flight any more, showing progress.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
+        /// Only show the traffic shares that would result.
+        #[arg(long)]
+        dry_run: bool,
+        /// Drain even the last usable stamp of a pool.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop new traffic to every stamp of a region.
+    DrainRegion {
+        /// Region label.
+        region: String,
+        /// Cut requests still in flight after this long (e.g. 30s).
+        #[arg(long, value_parser = duration_arg)]
+        deadline: Option<String>,
+        /// Drain even the last usable region of a pool.
+        #[arg(long)]
+        force: bool,
+        /// Only show the traffic shares that would result.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Put a drained or disabled stamp back into rotation.
+    Enable {
+        /// Stamp name.
+        stamp: String,
+    },
+    /// Put every stamp of a region back into rotation.
+    EnableRegion {
+        /// Region label.
+        region: String,
+    },
+    /// Take a stamp out entirely, even when its pool fails open.
+    Disable {
+        /// Stamp name.
+        stamp: String,
+    },
+    /// Override a stamp's weight (0..=1000), or `clear` the override.
+    Weight {
+        /// Stamp name.
+        stamp: String,
+        /// 0..=1000, or `clear`.
+        #[arg(value_parser = weight_arg)]
+        weight: WeightArg,
+    },
+    /// Re-read and apply the config file.
+    Reload,
+    /// Recent transitions and operator actions.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON document per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The `weight` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightArg {
+    /// A new weight.
+    Set(u32),
+    /// Remove the override.
+    Clear,
+}
+
+fn weight_arg(s: &str) -> Result<WeightArg, String> {
+    if s.eq_ignore_ascii_case("clear") {
+        return Ok(WeightArg::Clear);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n <= 1000 => Ok(WeightArg::Set(n)),
+        _ => Err("expected an integer 0..=1000 or `clear`".into()),
+    }
+}
+
+/// Checked here so a typo exits 2 before anything is sent; the original
+/// text goes to the server, which parses it the same way.
+fn duration_arg(s: &str) -> Result<String, String> {
+    parse_duration(s).map(|_| s.to_owned())
+}
+
+/// Why a `ctl` command did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The command line cannot work (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// No answer from the admin API (exit 2).
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// The admin base URL.
+        url: String,
+        /// What went wrong, in a few words.
+        reason: String,
+    },
+    /// The server said no (exit 1).
+    #[error("{message}")]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server answered something this client does not understand
+    /// (exit 1: it was reached, and did not do what was asked for).
+    #[error("unexpected answer from {url}: {reason}")]
+    BadAnswer {
+        /// The URL asked.
+        url: String,
+        /// What is wrong with the answer.
+        reason: String,
+    },
+}
+
+impl CtlError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Usage(_) | CtlError::Unreachable { .. } => 2,
+            CtlError::Refused { .. } | CtlError::BadAnswer { .. } => 1,
+        }
+    }
+}
+
+/// Run `stampgate ctl`, printing results on stdout and a one-line reason on
+/// stderr.
+pub async fn run(args: CtlArgs) -> ExitCode {
+    match execute(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stampgate ctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn execute(args: CtlArgs) -> Result<(), CtlError> {
+    let api = AdminClient::new(&args.admin, args.token)?;
+    match args.action {
+        Action::Status { json } => {
+            let status = api.call(Method::GET, "/admin/status", None).await?;
+            if json {
+                println!("{}", pretty(&status));
+            } else {
+                print!("{}", render_status(&status, &api.base));
+            }
+        }
+        Action::Drain {
+            stamp,
+            deadline,
+            wait,
+            dry_run,
+            force,
+        } => {
+            let path = format!("/admin/stamps/{stamp}/drain");
+            let answer = api
+                .call(
+                    Method::POST,
+                    &path,
+                    Some(drain_body(deadline, dry_run, force)),
+                )
+                .await?;
+            print!("{}", render_change(&format!("drain {stamp}"), &answer));
+            if wait {
+                wait_drained(&api, &stamp).await?;
+            }
+        }
+        Action::DrainRegion {
+            region,
+            deadline,
+            force,
+            dry_run,
+        } => {
+            let path = format!("/admin/regions/{region}/drain");
+            let answer = api
+                .call(
+                    Method::POST,
+                    &path,
+                    Some(drain_body(deadline, dry_run, force)),
+                )
+                .await?;
+            print!(
+                "{}",
+                render_change(&format!("drain region {region}"), &answer)
+            );
+        }
+        Action::Enable { stamp } => {
+            let answer = api
+                .call(Method::POST, &format!("/admin/stamps/{stamp}/enable"), None)
+                .await?;
+            print!("{}", render_change(&format!("enable {stamp}"), &answer));
+        }
+        Action::EnableRegion { region } => {
+            let answer = api
+                .call(
+                    Method::POST,
+                    &format!("/admin/regions/{region}/enable"),
+                    None,
+                )
+                .await?;
+            print!(
+                "{}",
+                render_change(&format!("enable region {region}"), &answer)
+            );
+        }
+        Action::Disable { stamp } => {
+            let answer = api
+                .call(
+                    Method::POST,
+                    &format!("/admin/stamps/{stamp}/disable"),
+                    None,
+                )
+                .await?;
+            print!("{}", render_change(&format!("disable {stamp}"), &answer));
+        }
+        Action::Weight { stamp, weight } => {
+            let value = match weight {
+                WeightArg::Set(n) => json!(n),
+                WeightArg::Clear => Value::Null,
+            };
+            let path = format!("/admin/stamps/{stamp}/weight");
+            let answer = api
+                .call(Method::PUT, &path, Some(json!({ "weight": value })))
+                .await?;
+            print!("{}", render_change(&format!("weight {stamp}"), &answer));
+        }
+        Action::Reload => {
+            let answer = api.call(Method::POST, "/admin/reload", None).await?;
+            print!("{}", render_change("reload", &answer));
+        }
+        Action::Events { follow, json } => {
+            if follow {
+                api.follow_events(json).await?;
+            } else {
+                let events = api.call(Method::GET, "/admin/events", None).await?;
+                let Value::Array(events) = events else {
+                    return Err(api.bad_answer("/admin/events", "expected a JSON array"));
+                };
+                for e in &events {
+                    println!("{}", render_event(e, json));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn drain_body(deadline: Option<String>, dry_run: bool, force: bool) -> Value {
+    let mut body = serde_json::Map::new();
+    if let Some(d) = deadline {
+        body.insert("deadline".into(), json!(d));
+    }
+    if dry_run {
+        body.insert("dry_run".into(), json!(true));
+    }
+    if force {
+        body.insert("force".into(), json!(true));
+    }
+    Value::Object(body)
+}
+
+/// Poll the status until `stamp` shows `drained` with nothing in flight.
+async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
+    let mut shown: Option<(String, u64)> = None;
+    let mut poll = tokio::time::interval(WAIT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let status = api.call(Method::GET, "/admin/status", None).await?;
+        let doc: StatusDoc = serde_json::from_value(status)
+            .map_err(|e| api.bad_answer("/admin/status", &e.to_string()))?;
+        let Some(s) = doc
+            .pools
+            .iter()
+            .flat_map(|p| &p.stamps)
+            .find(|s| s.name == stamp)
+        else {
+            return Err(CtlError::Refused {
+                status: StatusCode::NOT_FOUND,
+                message: format!("{stamp} is no longer in the status (was the config reloaded?)"),
+            });
+        };
+        let in_flight = s.in_flight.unwrap_or(0.0).max(0.0) as u64;
+        let now = (s.admin.clone(), in_flight);
+        if shown.as_ref() != Some(&now) {
+            println!("{stamp}: {}, {in_flight} in flight", s.admin);
+            shown = Some(now);
+        }
+        match s.admin.as_str() {
+            "drained" | "disabled" if in_flight == 0 => return Ok(()),
+            "active" => {
+                return Err(CtlError::Refused {
+                    status: StatusCode::CONFLICT,
+                    message: format!("{stamp} is active again: the drain was undone while waiting"),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The admin API, as this client talks to it.
+struct AdminClient {
+    /// `http://host:port` (no trailing slash).
+    base: String,
+    token: Option<String>,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl AdminClient {
+    fn new(url: &str, token: Option<String>) -> Result<AdminClient, CtlError> {
+        // `host:port` alone is accepted: that is how the config writes it.
+        let url = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| CtlError::Usage(format!("--admin {url}: not a URL ({e})")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(CtlError::Usage(format!(
+                "--admin {url}: only http:// is supported (the admin API has no TLS; reach it \
+                 on loopback or through an SSH tunnel)"
+            )));
+        }
+        if uri.authority().is_none() {
+            return Err(CtlError::Usage(format!("--admin {url}: no host")));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Ok(AdminClient {
+            base: url.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Request<Full<Bytes>>, CtlError> {
+        let url = format!("{}{path}", self.base);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let bytes = match body {
+            Some(value) => {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"))
+            }
+            None => Bytes::new(),
+        };
+        builder
+            .body(Full::new(bytes))
+            .map_err(|e| CtlError::Usage(format!("{url}: {e}")))
+    }
+
+    /// One request; the JSON answer, or the server's refusal.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CtlError> {
+        let request = self.request(method, path, body.as_ref())?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| self.unreachable(&e))?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(&e))?
+                .to_bytes();
+            Ok::<_, CtlError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| CtlError::Unreachable {
+                url: self.base.clone(),
+                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+            })??;
+        let value = serde_json::from_slice::<Value>(&bytes);
+        if !status.is_success() {
+            return Err(refusal(status, value.ok(), &bytes));
+        }
+        value.map_err(|e| self.bad_answer(path, &format!("not JSON ({e})")))
+    }
+
+    /// `events --follow`: print each event of the stream as it arrives.
+    async fn follow_events(&self, json: bool) -> Result<(), CtlError> {
+        let request = self.request(Method::GET, "/admin/events?follow=1", None)?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| CtlError::Unreachable {
+                url: self.base.clone(),
+                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+            })?
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(refusal(status, serde_json::from_slice(&bytes).ok(), &bytes));
+        }
+        let mut parser = SseParser::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(&e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            for payload in parser.push(&data) {
+                match serde_json::from_str::<Value>(&payload) {
+                    Ok(event) => println!("{}", render_event(&event, json)),
+                    Err(_) => println!("{payload}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> CtlError {
+        CtlError::Unreachable {
+            url: self.base.clone(),
+            reason: io_reason(error),
+        }
+    }
+
+    fn bad_answer(&self, path: &str, reason: &str) -> CtlError {
+        CtlError::BadAnswer {
+            url: format!("{}{path}", self.base),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The server's refusal, in one line: its `message`, else its status.
+fn refusal(status: StatusCode, value: Option<Value>, bytes: &[u8]) -> CtlError {
+    let message = value
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(bytes);
+            let first = text.lines().next().unwrap_or("").trim();
+            if first.is_empty() {
+                status.to_string()
+            } else {
+                format!("{status}: {first}")
+            }
+        });
+    CtlError::Refused {
+        status,
+        message: message.replace('\n', " "),
+    }
+}
+
+/// The innermost I/O error in words ("connection refused"), else the
+/// innermost error's message: the outer layers only say "client error".
+fn io_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return match io.kind() {
+                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut
+                | HostUnreachable | NetworkUnreachable | AddrNotAvailable => io.kind().to_string(),
+                _ => io.to_string(),
+            };
+        }
+        innermost = e;
+        current = e.source();
+    }
+    innermost.to_string()
+}
+
+/// Splits a server-sent event stream into the `data` of each event;
+/// comments (`: keep-alive`) and other fields are skipped.
+#[derive(Debug, Default)]
+struct SseParser {
+    buffer: String,
+}
+
+impl SseParser {
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.find("\n\n") {
+            let block: String = self.buffer.drain(..end + 2).collect();
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                out.push(data.join("\n"));
+            }
+        }
+        out
+    }
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).expect("a JSON value serializes")
+}
+
+/// What a change answered: its predicted `shares` as a small table when it
+/// has them (dry runs), then the document itself.
+fn render_change(what: &str, answer: &Value) -> String {
+    let mut out = format!("{what}: ok\n");
+    if let Some(shares) = answer.get("shares") {
+        let rows: Vec<(String, f64)> = match shares {
+            Value::Object(map) => map
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|i| {
+                    let name = i.get("stamp").or_else(|| i.get("name"))?.as_str()?;
+                    let share = i
+                        .get("share")
+                        .or_else(|| i.get("traffic_share"))?
+                        .as_f64()?;
+                    Some((name.to_owned(), share))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !rows.is_empty() {
+            out.push_str("predicted traffic shares:\n");
+            let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+            for (name, share) in rows {
+                let _ = writeln!(out, "  {name:<width$}  {:>5.1}%", share * 100.0);
+            }
+        }
+    }
+    let _ = writeln!(out, "{}", pretty(answer));
+    out
+}
+
+/// One event as a line: time, seq, kind, subject, transition, reason.
+fn render_event(event: &Value, json: bool) -> String {
+    if json {
+        return event.to_string();
+    }
+    let s = |k: &str| event.get(k).and_then(Value::as_str).unwrap_or("");
+    let subject = match (s("pool"), s("stamp")) {
+        ("", "") => "-".to_owned(),
+        (pool, "") => pool.to_owned(),
+        ("", stamp) => stamp.to_owned(),
+        (pool, stamp) => format!("{pool}/{stamp}"),
+    };
+    let transition = match (s("from"), s("to")) {
+        ("", "") => String::new(),
+        (from, to) => format!(
+            "{} -> {}  ",
+            if from.is_empty() { "?" } else { from },
+            if to.is_empty() { "?" } else { to }
+        ),
+    };
+    let seq = event.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "{}  #{seq:<4} {:<8} {subject}  {transition}{}",
+        s("time"),
+        s("kind"),
+        s("reason")
+    )
+}
+
+/// The parts of the status document this client shows. Every field has a
+/// default so that a newer server's additions, or an older server's
+/// omissions, do not break the table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StatusDoc {
+    generation: u64,
+    config: Option<String>,
+    pools: Vec<PoolDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PoolDoc {
+    name: String,
+    method: String,
+    all_unhealthy: String,
+    failing_open: bool,
+    stamps: Vec<StampDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StampDoc {
+    name: String,
+    region: String,
+    health: String,
+    health_reason: Option<String>,
+    admin: String,
+    configured_weight: Option<f64>,
+    weight_override: Option<f64>,
+    effective_weight: Option<f64>,
+    traffic_share: Option<f64>,
+    requests_per_second: Option<f64>,
+    in_flight: Option<f64>,
+    probe_rtt_ms: Option<f64>,
+}
+
+/// The status as aligned tables, one per pool.
+fn render_status(status: &Value, url: &str) -> String {
+    let doc: StatusDoc = match serde_json::from_value(status.clone()) {
+        Ok(doc) => doc,
+        // Not the shape this client knows: show it rather than nothing.
+        Err(_) => return format!("{}\n", pretty(status)),
+    };
+    let mut out = format!("stampgate at {url}  generation {}", doc.generation);
+    if let Some(config) = &doc.config {
+        let _ = write!(out, "  config {config}");
+    }
+    out.push('\n');
+    const HEADERS: [&str; 9] = [
+        "STAMP",
+        "REGION",
+        "HEALTH",
+        "ADMIN",
+        "WEIGHT",
+        "SHARE",
+        "RPS",
+        "IN-FLIGHT",
+        "RTT",
+    ];
+    const RIGHT: [bool; 9] = [false, false, false, false, true, true, true, true, true];
+    let tables: Vec<Vec<[String; 9]>> = doc
+        .pools
+        .iter()
+        .map(|p| p.stamps.iter().map(stamp_row).collect())
+        .collect();
+    // One set of widths for all pools, so the columns line up down the page.
+    let mut widths = HEADERS.map(str::len);
+    for row in tables.iter().flatten() {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String; 9]| -> String {
+        let mut l = String::from("  ");
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if RIGHT[i] {
+                l.push_str(&" ".repeat(pad));
+                l.push_str(cell);
+            } else {
+                l.push_str(cell);
+                l.push_str(&" ".repeat(pad));
+            }
+            l.push_str("  ");
+        }
+        l.trim_end().to_owned()
+    };
+    let mut overridden = false;
+    for (pool, rows) in doc.pools.iter().zip(&tables) {
+        let _ = write!(
+            out,
+            "\npool {}  method {}  all unhealthy: {}",
+            pool.name, pool.method, pool.all_unhealthy
+        );
+        if pool.failing_open {
+            out.push_str("  ** FAILING OPEN: no usable stamp **");
+        }
+        out.push('\n');
+        let _ = writeln!(out, "{}", line(&HEADERS.map(str::to_owned)));
+        for row in rows {
+            let _ = writeln!(out, "{}", line(row));
+        }
+        overridden |= pool.stamps.iter().any(|s| s.weight_override.is_some());
+    }
+    if overridden {
+        out.push_str("\n* weight set by an operator (overrides the configured weight)\n");
+    }
+    out
+}
+
+fn stamp_row(s: &StampDoc) -> [String; 9] {
+    let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+    let health = match s.health_reason.as_deref().map(str::trim) {
+        Some(reason) if !reason.is_empty() => format!("{}: {}", s.health, truncate(reason)),
+        _ => s.health.clone(),
+    };
+    let weight = match s.weight_override {
+        Some(w) => format!("{}*/{}", number(Some(w)), number(s.effective_weight)),
+        None => format!(
+            "{}/{}",
+            number(s.configured_weight),
+            number(s.effective_weight)
+        ),
+    };
+    [
+        s.name.clone(),
+        s.region.clone(),
+        health,
+        s.admin.clone(),
+        weight,
+        s.traffic_share
+            .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0)),
+        s.requests_per_second
+            .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+        number(s.in_flight),
+        s.probe_rtt_ms
+            .map_or_else(|| "-".into(), |v| format!("{v:.1}ms")),
+    ]
+}
+
+fn truncate(text: &str) -> String {
+    if text.chars().count() <= REASON_WIDTH {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(REASON_WIDTH - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_status() -> Value {
+        json!({
+            "generation": 7,
+            "config": "stampgate.toml",
+            "pools": [{
+                "name": "backend-apis", "method": "weighted", "all_unhealthy": "fail-open",
+                "failing_open": false,
+                "stamps": [
+                    {"name": "westeurope-1", "region": "westeurope", "health": "healthy",
+                     "health_reason": "", "admin": "active", "configured_weight": 100,
+                     "weight_override": null, "effective_weight": 100, "traffic_share": 0.6667,
+                     "requests_per_second": 12.5, "in_flight": 3, "probe_rtt_ms": 1.25},
+                    {"name": "eastus2-1", "region": "eastus2", "health": "unhealthy",
+                     "health_reason": "probe failed: connection refused by 127.0.0.1:9002 after three attempts",
+                     "admin": "draining", "configured_weight": 100, "weight_override": 50,
+                     "effective_weight": 0, "traffic_share": 0.0, "requests_per_second": 0.0,
+                     "in_flight": 0, "probe_rtt_ms": null, "extra_field": true}
+                ]
+            }]
+        })
+    }
+
+    #[test]
+    fn status_table_lines_up_and_shows_every_column() {
+        let text = render_status(&sample_status(), "http://x");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("generation 7"), "{text}");
+        let header = lines.iter().position(|l| l.contains("STAMP")).unwrap();
+        let (h, a, b) = (lines[header], lines[header + 1], lines[header + 2]);
+        assert!(a.contains("westeurope-1") && a.contains("66.7%") && a.contains("100/100"));
+        assert!(a.contains("1.2ms") || a.contains("1.3ms"), "{a}");
+        assert!(b.contains("eastus2-1") && b.contains("draining") && b.contains("50*/0"));
+        assert!(b.contains('…'), "long reasons are cut: {b}");
+        // Columns line up: ADMIN starts where the admin states start.
+        let col = h.find("ADMIN").unwrap();
+        assert_eq!(a.chars().skip(col).take(6).collect::<String>(), "active");
+        assert_eq!(b.chars().skip(col).take(8).collect::<String>(), "draining");
+        assert!(text.contains("* weight set by an operator"));
+    }
+
+    #[test]
+    fn unknown_status_shapes_are_shown_as_json() {
+        let text = render_status(&json!({"pools": "nope"}), "http://x");
+        assert!(text.contains("\"pools\": \"nope\""), "{text}");
+    }
+
+    #[test]
+    fn sse_parser_joins_chunks_and_skips_comments() {
+        let mut p = SseParser::default();
+        assert!(p.push(b": keep-alive\n\ndata: {\"se").is_empty());
+        assert_eq!(p.push(b"q\":1}\n\ndata: 2\n\n"), ["{\"seq\":1}", "2"]);
+    }
+
+    #[test]
+    fn events_render_as_one_line() {
+        let e = json!({"seq": 3, "time": "2024-01-01T00:00:00.000Z", "kind": "health",
+                       "pool": "p", "stamp": "a", "from": "healthy", "to": "unhealthy",
+                       "reason": "probe failed"});
+        let line = render_event(&e, false);
+        assert_eq!(
+            line,
+            "2024-01-01T00:00:00.000Z  #3    health   p/a  healthy -> unhealthy  probe failed"
+        );
+        assert_eq!(render_event(&e, true), e.to_string());
+    }
+
+    #[test]
+    fn dry_run_shares_are_tabulated() {
+        let out = render_change(
+            "drain a",
+            &json!({"dry_run": true, "shares": {"a": 0.0, "b": 1.0}}),
+        );
+        assert!(out.contains("  b  100.0%"), "{out}");
+        let out = render_change(
+            "drain a",
+            &json!({"shares": [{"stamp": "a", "share": 0.25}]}),
+        );
+        assert!(out.contains("  a   25.0%"), "{out}");
+    }
+
+    #[test]
+    fn arguments_are_checked_before_sending() {
+        assert_eq!(weight_arg("clear"), Ok(WeightArg::Clear));
+        assert_eq!(weight_arg("1000"), Ok(WeightArg::Set(1000)));
+        assert!(weight_arg("1001").is_err());
+        assert!(weight_arg("-1").is_err());
+        assert!(duration_arg("30s").is_ok());
+        assert!(duration_arg("30").is_err());
+        assert!(AdminClient::new("https://x:1", None).is_err());
+        assert_eq!(
+            AdminClient::new("127.0.0.1:9901/", None).unwrap().base,
+            "http://127.0.0.1:9901"
+        );
+    }
+
+    #[test]
+    fn refusals_are_one_line() {
+        let e = refusal(
+            StatusCode::NOT_FOUND,
+            Some(json!({"error": "unknown-stamp", "message": "no stamp named \"x\""})),
+            b"",
+        );
+        assert_eq!(e.to_string(), "no stamp named \"x\"");
+        assert_eq!(e.exit_code(), 1);
+        let e = refusal(StatusCode::BAD_GATEWAY, None, b"upstream\nbroke");
+        assert_eq!(e.to_string(), "502 Bad Gateway: upstream");
+    }
+}
