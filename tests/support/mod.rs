@@ -227,3 +227,144 @@ pub fn rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .expect("VmRSS line")
 }
+
+// ---- admin API (tests/admin.rs, tests/ctl.rs) ------------------------------
+
+/// An admin listener on `127.0.0.1:0`; it stops when dropped.
+pub struct AdminApi {
+    pub addr: SocketAddr,
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl AdminApi {
+    pub async fn start(
+        controller: stampgate::controller::ControllerHandle,
+        tokens: stampgate::admin::Tokens,
+    ) -> AdminApi {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let handle = stampgate::admin::start_with_tokens(any, tokens, controller, stop.clone())
+            .await
+            .expect("admin API starts");
+        AdminApi {
+            addr: handle.addr,
+            stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for AdminApi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A request to the admin API with an optional bearer token and a body.
+pub async fn admin_call(
+    client: &HttpClient,
+    method: http::Method,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Answer {
+    let mut req = http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(client, req.body(full(body.to_owned())).unwrap()).await
+}
+
+/// A stand-in for the controller: records each operator command with its
+/// `who`, answers with `answer`; its routing table is the empty one
+/// (generation 0) and its event log starts empty.
+pub struct FakeController {
+    pub handle: stampgate::controller::ControllerHandle,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(stampgate::controller::admin::Command, String)>>>,
+}
+
+impl FakeController {
+    pub fn start<F>(mut answer: F) -> FakeController
+    where
+        F: FnMut(
+                &stampgate::controller::admin::Command,
+            )
+                -> Result<serde_json::Value, stampgate::controller::admin::AdminError>
+            + Send
+            + 'static,
+    {
+        use stampgate::controller::{ControllerHandle, Signal};
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Some(signal) = rx.recv().await {
+                if let Signal::Admin(request) = signal {
+                    let reply = answer(&request.command);
+                    log.lock().unwrap().push((request.command, request.who));
+                    let _ = request.reply.send(reply);
+                }
+            }
+        });
+        let handle = ControllerHandle {
+            routing: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+                stampgate::routing::RoutingTable::empty(),
+            )),
+            signals: tx,
+            events: stampgate::controller::events::EventLog::new(),
+        };
+        FakeController { handle, seen }
+    }
+
+    /// The commands received so far, with who sent them.
+    pub fn commands(&self) -> Vec<(stampgate::controller::admin::Command, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Push an operator event into a log (as the controller would).
+pub fn push_event(
+    log: &stampgate::controller::events::EventLog,
+    stamp: &str,
+    reason: &str,
+) -> stampgate::controller::events::Event {
+    log.push(stampgate::controller::events::NewEvent {
+        kind: stampgate::controller::events::EventKind::Operator,
+        pool: Some("p".into()),
+        stamp: Some(stamp.into()),
+        from: None,
+        to: None,
+        reason: reason.into(),
+    })
+}
+
+/// The next `data:` payload of a server-sent event stream, skipping
+/// comments; `None` when the stream ends.
+pub async fn next_sse_data<B>(body: &mut B, buffer: &mut String) -> Option<String>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if !data.is_empty() {
+                return Some(data.join("\n"));
+            }
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")?
+            .expect("stream frame");
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+}
