@@ -65,6 +65,12 @@ pub enum ProxyError {
         /// The underlying cause, for logs.
         detail: String,
     },
+    /// An operator's drain deadline passed while the request was at the stamp.
+    #[error("stamp {stamp} was drained by an operator and its deadline passed")]
+    DrainDeadline {
+        /// Stamp name.
+        stamp: String,
+    },
     /// No response headers within the route (or per-try) timeout.
     #[error("stamp {stamp} did not answer within {timeout:?}")]
     UpstreamTimeout {
@@ -82,7 +88,7 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::ClientBody(_) => {
                 Blame::Client
             }
-            ProxyError::NoHealthyStamp { .. } => Blame::Proxy,
+            ProxyError::NoHealthyStamp { .. } | ProxyError::DrainDeadline { .. } => Blame::Proxy,
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. }
@@ -100,7 +106,9 @@ impl ProxyError {
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. } => true,
-            ProxyError::UpstreamReset { .. } | ProxyError::UpstreamTimeout { .. } => false,
+            ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::DrainDeadline { .. } => false,
             ProxyError::NoRoute
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
@@ -115,7 +123,8 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
-            | ProxyError::UpstreamTimeout { .. } => true,
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::DrainDeadline { .. } => true,
             ProxyError::NoRoute
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
@@ -129,7 +138,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoHealthyStamp { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyStamp { .. } | ProxyError::DrainDeadline { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
@@ -146,6 +157,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request-body-too-large",
             ProxyError::ClientBody(_) => "client-body-error",
             ProxyError::NoHealthyStamp { .. } => "no-healthy-stamp",
+            ProxyError::DrainDeadline { .. } => "stamp-drain-deadline",
             ProxyError::ConnectRefused { .. } => "upstream-connect-refused",
             ProxyError::ConnectTimeout { .. } => "upstream-connect-timeout",
             ProxyError::ConnectFailed { .. } => "upstream-connect-failed",

@@ -264,12 +264,13 @@ async fn health_endpoint_takeout_moves_traffic_within_the_probe_window() {
 async fn errors_degrade_a_stamp_and_posts_are_never_retried() {
     let stamps = three().await;
     let p = fast(with_stamps(&stamps)).start().await;
-    stamps[0].set_fault(fault(|f| f.error_rate = Some(0.3)));
     let c = http1_client();
+    // Ask for an item id before the fault, so the answer cannot be a 500.
     let item = get(&c, &p.url(ITEMS)).await.json()[0]["id"]
         .as_str()
-        .unwrap()
+        .expect("an item id")
         .to_owned();
+    stamps[0].set_fault(fault(|f| f.error_rate = Some(0.3)));
     let url = p.url(&format!(
         "/catalogservice/api/1.0/catalogitem/{item}/ratings"
     ));

@@ -13,6 +13,7 @@ use support::*;
 
 struct Pki {
     ca: CertificateDer<'static>,
+    ca_pem: String,
     dir: tempfile::TempDir,
     /// `(server name, leaf DER)`
     leaves: Vec<(String, CertificateDer<'static>)>,
@@ -41,6 +42,7 @@ fn make_pki(names: &[&str]) -> Pki {
     }
     Pki {
         ca: ca.der().clone(),
+        ca_pem: ca.pem(),
         dir,
         leaves,
     }
@@ -161,4 +163,93 @@ async fn http1_over_tls_and_unknown_sni_gets_the_default_certificate() {
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+/// A TLS "stamp": a hyper server behind tokio-rustls answering with the
+/// SNI name it saw, so the test can check the proxy verified and named it.
+async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
+    let dir = pki.dir.path();
+    let certs = rustls_pemfile::certs(
+        &mut std::fs::read(dir.join(format!("{name}.pem")))
+            .unwrap()
+            .as_slice(),
+    )
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+    let key = rustls_pemfile::private_key(
+        &mut std::fs::read(dir.join(format!("{name}-key.pem")))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap()
+    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("none").to_owned();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let sni = sni.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("x-server-name", "tls-stamp")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(sni)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_stamp_against_ca_file_and_sends_sni() {
+    let pki = make_pki(&["localhost"]);
+    let ca_path = pki.dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    let addr = tls_stamp(&pki, "localhost").await;
+    let p = Setup::new()
+        .address("tls-1", "r1", &format!("localhost:{}", addr.port()))
+        .pool("upstream_tls = true")
+        .pool(&format!("ca_file = \"{}\"", ca_path.display()))
+        .start()
+        .await;
+    let a = get(&http1_client(), &p.url("/catalogservice/x")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.header("x-server-name"), "tls-stamp");
+    assert_eq!(a.text(), "localhost", "SNI carried the stamp's host name");
+
+    // Without the CA the stamp's certificate is not trusted: 502, not data.
+    let untrusted = Setup::new()
+        .address("tls-1", "r1", &format!("localhost:{}", addr.port()))
+        .pool("upstream_tls = true")
+        .route("retry = { attempts = 1 }")
+        .start()
+        .await;
+    let a = get(&http1_client(), &untrusted.url("/catalogservice/x")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
+    assert_eq!(a.header("x-stampgate-error"), "upstream-connect-failed");
 }

@@ -1,10 +1,15 @@
 //! The control plane: the one task that owns every piece of mutable routing
-//! state (health state machines, slow-start ramps, probe tasks) and the only
-//! code that stores a new [`RoutingTable`]. Probes, the request path's
-//! passive signals and timers reach it as [`Signal`]s on one channel; when
-//! effective weights change it builds a complete new table and publishes it.
+//! state (health state machines, operator decisions, slow-start ramps,
+//! probe tasks, DNS answers) and the only code that stores a new
+//! [`RoutingTable`]. Probes, the request path's passive signals, operator
+//! commands and timers reach it on one channel; when what the request path
+//! would decide changes, it builds a complete new table and publishes it.
+//!
+//! Submodules: [`admin`] (the command interface), [`events`] (the event
+//! log), `operator` (drain, enable, weight, reload), [`state_file`]
+//! (persisted operator decisions), `status` (the status document).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -26,18 +31,21 @@ use crate::routing::{RoutingTable, StampInput, StampStats};
 
 pub mod admin;
 pub mod events;
+mod operator;
+pub mod state_file;
+mod status;
 
-use admin::{AdminError, AdminRequest, Command};
+use admin::{AdminError, AdminRequest, AdminState, Command};
 use events::{EventKind, EventLog, NewEvent};
 
 /// Signals queued for the controller. Sized for a burst of probe results
 /// from many stamps; the request path never waits on it (`try_send`).
 const SIGNAL_QUEUE: usize = 1024;
 /// How often time-driven changes are looked at: ejection expiry, hold
-/// times, slow-start steps. A tenth of a second keeps failback precise
-/// without measurable cost.
+/// times, slow-start steps, drain deadlines. A tenth of a second keeps
+/// failback precise without measurable cost.
 const TICK: Duration = Duration::from_millis(100);
-/// Live error rates are computed over this window.
+/// Live error rates and traffic shares are computed over this window.
 const LIVE_WINDOW: Duration = Duration::from_secs(1);
 /// Slow start ramps in this many steps, so a recovery publishes a handful
 /// of intermediate tables rather than one per tick.
@@ -83,6 +91,10 @@ pub enum ControllerError {
     /// Stamp addresses use host names and no resolver could be set up.
     #[error("dns: {0}")]
     Dns(#[from] DnsError),
+    /// The state file exists but cannot be read or parsed; it is left
+    /// untouched.
+    #[error(transparent)]
+    State(#[from] state_file::StateFileError),
 }
 
 /// The controller's view of one stamp.
@@ -96,6 +108,57 @@ struct StampEntry {
     /// Counter values at the last live-rate sample.
     seen_requests: u64,
     seen_errors: u64,
+    /// Requests per second over the last live window (traffic share).
+    rps: f64,
+    /// The operator's decision.
+    admin: AdminState,
+    /// The operator's weight, replacing the configured one.
+    weight_override: Option<u32>,
+    /// A draining stamp's requests still in flight are cut at this time.
+    drain_deadline: Option<Instant>,
+    /// The drain was reported complete (nothing in flight).
+    drained: bool,
+}
+
+impl StampEntry {
+    fn new(
+        pool: usize,
+        config: &PoolConfig,
+        stamp: &StampConfig,
+        cancel: &CancellationToken,
+        now: Instant,
+    ) -> StampEntry {
+        StampEntry {
+            pool,
+            config: stamp.clone(),
+            health: StampHealth::new(health_settings(config), now),
+            stats: Arc::default(),
+            fast_probe: Arc::default(),
+            probe_cancel: cancel.child_token(),
+            seen_requests: 0,
+            seen_errors: 0,
+            rps: 0.0,
+            admin: AdminState::Active,
+            weight_override: None,
+            drain_deadline: None,
+            drained: false,
+        }
+    }
+
+    fn weight(&self) -> u32 {
+        self.weight_override.unwrap_or(self.config.weight)
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.stats.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn decision(&self) -> state_file::Decision {
+        state_file::Decision {
+            admin: self.admin,
+            weight: self.weight_override,
+        }
+    }
 }
 
 /// What the rest of the process holds of the controller.
@@ -103,9 +166,9 @@ struct StampEntry {
 pub struct ControllerHandle {
     /// The routing table (read by the request path).
     pub routing: Arc<ArcSwap<RoutingTable>>,
-    /// Where passive signals go.
+    /// Where passive signals and commands go.
     pub signals: mpsc::Sender<Signal>,
-    /// Health transitions and alarms.
+    /// Health transitions, alarms and operator actions.
     pub events: EventLog,
 }
 
@@ -147,15 +210,30 @@ pub struct Controller {
     signals_tx: mpsc::Sender<Signal>,
     cancel: CancellationToken,
     last_live: Instant,
+    /// Operator decisions for stamps the config does not (or no longer)
+    /// name: kept and persisted, applied again if the stamp comes back.
+    orphans: BTreeMap<String, state_file::Decision>,
+    /// The outcome of the last reload, for status.
+    last_reload: Option<serde_json::Value>,
+    /// DNS: the resolver (made once a host name is configured), the report
+    /// channel, and the hosts that have a refresh loop.
+    resolver: Option<Arc<Discovery>>,
+    dns_reports: mpsc::Sender<DnsReport>,
+    dns_hosts: BTreeSet<String>,
 }
 
 impl Controller {
-    /// Build the first table from `config`, start the probes, and spawn the
-    /// control loop. It runs until `cancel`.
+    /// Restore operator decisions from the state file, build the first
+    /// table from `config`, start probes and DNS, and spawn the control
+    /// loop. It runs until `cancel`.
     pub fn start(
         config: Config,
         cancel: CancellationToken,
     ) -> Result<ControllerHandle, ControllerError> {
+        let decisions = match &config.admin.state_file {
+            Some(path) => state_file::load(path)?,
+            None => BTreeMap::new(),
+        };
         let dns = DnsCache::new();
         let upstreams = config
             .pools
@@ -164,36 +242,17 @@ impl Controller {
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
         let (dns_tx, dns_rx) = mpsc::channel(SIGNAL_QUEUE);
-        start_dns(&config, &dns, dns_tx, &cancel)?;
         let now = Instant::now();
-        let mut stamps = Vec::new();
-        let mut by_name = HashMap::new();
-        for (pi, pool) in config.pools.iter().enumerate() {
-            for s in &pool.stamps {
-                by_name.insert(Arc::from(s.name.as_str()), stamps.len());
-                stamps.push(StampEntry {
-                    pool: pi,
-                    config: s.clone(),
-                    health: StampHealth::new(health_settings(pool), now),
-                    stats: Arc::default(),
-                    fast_probe: Arc::default(),
-                    probe_cancel: cancel.child_token(),
-                    seen_requests: 0,
-                    seen_errors: 0,
-                });
-            }
-        }
+        let events = EventLog::new();
         let budgets = config
             .routes
             .iter()
             .map(|r| (r.name.clone(), Arc::new(new_budget(r))))
             .collect();
-        let events = EventLog::new();
         let mut controller = Controller {
             routing: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
-            config,
-            stamps,
-            by_name,
+            stamps: Vec::new(),
+            by_name: HashMap::new(),
             upstreams,
             dns,
             budgets,
@@ -203,8 +262,18 @@ impl Controller {
             signals_tx: tx.clone(),
             cancel,
             last_live: now,
+            orphans: decisions,
+            last_reload: None,
+            resolver: None,
+            dns_reports: dns_tx,
+            dns_hosts: BTreeSet::new(),
+            config,
         };
-        controller.publish(now);
+        controller.start_dns()?;
+        let entries = controller.fresh_entries(now, |_| None);
+        controller.install_stamps(entries);
+        controller.report_orphans();
+        controller.publish(now, true);
         controller.start_probes();
         let handle = ControllerHandle {
             routing: controller.routing.clone(),
@@ -215,18 +284,142 @@ impl Controller {
         Ok(handle)
     }
 
+    /// An entry per stamp of the current config; `reuse` may hand back an
+    /// existing entry (health history, counters) for a stamp.
+    fn fresh_entries(
+        &self,
+        now: Instant,
+        mut reuse: impl FnMut(&StampConfig) -> Option<StampEntry>,
+    ) -> Vec<StampEntry> {
+        let mut entries = Vec::new();
+        for (pi, pool) in self.config.pools.iter().enumerate() {
+            for s in &pool.stamps {
+                let entry = match reuse(s) {
+                    Some(mut e) => {
+                        e.pool = pi;
+                        e.config = s.clone();
+                        e
+                    }
+                    None => StampEntry::new(pi, pool, s, &self.cancel, now),
+                };
+                entries.push(entry);
+            }
+        }
+        entries
+    }
+
+    /// Make `entries` the stamps, applying the operator decisions kept for
+    /// their names.
+    fn install_stamps(&mut self, mut entries: Vec<StampEntry>) {
+        for entry in &mut entries {
+            if let Some(decision) = self.orphans.remove(&entry.config.name) {
+                entry.admin = decision.admin;
+                entry.weight_override = decision.weight;
+            }
+        }
+        self.by_name = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Arc::from(e.config.name.as_str()), i))
+            .collect();
+        self.stamps = entries;
+    }
+
+    /// Decisions for stamps the config does not name are reported, never
+    /// silently dropped.
+    fn report_orphans(&self) {
+        for (name, decision) in &self.orphans {
+            tracing::warn!(stamp = %name, admin = ?decision.admin, weight = ?decision.weight,
+                "the state file holds a decision for a stamp that is not in the config; kept aside");
+            self.events.push(NewEvent {
+                kind: EventKind::Operator,
+                pool: None,
+                stamp: Some(name.clone()),
+                from: None,
+                to: None,
+                reason: "decision kept aside: the stamp is not in the config".into(),
+            });
+        }
+    }
+
     fn start_probes(&self) {
         for entry in &self.stamps {
-            let pool = &self.config.pools[entry.pool];
-            tokio::spawn(probe::run(
-                self.upstreams[entry.pool].clone(),
-                ProbeTarget::new(pool, &entry.config),
-                ProbeSchedule::of(pool),
-                entry.fast_probe.clone(),
-                self.signals_tx.clone(),
-                entry.probe_cancel.clone(),
-            ));
+            self.start_probe(entry);
         }
+    }
+
+    fn start_probe(&self, entry: &StampEntry) {
+        let pool = &self.config.pools[entry.pool];
+        tokio::spawn(probe::run(
+            self.upstreams[entry.pool].clone(),
+            ProbeTarget::new(pool, &entry.config),
+            ProbeSchedule::of(pool),
+            entry.fast_probe.clone(),
+            self.signals_tx.clone(),
+            entry.probe_cancel.clone(),
+        ));
+    }
+
+    /// Probe tasks hold their pool's upstream client: after it is renewed
+    /// they are restarted on the new one.
+    fn restart_probes(&mut self, pools: &[usize]) {
+        for i in 0..self.stamps.len() {
+            if pools.contains(&self.stamps[i].pool) {
+                self.stamps[i].probe_cancel.cancel();
+                self.stamps[i].probe_cancel = self.cancel.child_token();
+                self.start_probe(&self.stamps[i]);
+            }
+        }
+    }
+
+    /// Replace the upstream client of `pools` (new addresses, a drained
+    /// stamp's idle connections): the old client closes its connections
+    /// once the requests using them finish.
+    fn renew_upstreams(&mut self, pools: &[usize]) {
+        for &pi in pools {
+            match Upstream::new(&self.config.pools[pi], &self.dns) {
+                Ok(u) => self.upstreams[pi] = Arc::new(u),
+                Err(e) => {
+                    tracing::error!(pool = %self.config.pools[pi].name, error = %e, "cannot renew upstream client");
+                }
+            }
+        }
+        self.restart_probes(pools);
+    }
+
+    /// One refresh loop per distinct stamp host name (IP literals need
+    /// none); called at start and after a reload for new names.
+    fn start_dns(&mut self) -> Result<(), DnsError> {
+        let hosts: BTreeSet<String> = self
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| &p.stamps)
+            .map(|s| s.host.clone())
+            .filter(|h| !discovery::is_ip_literal(h))
+            .collect();
+        for host in hosts {
+            if self.dns_hosts.contains(&host) {
+                continue;
+            }
+            let resolver = match &self.resolver {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(Discovery::new(self.config.dns.clone())?);
+                    self.resolver = Some(r.clone());
+                    r
+                }
+            };
+            discovery::spawn_refresh(
+                resolver,
+                host.clone(),
+                self.dns.clone(),
+                self.dns_reports.clone(),
+                self.cancel.child_token(),
+            );
+            self.dns_hosts.insert(host);
+        }
+        Ok(())
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Signal>, mut dns_rx: mpsc::Receiver<DnsReport>) {
@@ -266,8 +459,7 @@ impl Controller {
     }
 
     /// New addresses for a host: connections to the old ones must not be
-    /// reused, so the pools using the host get a fresh upstream client (the
-    /// old one closes its connections once in-flight requests finish).
+    /// reused, so the pools using the host get a fresh upstream client.
     fn on_dns(&mut self, report: DnsReport, now: Instant) {
         match report {
             DnsReport::Resolved { host, addrs, ttl } => {
@@ -284,17 +476,11 @@ impl Controller {
                         list.join(", ")
                     ),
                 });
-                for (pi, pool) in self.config.pools.iter().enumerate() {
-                    if pool.stamps.iter().any(|s| s.host == host) {
-                        match Upstream::new(pool, &self.dns) {
-                            Ok(u) => self.upstreams[pi] = Arc::new(u),
-                            Err(e) => {
-                                tracing::error!(pool = %pool.name, error = %e, "cannot renew upstream client")
-                            }
-                        }
-                    }
-                }
-                self.publish(now);
+                let pools: Vec<usize> = (0..self.config.pools.len())
+                    .filter(|&pi| self.config.pools[pi].stamps.iter().any(|s| s.host == host))
+                    .collect();
+                self.renew_upstreams(&pools);
+                self.publish(now, false);
             }
             DnsReport::Failed { host, error, kept } => {
                 tracing::warn!(%host, %error, kept, "stamp host resolution failed; keeping the last answer");
@@ -310,18 +496,6 @@ impl Controller {
                 });
             }
         }
-    }
-
-    fn on_admin(
-        &mut self,
-        command: Command,
-        who: &str,
-        now: Instant,
-    ) -> Result<serde_json::Value, AdminError> {
-        let _ = (command, who, now);
-        Err(AdminError::Refused(
-            "operator commands are being wired in".into(),
-        ))
     }
 
     fn on_outlier(&mut self, i: usize, consecutive: u32, now: Instant) {
@@ -340,12 +514,12 @@ impl Controller {
             .stats
             .ejection_requested
             .store(false, Ordering::Relaxed);
-        let already = entry.health.ejected_until().is_some_and(|u| u > now);
-        if already {
+        if entry.health.ejected_until().is_some_and(|u| u > now) {
             return;
         }
         if !max_ejected_allows(ejected, size, max_percent) {
-            tracing::warn!(stamp = %entry.config.name, ejected, size, max_percent, "not ejecting: max_ejected_percent reached");
+            tracing::warn!(stamp = %entry.config.name, ejected, size, max_percent,
+                "not ejecting: max_ejected_percent reached");
             return;
         }
         let t = entry.health.eject(consecutive, now);
@@ -354,6 +528,7 @@ impl Controller {
 
     fn on_tick(&mut self, now: Instant) {
         let live_due = now.duration_since(self.last_live) >= LIVE_WINDOW;
+        let window = now.duration_since(self.last_live).as_secs_f64();
         if live_due {
             self.last_live = now;
         }
@@ -368,17 +543,19 @@ impl Controller {
                 let de = errors.saturating_sub(entry.seen_errors);
                 entry.seen_requests = requests;
                 entry.seen_errors = errors;
+                entry.rps = dr as f64 / window;
                 t = t.or(entry.health.record_live(dr, de, now));
             }
             self.record_transition(i, t);
         }
-        self.publish(now);
+        self.advance_drains(now);
+        self.publish(now, false);
     }
 
     /// After a state machine call: record the transition, then publish.
     fn after(&mut self, i: usize, t: Option<Transition>, now: Instant) {
         self.record_transition(i, t);
-        self.publish(now);
+        self.publish(now, false);
     }
 
     fn record_transition(&mut self, i: usize, t: Option<Transition>) {
@@ -389,9 +566,9 @@ impl Controller {
         let Some(t) = t else { return };
         let pool = &self.config.pools[entry.pool].name;
         let stamp = &entry.config.name;
-        if t.to == HealthState::Unhealthy
-            || (t.to == HealthState::Degraded && t.from != HealthState::Unhealthy)
-        {
+        let down = t.to == HealthState::Unhealthy
+            || (t.to == HealthState::Degraded && t.from != HealthState::Unhealthy);
+        if down {
             tracing::warn!(%pool, %stamp, from = %t.from, to = %t.to, reason = %t.reason, "stamp health changed");
         } else {
             tracing::info!(%pool, %stamp, from = %t.from, to = %t.to, reason = %t.reason, "stamp health changed");
@@ -406,27 +583,11 @@ impl Controller {
         });
     }
 
-    fn effective_weight(&self, entry: &StampEntry, now: Instant) -> u32 {
-        if !entry.health.usable() || entry.config.weight == 0 {
-            return 0;
-        }
-        let pool = &self.config.pools[entry.pool];
-        let ramp = slow_start_factor(entry.health.recovered_at(), pool.slow_start, now);
-        let w = f64::from(entry.config.weight) * entry.health.weight_factor() * ramp;
-        (w.round() as u32).max(1)
-    }
-
-    /// Build a table from the current state and store it if the request
-    /// path would decide differently with it (weights, tiers, fail-open).
-    fn publish(&mut self, now: Instant) {
-        let weights: Vec<u32> = self
-            .stamps
-            .iter()
-            .map(|e| self.effective_weight(e, now))
-            .collect();
-        let table = RoutingTable::build(
+    /// A table for the current state, with `weights` per stamp.
+    fn build_table(&self, weights: &[u32], generation: u64) -> RoutingTable {
+        RoutingTable::build(
             &self.config,
-            self.generation + 1,
+            generation,
             |pool| self.upstreams[pool_index(&self.config, pool)].clone(),
             |route| self.budgets[&route.name].clone(),
             |_, stamp| {
@@ -434,13 +595,28 @@ impl Controller {
                 let entry = &self.stamps[i];
                 StampInput {
                     effective_weight: weights[i],
-                    admin_enabled: true,
+                    admin_enabled: entry.admin == AdminState::Active,
                     rtt: entry.health.smoothed_rtt(),
                     stats: entry.stats.clone(),
                 }
             },
-        );
-        if self.generation > 0 && table.routes_like(&self.routing.load()) {
+        )
+    }
+
+    fn weights(&self, now: Instant) -> Vec<u32> {
+        self.stamps
+            .iter()
+            .map(|e| effective_weight(e, &self.config.pools[e.pool], now))
+            .collect()
+    }
+
+    /// Build a table from the current state and store it if the request
+    /// path would decide differently with it (weights, tiers, fail-open),
+    /// or always with `force` (a new config).
+    fn publish(&mut self, now: Instant, force: bool) {
+        let weights = self.weights(now);
+        let table = self.build_table(&weights, self.generation + 1);
+        if !force && self.generation > 0 && table.routes_like(&self.routing.load()) {
             return;
         }
         self.generation += 1;
@@ -473,36 +649,15 @@ impl Controller {
     }
 }
 
-/// One refresh loop per distinct stamp host name; IP literals need none.
-fn start_dns(
-    config: &Config,
-    cache: &DnsCache,
-    reports: mpsc::Sender<DnsReport>,
-    cancel: &CancellationToken,
-) -> Result<(), DnsError> {
-    let mut hosts: Vec<&str> = config
-        .pools
-        .iter()
-        .flat_map(|p| &p.stamps)
-        .map(|s| s.host.as_str())
-        .filter(|h| !discovery::is_ip_literal(h))
-        .collect();
-    hosts.sort_unstable();
-    hosts.dedup();
-    if hosts.is_empty() {
-        return Ok(());
+/// configured (or overridden) weight × health factor × slow-start ramp ×
+/// admin state; zero means "no new requests".
+fn effective_weight(entry: &StampEntry, pool: &PoolConfig, now: Instant) -> u32 {
+    if entry.admin != AdminState::Active || !entry.health.usable() || entry.weight() == 0 {
+        return 0;
     }
-    let resolver = Arc::new(Discovery::new(config.dns.clone())?);
-    for host in hosts {
-        discovery::spawn_refresh(
-            resolver.clone(),
-            host.to_owned(),
-            cache.clone(),
-            reports.clone(),
-            cancel.child_token(),
-        );
-    }
-    Ok(())
+    let ramp = slow_start_factor(entry.health.recovered_at(), pool.slow_start, now);
+    let w = f64::from(entry.weight()) * entry.health.weight_factor() * ramp;
+    (w.round() as u32).max(1)
 }
 
 fn pool_index(config: &Config, pool: &PoolConfig) -> usize {

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use std::future::Future;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +118,12 @@ pin_project! {
     #[allow(missing_docs)] // fields are described on their variants
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
-        /// Streamed from the stamp; `guard` ends in-flight accounting on drop.
+        /// Streamed from the stamp; `guard` ends in-flight accounting on drop;
+        /// `cut` ends the body when an operator's drain deadline passes.
         Upstream {
             #[pin] inner: Incoming,
             guard: super::forward::InFlight,
+            #[pin] cut: WaitForCancellationFutureOwned,
         },
         /// Made by the proxy (errors, 404).
         Local {
@@ -138,16 +142,24 @@ impl ResponseBody {
     }
 }
 
+/// Boxed error of a response body (the stamp's, or a drain cut).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { inner, .. } => inner.poll_frame(cx),
+            ResponseBodyProj::Upstream { inner, cut, .. } => {
+                if cut.poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err("cut: the stamp's drain deadline passed".into())));
+                }
+                inner.poll_frame(cx).map_err(Into::into)
+            }
             ResponseBodyProj::Local { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }

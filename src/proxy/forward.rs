@@ -34,12 +34,8 @@ const RETRY_AFTER_SECS: &str = "5";
 /// Locks: none. The routing table is swapped by the controller only.
 #[derive(Debug)]
 pub struct Gateway {
-    /// The current routing table.
+    /// The current routing table (with the limits a reload may change).
     pub routing: Arc<ArcSwap<RoutingTable>>,
-    /// `proxy.max_request_body`.
-    pub max_request_body: u64,
-    /// Whether responses name the serving stamp.
-    pub stamp_header: bool,
     /// Passive health signals to the controller (`try_send` only).
     pub signals: mpsc::Sender<Signal>,
 }
@@ -171,8 +167,8 @@ impl Gateway {
         let pool = &table.pools[route.pool];
 
         let length = content_length(&parts.headers);
-        if length.is_some_and(|len| len > self.max_request_body) {
-            let limit = self.max_request_body;
+        if length.is_some_and(|len| len > table.max_request_body) {
+            let limit = table.max_request_body;
             return Err((ProxyError::BodyTooLarge { limit }, None));
         }
 
@@ -189,7 +185,7 @@ impl Gateway {
         let start = Instant::now();
         let deadline = start + route.timeout;
         route.budget.deposit(start);
-        let mut body = RequestBody::new(body, &parts, length, route, self.max_request_body)
+        let mut body = RequestBody::new(body, &parts, length, route, table.max_request_body)
             .await
             .map_err(fail)?;
         let attempts = if body.replayable() {
@@ -236,9 +232,11 @@ impl Gateway {
                 remaining
             };
             guard.at_stamp(&stamp.stats);
-            let sent =
-                tokio::time::timeout(try_timeout, pool.upstream.send(&stamp.name, upstream_req))
-                    .await;
+            let cut = stamp.stats.cut.load_full();
+            let sent = tokio::select! {
+                r = tokio::time::timeout(try_timeout, pool.upstream.send(&stamp.name, upstream_req)) => r,
+                () = cut.cancelled() => Ok(Err(ProxyError::DrainDeadline { stamp: stamp.name.to_string() })),
+            };
             let failure = match sent {
                 Ok(Ok(resp)) if !is_gateway_failure(resp.status()) => {
                     let outcome = if resp.status().is_server_error() {
@@ -247,7 +245,7 @@ impl Gateway {
                         Outcome::Answered
                     };
                     stamp.stats.record(outcome);
-                    return Ok(self.respond(resp, stamp, &request_id, guard));
+                    return Ok(respond(resp, stamp, &request_id, guard, table.stamp_header));
                 }
                 Ok(Ok(resp)) => Failure::Status(resp),
                 Ok(Err(e)) => Failure::Error(e),
@@ -269,28 +267,12 @@ impl Gateway {
                 }
             }
             return match failure {
-                Failure::Status(resp) => Ok(self.respond(resp, stamp, &request_id, guard)),
+                Failure::Status(resp) => {
+                    Ok(respond(resp, stamp, &request_id, guard, table.stamp_header))
+                }
                 Failure::Error(e) => Err(fail(e)),
             };
         }
-    }
-
-    /// The stamp's response, on its way to the client.
-    fn respond(
-        &self,
-        resp: Response<Incoming>,
-        stamp: &StampView,
-        request_id: &HeaderValue,
-        guard: InFlight,
-    ) -> Response<ResponseBody> {
-        let (mut parts, body) = resp.into_parts();
-        headers::prepare_response(&mut parts.headers, request_id);
-        if self.stamp_header {
-            parts
-                .headers
-                .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
-        }
-        Response::from_parts(parts, ResponseBody::Upstream { inner: body, guard })
     }
 
     /// Count a gateway failure; past the pool's threshold, ask the
@@ -314,6 +296,32 @@ impl Gateway {
                 .store(false, Ordering::Relaxed);
         }
     }
+}
+
+/// The stamp's response, on its way to the client.
+fn respond(
+    resp: Response<Incoming>,
+    stamp: &StampView,
+    request_id: &HeaderValue,
+    guard: InFlight,
+    stamp_header: bool,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::prepare_response(&mut parts.headers, request_id);
+    if stamp_header {
+        parts
+            .headers
+            .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
+    }
+    let cut = stamp.stats.cut.load().as_ref().clone().cancelled_owned();
+    Response::from_parts(
+        parts,
+        ResponseBody::Upstream {
+            inner: body,
+            guard,
+            cut,
+        },
+    )
 }
 
 /// How a try at a stamp failed.

@@ -107,8 +107,6 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {
             routing: controller.routing.clone(),
-            max_request_body: config.proxy.max_request_body,
-            stamp_header: config.proxy.stamp_header,
             signals: controller.signals.clone(),
         }),
         limits,

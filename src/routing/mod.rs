@@ -41,6 +41,9 @@ pub struct StampStats {
     /// stamp, cleared by the controller: one message per episode, not one
     /// per failed request.
     pub ejection_requested: AtomicBool,
+    /// Cancelled when a drain deadline passes: requests still in flight to
+    /// the stamp are cut. Replaced by a fresh token after each cut.
+    pub cut: arc_swap::ArcSwap<tokio_util::sync::CancellationToken>,
 }
 
 /// How one try at a stamp ended, for passive health.
@@ -192,6 +195,10 @@ pub struct RoutingTable {
     routes: Vec<RouteEntry>,
     /// Pools, indexed by [`RouteEntry::pool`].
     pub pools: Vec<PoolView>,
+    /// `proxy.max_request_body` (here so that a reload changes it).
+    pub max_request_body: u64,
+    /// `proxy.stamp_header`: responses name the serving stamp.
+    pub stamp_header: bool,
 }
 
 impl RoutingTable {
@@ -244,6 +251,8 @@ impl RoutingTable {
             generation,
             routes,
             pools,
+            max_request_body: config.proxy.max_request_body,
+            stamp_header: config.proxy.stamp_header,
         }
     }
 
@@ -259,6 +268,8 @@ impl RoutingTable {
             generation: 0,
             routes: Vec::new(),
             pools: Vec::new(),
+            max_request_body: 0,
+            stamp_header: false,
         }
     }
 

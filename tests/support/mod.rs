@@ -37,6 +37,8 @@ pub async fn stamp(name: &str, region: &str) -> Stamp {
 pub struct Setup {
     /// Extra lines in `[proxy]`.
     pub proxy: String,
+    /// Extra lines in `[admin]`.
+    pub admin: String,
     /// Extra lines in the route (`path_prefix = "/"`, pool `p`).
     pub route: String,
     /// Extra lines in `[pools.p]`.
@@ -51,6 +53,7 @@ impl Setup {
     pub fn new() -> Setup {
         Setup {
             proxy: String::new(),
+            admin: String::new(),
             route: String::new(),
             pool: String::new(),
             stamps: Vec::new(),
@@ -75,6 +78,12 @@ impl Setup {
         self
     }
 
+    pub fn admin(mut self, lines: &str) -> Setup {
+        self.admin.push_str(lines);
+        self.admin.push('\n');
+        self
+    }
+
     pub fn route(mut self, lines: &str) -> Setup {
         self.route.push_str(lines);
         self.route.push('\n');
@@ -95,10 +104,10 @@ impl Setup {
 
     pub fn toml(&self) -> String {
         let mut t = format!(
-            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [[routes]]\nname = \"main\"\npath_prefix = \"/catalogservice/\"\npool = \"p\"\n{}\n\
              [pools.p]\n{}\n",
-            self.proxy, self.route, self.pool
+            self.proxy, self.admin, self.route, self.pool
         );
         for (name, region, addr) in &self.stamps {
             t.push_str(&format!(

@@ -1,0 +1,504 @@
+//! The controller's side of operator commands: drain, enable, disable,
+//! weight, reload. Each is applied, persisted and published in one place;
+//! a decision that cannot be persisted is not applied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::admin::{AdminError, AdminState, Command, Target};
+use super::events::{EventKind, NewEvent};
+use super::{Controller, StampEntry, effective_weight, new_budget, state_file};
+use crate::config::{self, defaults::MAX_WEIGHT};
+use crate::proxy::upstream::Upstream;
+use crate::routing::RoutingTable;
+
+impl Controller {
+    pub(super) fn on_admin(
+        &mut self,
+        command: Command,
+        who: &str,
+        now: Instant,
+    ) -> Result<Value, AdminError> {
+        match command {
+            Command::Status => Ok(self.status(now)),
+            Command::Drain {
+                target,
+                deadline,
+                dry_run,
+                force,
+            } => self.drain(&target, deadline, dry_run, force, who, now),
+            Command::Enable { target } => {
+                let stamps = self.resolve(&target)?;
+                self.decide(
+                    &stamps,
+                    who,
+                    now,
+                    &format!("enable {}", describe(&target)),
+                    |e| {
+                        e.admin = AdminState::Active;
+                        e.drain_deadline = None;
+                        e.drained = false;
+                    },
+                )
+            }
+            Command::Disable { stamp } => {
+                let target = Target::Stamp(stamp);
+                let stamps = self.resolve(&target)?;
+                self.decide(
+                    &stamps,
+                    who,
+                    now,
+                    &format!("disable {}", describe(&target)),
+                    |e| {
+                        e.admin = AdminState::Disabled;
+                        e.drain_deadline = None;
+                    },
+                )
+            }
+            Command::Weight { stamp, weight } => {
+                if let Some(w) = weight.filter(|&w| w > MAX_WEIGHT) {
+                    return Err(AdminError::Invalid {
+                        field: "weight".into(),
+                        message: format!("{w} is out of range 0..={MAX_WEIGHT}"),
+                    });
+                }
+                let target = Target::Stamp(stamp);
+                let stamps = self.resolve(&target)?;
+                let what = match weight {
+                    Some(w) => format!("set weight of {} to {w}", describe(&target)),
+                    None => format!("clear the weight override of {}", describe(&target)),
+                };
+                self.decide(&stamps, who, now, &what, |e| e.weight_override = weight)
+            }
+            Command::Reload => self.reload(who, now),
+        }
+    }
+
+    /// Stamp indices named by `target`.
+    fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
+        match target {
+            Target::Stamp(name) => self
+                .by_name
+                .get(name.as_str())
+                .map(|&i| vec![i])
+                .ok_or_else(|| AdminError::UnknownStamp(name.clone())),
+            Target::Region(region) => {
+                let found: Vec<usize> = (0..self.stamps.len())
+                    .filter(|&i| self.stamps[i].config.region == *region)
+                    .collect();
+                if found.is_empty() {
+                    Err(AdminError::UnknownRegion(region.clone()))
+                } else {
+                    Ok(found)
+                }
+            }
+        }
+    }
+
+    /// Apply `change` to `stamps`, persist, publish, log; on a failed write
+    /// undo the change and report it.
+    fn decide(
+        &mut self,
+        stamps: &[usize],
+        who: &str,
+        now: Instant,
+        what: &str,
+        change: impl Fn(&mut StampEntry),
+    ) -> Result<Value, AdminError> {
+        let before: Vec<(AdminState, Option<u32>, Option<Instant>, bool)> = stamps
+            .iter()
+            .map(|&i| {
+                let e = &self.stamps[i];
+                (e.admin, e.weight_override, e.drain_deadline, e.drained)
+            })
+            .collect();
+        for &i in stamps {
+            change(&mut self.stamps[i]);
+        }
+        if let Err(e) = self.persist() {
+            for (&i, (admin, weight, deadline, drained)) in stamps.iter().zip(before) {
+                let entry = &mut self.stamps[i];
+                entry.admin = admin;
+                entry.weight_override = weight;
+                entry.drain_deadline = deadline;
+                entry.drained = drained;
+            }
+            return Err(AdminError::Persist(e.to_string()));
+        }
+        tracing::info!(%who, action = %what, "operator action");
+        for &i in stamps {
+            let e = &self.stamps[i];
+            self.events.push(NewEvent {
+                kind: EventKind::Operator,
+                pool: Some(self.config.pools[e.pool].name.clone()),
+                stamp: Some(e.config.name.clone()),
+                from: None,
+                to: Some(admin_label(e).into()),
+                reason: format!("{what} (by {who})"),
+            });
+        }
+        self.publish(now, false);
+        let changed: Vec<Value> = stamps.iter().map(|&i| self.stamp_brief(i)).collect();
+        Ok(json!({ "ok": true, "action": what, "by": who, "stamps": changed }))
+    }
+
+    fn drain(
+        &mut self,
+        target: &Target,
+        deadline: Option<Duration>,
+        dry_run: bool,
+        force: bool,
+        who: &str,
+        now: Instant,
+    ) -> Result<Value, AdminError> {
+        let stamps = self.resolve(target)?;
+        // What the pools would look like with these stamps draining.
+        let mut weights = self.weights(now);
+        for &i in &stamps {
+            weights[i] = 0;
+        }
+        let predicted = self.build_table(&weights, self.generation);
+        if dry_run {
+            let current = self.routing.load();
+            return Ok(json!({
+                "dry_run": true,
+                "target": describe(target),
+                "current_shares": shares(&current),
+                "shares": shares(&predicted),
+            }));
+        }
+        if !force {
+            self.refuse_last_usable(&stamps, &weights, target)?;
+        }
+        let deadline_at = deadline.map(|d| now + d);
+        let what = match deadline {
+            Some(d) => format!("drain {} (deadline {d:?})", describe(target)),
+            None => format!("drain {}", describe(target)),
+        };
+        self.decide(&stamps, who, now, &what, |e| {
+            e.admin = AdminState::Draining;
+            e.drain_deadline = deadline_at;
+            e.drained = false;
+        })
+    }
+
+    /// Refuse a drain that would leave a pool without any usable stamp:
+    /// that is an outage by hand, so it needs `force`.
+    fn refuse_last_usable(
+        &self,
+        stamps: &[usize],
+        weights_after: &[u32],
+        target: &Target,
+    ) -> Result<(), AdminError> {
+        for (pi, pool) in self.config.pools.iter().enumerate() {
+            let affected = stamps.iter().any(|&i| self.stamps[i].pool == pi);
+            let usable_after =
+                (0..self.stamps.len()).any(|i| self.stamps[i].pool == pi && weights_after[i] > 0);
+            if affected && !usable_after {
+                return Err(AdminError::Refused(format!(
+                    "draining {} would leave pool {} with no usable stamp (the others are unhealthy, draining or disabled); add force=1 to drain anyway",
+                    describe(target),
+                    pool.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Draining stamps: cut what is still in flight at the deadline, and
+    /// once nothing is in flight report `drained` and let the pool's idle
+    /// connections to the stamp close.
+    pub(super) fn advance_drains(&mut self, now: Instant) {
+        let mut renew = Vec::new();
+        for i in 0..self.stamps.len() {
+            let e = &mut self.stamps[i];
+            if e.admin != AdminState::Draining {
+                continue;
+            }
+            let in_flight = e.in_flight();
+            if let Some(at) = e.drain_deadline.filter(|&at| at <= now) {
+                e.drain_deadline = None;
+                if in_flight > 0 {
+                    let old = e.stats.cut.swap(Arc::new(CancellationToken::new()));
+                    old.cancel();
+                    let _ = at;
+                    self.events.push(NewEvent {
+                        kind: EventKind::Operator,
+                        pool: Some(self.config.pools[e.pool].name.clone()),
+                        stamp: Some(e.config.name.clone()),
+                        from: None,
+                        to: Some("draining".into()),
+                        reason: format!(
+                            "drain deadline reached: cut {in_flight} request(s) in flight"
+                        ),
+                    });
+                }
+            }
+            if !e.drained && in_flight == 0 {
+                e.drained = true;
+                renew.push(e.pool);
+                tracing::info!(stamp = %e.config.name, "drained: no request in flight");
+                self.events.push(NewEvent {
+                    kind: EventKind::Operator,
+                    pool: Some(self.config.pools[e.pool].name.clone()),
+                    stamp: Some(e.config.name.clone()),
+                    from: Some("draining".into()),
+                    to: Some("drained".into()),
+                    reason: "no request in flight".into(),
+                });
+            }
+        }
+        renew.sort_unstable();
+        renew.dedup();
+        if !renew.is_empty() {
+            self.renew_upstreams(&renew);
+            self.publish(now, false);
+        }
+    }
+
+    /// Every decision, for the state file: current stamps and the orphans.
+    fn decisions(&self) -> BTreeMap<String, state_file::Decision> {
+        let mut all = self.orphans.clone();
+        for e in &self.stamps {
+            all.insert(e.config.name.clone(), e.decision());
+        }
+        all
+    }
+
+    fn persist(&self) -> Result<(), state_file::StateFileError> {
+        match &self.config.admin.state_file {
+            Some(path) => state_file::save(path, &self.decisions()),
+            None => Ok(()),
+        }
+    }
+
+    /// Re-read the config file; if it is valid, swap it in keeping health
+    /// history of stamps whose name and address are unchanged, operator
+    /// decisions by name, retry budgets by route and warm connection pools
+    /// of unchanged pools. An invalid file changes nothing.
+    pub(super) fn reload(&mut self, who: &str, now: Instant) -> Result<Value, AdminError> {
+        let source = self.config.source.clone();
+        let new = match config::load(&source) {
+            Ok(c) => c,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(%who, error = %message, "reload refused; still serving the previous config");
+                self.events.push(NewEvent {
+                    kind: EventKind::Config,
+                    pool: None,
+                    stamp: None,
+                    from: None,
+                    to: None,
+                    reason: format!("reload refused (by {who}): {message}"),
+                });
+                self.last_reload = Some(json!({ "ok": false, "by": who, "error": message }));
+                return Err(AdminError::Reload(message));
+            }
+        };
+        let mut warnings = Vec::new();
+        if new.proxy.listen != self.config.proxy.listen
+            || new.proxy.tls_listen != self.config.proxy.tls_listen
+            || new.admin.listen != self.config.admin.listen
+        {
+            warnings
+                .push("listener addresses changed: they take effect after a restart".to_owned());
+        }
+        if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
+            warnings.push("certificates changed: they take effect after a restart".to_owned());
+        }
+
+        // Upstream clients: keep those whose pool's connection settings
+        // did not change, so their warm connections survive. Built first,
+        // so that a failure changes nothing.
+        let mut upstreams = Vec::new();
+        for pool in &new.pools {
+            let reuse = self
+                .config
+                .pools
+                .iter()
+                .position(|p| p.name == pool.name && same_upstream(p, pool))
+                .map(|pi| self.upstreams[pi].clone());
+            let u = match reuse {
+                Some(u) => u,
+                None => Arc::new(
+                    Upstream::new(pool, &self.dns)
+                        .map_err(|e| AdminError::Reload(e.to_string()))?,
+                ),
+            };
+            upstreams.push(u);
+        }
+        self.config = new;
+        self.upstreams = upstreams;
+        let mut old: BTreeMap<String, StampEntry> = std::mem::take(&mut self.stamps)
+            .into_iter()
+            .map(|e| (e.config.name.clone(), e))
+            .collect();
+        let mut kept = Vec::new();
+        let entries = self.fresh_entries(now, |s| {
+            let e = old
+                .remove(&s.name)
+                .filter(|e| e.config.address == s.address)?;
+            kept.push(s.name.clone());
+            Some(e)
+        });
+        let added: Vec<String> = entries
+            .iter()
+            .map(|e| e.config.name.clone())
+            .filter(|n| !kept.contains(n))
+            .collect();
+        // Stamps gone (or moved to a new address): stop probing, keep
+        // their decisions aside.
+        let mut removed = Vec::new();
+        for (name, e) in old {
+            e.probe_cancel.cancel();
+            let decision = e.decision();
+            if !decision.is_default() {
+                self.orphans.insert(name.clone(), decision);
+            }
+            removed.push(name);
+        }
+        for e in &entries {
+            e.probe_cancel.cancel();
+        }
+        let entries: Vec<StampEntry> = entries
+            .into_iter()
+            .map(|mut e| {
+                e.probe_cancel = self.cancel.child_token();
+                e
+            })
+            .collect();
+        self.install_stamps(entries);
+        self.budgets = self
+            .config
+            .routes
+            .iter()
+            .map(|r| {
+                let b = self.budgets.get(&r.name).cloned();
+                (r.name.clone(), b.unwrap_or_else(|| Arc::new(new_budget(r))))
+            })
+            .collect();
+        if let Err(e) = self.start_dns() {
+            warnings.push(format!("dns: {e}"));
+        }
+        self.start_probes();
+        self.report_orphans();
+        self.publish(now, true);
+        let summary = json!({
+            "ok": true,
+            "by": who,
+            "generation": self.generation,
+            "stamps_kept": kept,
+            "stamps_added": added,
+            "stamps_removed": removed,
+            "warnings": warnings,
+        });
+        tracing::info!(%who, generation = self.generation, "config reloaded");
+        self.events.push(NewEvent {
+            kind: EventKind::Config,
+            pool: None,
+            stamp: None,
+            from: None,
+            to: None,
+            reason: format!(
+                "reloaded (by {who}): {} kept, {} added, {} removed",
+                kept.len(),
+                added.len(),
+                removed.len()
+            ),
+        });
+        self.last_reload = Some(summary.clone());
+        Ok(summary)
+    }
+
+    fn stamp_brief(&self, i: usize) -> Value {
+        let e = &self.stamps[i];
+        json!({
+            "name": e.config.name,
+            "region": e.config.region,
+            "admin": admin_label(e),
+            "weight_override": e.weight_override,
+            "in_flight": e.in_flight(),
+            "effective_weight": effective_weight(e, &self.config.pools[e.pool], Instant::now()),
+        })
+    }
+}
+
+/// The admin state as shown: a draining stamp with nothing in flight is
+/// `drained`.
+pub(super) fn admin_label(e: &StampEntry) -> &'static str {
+    match e.admin {
+        AdminState::Active => "active",
+        AdminState::Draining if e.stats.in_flight.load(Ordering::Relaxed) == 0 => "drained",
+        AdminState::Draining => "draining",
+        AdminState::Disabled => "disabled",
+    }
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Stamp(s) => format!("stamp {s}"),
+        Target::Region(r) => format!("region {r}"),
+    }
+}
+
+/// Share of new requests each stamp would get from `table` (first tier of
+/// each pool's selector), per pool.
+pub(super) fn shares(table: &RoutingTable) -> Value {
+    let mut pools = serde_json::Map::new();
+    for pool in &table.pools {
+        let mut shares = serde_json::Map::new();
+        for s in &pool.stamps {
+            shares.insert(s.name.to_string(), json!(0.0));
+        }
+        if let Some(tier) = pool.selector.tiers().first() {
+            let total: f64 = tier
+                .members()
+                .map(|i| {
+                    f64::from(
+                        pool.stamps[i]
+                            .effective_weight
+                            .max(failing_open_weight(pool, i)),
+                    )
+                })
+                .sum();
+            for i in tier.members() {
+                let w = f64::from(
+                    pool.stamps[i]
+                        .effective_weight
+                        .max(failing_open_weight(pool, i)),
+                );
+                let share = if total > 0.0 { w / total } else { 0.0 };
+                shares.insert(
+                    pool.stamps[i].name.to_string(),
+                    json!((share * 1000.0).round() / 1000.0),
+                );
+            }
+        }
+        pools.insert(pool.name.to_string(), Value::Object(shares));
+    }
+    Value::Object(pools)
+}
+
+/// In a failing-open pool the tier uses configured weights.
+fn failing_open_weight(pool: &crate::routing::PoolView, i: usize) -> u32 {
+    if pool.failing_open {
+        pool.stamps[i].configured_weight
+    } else {
+        0
+    }
+}
+
+/// Whether two pool configs need the same upstream client.
+fn same_upstream(a: &crate::config::PoolConfig, b: &crate::config::PoolConfig) -> bool {
+    a.upstream_tls == b.upstream_tls
+        && a.upstream_http2 == b.upstream_http2
+        && a.ca_file == b.ca_file
+        && a.connect_timeout == b.connect_timeout
+        && a.probe.https == b.probe.https
+}

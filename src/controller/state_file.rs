@@ -1,0 +1,196 @@
+//! Persisted operator decisions (drain, disable, weight): written
+//! atomically after every change (temp file, fsync, rename, fsync of the
+//! directory) and read at start-up. A file that exists but cannot be read
+//! or parsed stops start-up and is never overwritten: losing an operator's
+//! drain silently is worse than not starting.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::admin::AdminState;
+
+/// Format version written into the file, so a future change of shape can
+/// be told apart from corruption.
+const FORMAT_VERSION: u32 = 1;
+
+/// The operator's word on one stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// Admin state.
+    pub admin: AdminState,
+    /// Weight override, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl Decision {
+    /// Whether this is what a stamp has without any decision.
+    pub fn is_default(&self) -> bool {
+        self.admin == AdminState::Active && self.weight.is_none()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    stamps: BTreeMap<String, Decision>,
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// It exists but could not be read.
+    #[error(
+        "state file {path}: cannot read: {source}; refusing to start (the file is left untouched)"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It was read but is not a state file.
+    #[error("state file {path}: {message}; refusing to start (the file is left untouched)")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+    /// A new state could not be written (the old file is unchanged).
+    #[error("state file {path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Read the decisions; a missing file means none.
+pub fn load(path: &Path) -> Result<BTreeMap<String, Decision>, StateFileError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(StateFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let file: StateFile = serde_json::from_str(&text).map_err(|e| StateFileError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    if file.version != FORMAT_VERSION {
+        return Err(StateFileError::Parse {
+            path: path.to_owned(),
+            message: format!("version {} is not {FORMAT_VERSION}", file.version),
+        });
+    }
+    Ok(file.stamps)
+}
+
+/// Write the decisions atomically: a reader (or a crash) sees the old file
+/// or the new one, never half of one.
+pub fn save(path: &Path, decisions: &BTreeMap<String, Decision>) -> Result<(), StateFileError> {
+    let write_err = |source| StateFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file = StateFile {
+        version: FORMAT_VERSION,
+        stamps: decisions
+            .iter()
+            .filter(|(_, d)| !d.is_default())
+            .map(|(k, d)| (k.clone(), *d))
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&file).expect("decisions serialize");
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(write_err)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(write_err)?;
+    f.write_all(text.as_bytes()).map_err(write_err)?;
+    f.write_all(b"\n").map_err(write_err)?;
+    f.sync_all().map_err(write_err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(write_err)?;
+    // The rename itself must reach the disk too.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_only_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/state.json");
+        let mut d = BTreeMap::new();
+        d.insert(
+            "a".to_owned(),
+            Decision {
+                admin: AdminState::Draining,
+                weight: None,
+            },
+        );
+        d.insert(
+            "b".to_owned(),
+            Decision {
+                admin: AdminState::Active,
+                weight: Some(10),
+            },
+        );
+        d.insert(
+            "c".to_owned(),
+            Decision {
+                admin: AdminState::Active,
+                weight: None,
+            },
+        );
+        save(&path, &d).unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!(back.len(), 2, "the default decision is not written");
+        assert_eq!(back["a"].admin, AdminState::Draining);
+        assert_eq!(back["b"].weight, Some(10));
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_corrupt_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(&dir.path().join("none.json")).unwrap().is_empty());
+        let path = dir.path().join("bad.json");
+        fs::write(&path, "{not json").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("refusing to start"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{not json",
+            "left untouched"
+        );
+    }
+}
