@@ -79,7 +79,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.log_level.as_deref());
+    // `ctl` output is for a person or a script: only problems go to stderr.
+    let default_level = match cli.command {
+        Command::Ctl(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, cli.log_level.as_deref(), default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,6 +119,14 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Token problems are found before any listener is bound.
+            let tokens = match admin::tokens_for(&cfg.admin) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let handle = match proxy::start(&cfg).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -122,16 +135,22 @@ async fn run(command: Command) -> ExitCode {
                 }
             };
             let stop_admin = CancellationToken::new();
-            let admin =
-                match admin::start(&cfg.admin, handle.controller.clone(), stop_admin.clone()).await
-                {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        handle.shutdown().await;
-                        return ExitCode::FAILURE;
-                    }
-                };
+            let controller = handle.controller.clone();
+            let admin = match admin::start_with_tokens(
+                cfg.admin.listen,
+                tokens,
+                controller,
+                stop_admin.clone(),
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    handle.shutdown().await;
+                    return ExitCode::FAILURE;
+                }
+            };
             tokio::spawn(reload_on_sighup(
                 handle.controller.clone(),
                 stop_admin.clone(),
@@ -229,26 +248,21 @@ fn demo_tokens() -> Result<(Tokens, Option<String>), admin::AdminStartError> {
 
 fn demo_admin_banner(admin: &AdminHandle, token: Option<&str>) -> String {
     let url = format!("http://{}", admin.addr);
-    let mut text = format!(
-        "Admin API: {url}  (status: curl -s {url}/admin/status)
-"
-    );
-    let export = match token {
-        Some(t) => format!(
-            "  export {DEMO_TOKEN_ENV}={t}
-"
-        ),
-        None => format!(
-            "  ({DEMO_TOKEN_ENV} from your environment is the token)
-"
-        ),
+    // `ctl` needs no --admin for the default address.
+    let ctl = if url == admin::ctl::DEFAULT_ADMIN_URL {
+        "stampgate ctl".to_owned()
+    } else {
+        format!("stampgate ctl --admin {url}")
     };
-    text.push_str(&format!(
-        "\nOperate it with `stampgate ctl` (another terminal):\n{export}  stampgate ctl --admin {url} status\n  \
-         stampgate ctl --admin {url} drain eastus2-1 --wait\n  stampgate ctl --admin {url} enable eastus2-1\n  \
-         stampgate ctl --admin {url} events --follow\n"
-    ));
-    text
+    let export = match token {
+        Some(t) => format!("  export {DEMO_TOKEN_ENV}={t}\n"),
+        None => format!("  ({DEMO_TOKEN_ENV} from your environment is the token)\n"),
+    };
+    format!(
+        "Admin API: {url}  (status: curl -s {url}/admin/status)\n\n\
+         Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
+         {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
+    )
 }
 
 /// Wait for the admin listener's connections after shutdown, bounded.
@@ -285,11 +299,11 @@ async fn reload_on_sighup(controller: ControllerHandle, stop: CancellationToken)
     }
 }
 
-fn init_logging(format: LogFormat, level: Option<&str>) {
+fn init_logging(format: LogFormat, level: Option<&str>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -208,7 +208,9 @@ impl Admin {
         let summary = format!("{command:?}");
         match self.controller.command(command, &who).await {
             Ok(answer) => {
-                tracing::info!(%who, command = %summary, "operator command applied");
+                // The controller logs the decision itself; this is the trail
+                // of the request.
+                tracing::debug!(%who, command = %summary, "operator command applied");
                 Ok(json(StatusCode::OK, &answer))
             }
             Err(e) => {

@@ -240,7 +240,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                     &path,
                     Some(drain_body(deadline, dry_run, force)),
                 )
-                .await?;
+                .await
+                .map_err(force_hint)?;
             print!("{}", render_change(&format!("drain {stamp}"), &answer));
             if wait {
                 wait_drained(&api, &stamp).await?;
@@ -259,7 +260,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                     &path,
                     Some(drain_body(deadline, dry_run, force)),
                 )
-                .await?;
+                .await
+                .map_err(force_hint)?;
             print!(
                 "{}",
                 render_change(&format!("drain region {region}"), &answer)
@@ -324,6 +326,20 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// The server speaks of the API's `force=1`; say what it is on this
+/// command line.
+fn force_hint(e: CtlError) -> CtlError {
+    match e {
+        CtlError::Refused { status, message } if status == StatusCode::CONFLICT => {
+            CtlError::Refused {
+                status,
+                message: format!("{message} (here: --force)"),
+            }
+        }
+        other => other,
+    }
 }
 
 fn drain_body(deadline: Option<String>, dry_run: bool, force: bool) -> Value {
@@ -600,40 +616,175 @@ fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).expect("a JSON value serializes")
 }
 
-/// What a change answered: its predicted `shares` as a small table when it
-/// has them (dry runs), then the document itself.
+/// What a change answered, for a person: a headline, the answer's
+/// fields, the stamps it changed, and for a dry run the traffic shares now
+/// and after.
 fn render_change(what: &str, answer: &Value) -> String {
-    let mut out = format!("{what}: ok\n");
-    if let Some(shares) = answer.get("shares") {
-        let rows: Vec<(String, f64)> = match shares {
-            Value::Object(map) => map
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                .collect(),
-            Value::Array(items) => items
-                .iter()
-                .filter_map(|i| {
-                    let name = i.get("stamp").or_else(|| i.get("name"))?.as_str()?;
-                    let share = i
-                        .get("share")
-                        .or_else(|| i.get("traffic_share"))?
-                        .as_f64()?;
-                    Some((name.to_owned(), share))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        if !rows.is_empty() {
-            out.push_str("predicted traffic shares:\n");
-            let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-            for (name, share) in rows {
-                let _ = writeln!(out, "  {name:<width$}  {:>5.1}%", share * 100.0);
-            }
+    let Some(object) = answer.as_object() else {
+        return format!("{what}: ok\n{}\n", pretty(answer));
+    };
+    let dry_run = object.get("dry_run") == Some(&Value::Bool(true));
+    let mut out = format!(
+        "{what}: {}",
+        if dry_run {
+            "dry run, nothing changed"
+        } else {
+            "ok"
+        }
+    );
+    if let Some(by) = object.get("by").and_then(Value::as_str) {
+        let _ = write!(out, " (by {by})");
+    }
+    out.push('\n');
+    for (key, value) in object {
+        if !matches!(
+            key.as_str(),
+            "ok" | "by" | "dry_run" | "shares" | "current_shares" | "stamps"
+        ) {
+            let _ = writeln!(out, "  {}: {}", key.replace('_', " "), plain(value));
         }
     }
-    let _ = writeln!(out, "{}", pretty(answer));
+    if let Some(after) = object.get("shares") {
+        let now = object
+            .get("current_shares")
+            .map(share_rows)
+            .unwrap_or_default();
+        let mut rows = vec![
+            ["POOL", "STAMP", "NOW", "AFTER"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for (pool, stamp, share) in share_rows(after) {
+            let before = now
+                .iter()
+                .find(|(p, s, _)| *p == pool && *s == stamp)
+                .map_or_else(|| "-".to_owned(), |(_, _, v)| percent(*v));
+            rows.push(vec![pool, stamp, before, percent(share)]);
+        }
+        out.push_str("  traffic shares:\n");
+        for line in align(&rows, &[false, false, true, true]) {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    if let Some(Value::Array(stamps)) = object.get("stamps") {
+        let mut rows = vec![
+            [
+                "STAMP",
+                "REGION",
+                "ADMIN",
+                "WEIGHT OVERRIDE",
+                "EFFECTIVE",
+                "IN-FLIGHT",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ];
+        for s in stamps {
+            let field = |k: &str| s.get(k).map_or_else(|| "-".to_owned(), plain);
+            rows.push(
+                [
+                    "name",
+                    "region",
+                    "admin",
+                    "weight_override",
+                    "effective_weight",
+                    "in_flight",
+                ]
+                .map(field)
+                .to_vec(),
+            );
+        }
+        for line in align(&rows, &[false, false, false, true, true, true]) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     out
 }
+
+/// `(pool, stamp, share)` from `{"pool": {"stamp": share}}`, a flat
+/// `{"stamp": share}` or `[{"stamp": .., "share": ..}]`.
+fn share_rows(shares: &Value) -> Vec<(String, String, f64)> {
+    match shares {
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| match v {
+                Value::Object(inner) => inner
+                    .iter()
+                    .filter_map(|(s, share)| Some((k.clone(), s.clone(), share.as_f64()?)))
+                    .collect::<Vec<_>>(),
+                other => other
+                    .as_f64()
+                    .map(|share| (String::new(), k.clone(), share))
+                    .into_iter()
+                    .collect(),
+            })
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| {
+                let stamp = i.get("stamp").or_else(|| i.get("name"))?.as_str()?;
+                let share = i
+                    .get("share")
+                    .or_else(|| i.get("traffic_share"))?
+                    .as_f64()?;
+                let pool = i.get("pool").and_then(Value::as_str).unwrap_or("");
+                Some((pool.to_owned(), stamp.to_owned(), share))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// A value as a person reads it: strings bare, lists comma-separated,
+/// null as `-`.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "none".to_owned(),
+        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+            items.iter().map(plain).collect::<Vec<_>>().join(", ")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Rows padded to aligned columns (the first row is usually the header);
+/// `right` marks the columns aligned right (numbers).
+fn align(rows: &[Vec<String>], right: &[bool]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0; columns];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let pad = " ".repeat(widths[i] - cell.chars().count());
+                if right.get(i).copied().unwrap_or(false) {
+                    line.push_str(&pad);
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.push_str(&pad);
+                }
+                line.push_str("  ");
+            }
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// Event lines pad `pool/stamp` to this width so most lines of a stream
+/// line up without knowing the names to come.
+const SUBJECT_WIDTH: usize = 24;
 
 /// One event as a line: time, seq, kind, subject, transition, reason.
 fn render_event(event: &Value, json: bool) -> String {
@@ -649,15 +800,13 @@ fn render_event(event: &Value, json: bool) -> String {
     };
     let transition = match (s("from"), s("to")) {
         ("", "") => String::new(),
-        (from, to) => format!(
-            "{} -> {}  ",
-            if from.is_empty() { "?" } else { from },
-            if to.is_empty() { "?" } else { to }
-        ),
+        ("", to) => format!("-> {to}  "),
+        (from, "") => format!("{from} ->  "),
+        (from, to) => format!("{from} -> {to}  "),
     };
     let seq = event.get("seq").and_then(Value::as_u64).unwrap_or(0);
     format!(
-        "{}  #{seq:<4} {:<8} {subject}  {transition}{}",
+        "{}  #{seq:<4} {:<8} {subject:<SUBJECT_WIDTH$}  {transition}{}",
         s("time"),
         s("kind"),
         s("reason")
@@ -673,6 +822,8 @@ struct StatusDoc {
     generation: u64,
     config: Option<String>,
     pools: Vec<PoolDoc>,
+    orphaned_decisions: Vec<Value>,
+    last_reload: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -702,7 +853,8 @@ struct StampDoc {
     probe_rtt_ms: Option<f64>,
 }
 
-/// The status as aligned tables, one per pool.
+/// The status as aligned tables, one per pool, with the same column
+/// widths down the page.
 fn render_status(status: &Value, url: &str) -> String {
     let doc: StatusDoc = match serde_json::from_value(status.clone()) {
         Ok(doc) => doc,
@@ -726,35 +878,16 @@ fn render_status(status: &Value, url: &str) -> String {
         "RTT",
     ];
     const RIGHT: [bool; 9] = [false, false, false, false, true, true, true, true, true];
-    let tables: Vec<Vec<[String; 9]>> = doc
-        .pools
-        .iter()
-        .map(|p| p.stamps.iter().map(stamp_row).collect())
-        .collect();
-    // One set of widths for all pools, so the columns line up down the page.
-    let mut widths = HEADERS.map(str::len);
-    for row in tables.iter().flatten() {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String; 9]| -> String {
-        let mut l = String::from("  ");
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = widths[i].saturating_sub(cell.chars().count());
-            if RIGHT[i] {
-                l.push_str(&" ".repeat(pad));
-                l.push_str(cell);
-            } else {
-                l.push_str(cell);
-                l.push_str(&" ".repeat(pad));
-            }
-            l.push_str("  ");
-        }
-        l.trim_end().to_owned()
-    };
-    let mut overridden = false;
-    for (pool, rows) in doc.pools.iter().zip(&tables) {
+    let mut rows = vec![HEADERS.map(str::to_owned).to_vec()];
+    rows.extend(
+        doc.pools
+            .iter()
+            .flat_map(|p| &p.stamps)
+            .map(|s| stamp_row(s).to_vec()),
+    );
+    let lines = align(&rows, &RIGHT);
+    let (header, mut stamp_lines) = (&lines[0], lines[1..].iter());
+    for pool in &doc.pools {
         let _ = write!(
             out,
             "\npool {}  method {}  all unhealthy: {}",
@@ -763,17 +896,45 @@ fn render_status(status: &Value, url: &str) -> String {
         if pool.failing_open {
             out.push_str("  ** FAILING OPEN: no usable stamp **");
         }
-        out.push('\n');
-        let _ = writeln!(out, "{}", line(&HEADERS.map(str::to_owned)));
-        for row in rows {
-            let _ = writeln!(out, "{}", line(row));
+        let _ = writeln!(out, "\n  {header}");
+        for line in stamp_lines.by_ref().take(pool.stamps.len()) {
+            let _ = writeln!(out, "  {line}");
         }
-        overridden |= pool.stamps.iter().any(|s| s.weight_override.is_some());
     }
-    if overridden {
+    if doc
+        .pools
+        .iter()
+        .flat_map(|p| &p.stamps)
+        .any(|s| s.weight_override.is_some())
+    {
         out.push_str("\n* weight set by an operator (overrides the configured weight)\n");
     }
+    if !doc.orphaned_decisions.is_empty() {
+        out.push_str("\ndecisions kept for stamps no longer in the config:\n");
+        for d in &doc.orphaned_decisions {
+            let _ = writeln!(out, "  {}", plain_object(d));
+        }
+    }
+    if let Some(reload) = doc.last_reload.as_ref().filter(|r| r["ok"] == false) {
+        let _ = writeln!(
+            out,
+            "\nlast reload FAILED (still serving the previous config): {}",
+            plain(&reload["error"])
+        );
+    }
     out
+}
+
+/// `key value, key value` for a small object.
+fn plain_object(value: &Value) -> String {
+    match value.as_object() {
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k} {}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => plain(value),
+    }
 }
 
 fn stamp_row(s: &StampDoc) -> [String; 9] {
@@ -880,7 +1041,7 @@ mod tests {
         let line = render_event(&e, false);
         assert_eq!(
             line,
-            "2024-01-01T00:00:00.000Z  #3    health   p/a  healthy -> unhealthy  probe failed"
+            "2024-01-01T00:00:00.000Z  #3    health   p/a                       healthy -> unhealthy  probe failed"
         );
         assert_eq!(render_event(&e, true), e.to_string());
     }
@@ -888,15 +1049,47 @@ mod tests {
     #[test]
     fn dry_run_shares_are_tabulated() {
         let out = render_change(
-            "drain a",
-            &json!({"dry_run": true, "shares": {"a": 0.0, "b": 1.0}}),
+            "drain eu-1",
+            &json!({"dry_run": true, "target": "stamp eu-1",
+                    "current_shares": {"p": {"eu-1": 0.5, "us-1": 0.5}},
+                    "shares": {"p": {"eu-1": 0.0, "us-1": 1.0}}}),
         );
-        assert!(out.contains("  b  100.0%"), "{out}");
+        assert!(
+            out.starts_with("drain eu-1: dry run, nothing changed\n"),
+            "{out}"
+        );
+        assert!(out.contains("  target: stamp eu-1\n"), "{out}");
+        assert!(out.contains("p     eu-1   50.0%    0.0%"), "{out}");
+        assert!(out.contains("p     us-1   50.0%  100.0%"), "{out}");
         let out = render_change(
             "drain a",
             &json!({"shares": [{"stamp": "a", "share": 0.25}]}),
         );
-        assert!(out.contains("  a   25.0%"), "{out}");
+        assert!(out.contains("a        -  25.0%"), "{out}");
+    }
+
+    #[test]
+    fn changes_list_the_stamps_they_changed() {
+        let out = render_change(
+            "drain region westeurope",
+            &json!({"ok": true, "action": "drain region westeurope", "by": "alice",
+                    "stamps": [{"name": "eu-1", "region": "westeurope", "admin": "draining",
+                                "weight_override": null, "in_flight": 2, "effective_weight": 0}]}),
+        );
+        assert!(
+            out.starts_with("drain region westeurope: ok (by alice)\n"),
+            "{out}"
+        );
+        assert!(out.contains("  action: drain region westeurope\n"), "{out}");
+        assert!(out.contains("eu-1   westeurope  draining"), "{out}");
+        let out = render_change(
+            "reload",
+            &json!({"ok": true, "stamps_added": ["x", "y"], "warnings": []}),
+        );
+        assert!(
+            out.contains("  stamps added: x, y\n  warnings: none\n"),
+            "{out}"
+        );
     }
 
     #[test]

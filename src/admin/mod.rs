@@ -126,13 +126,10 @@ pub fn tokens_from_env(token_env: Option<&str>) -> Result<Tokens, AdminStartErro
     }
 }
 
-/// Start the admin listener of `settings`, with the tokens from the
-/// variable named by `admin.token_env`.
-pub async fn start(
-    settings: &AdminSettings,
-    controller: ControllerHandle,
-    shutdown: CancellationToken,
-) -> Result<AdminHandle, AdminStartError> {
+/// The tokens for `settings`, checked before anything is bound: a
+/// non-loopback listener without a token is refused here, so `run` fails
+/// before it opens the client listeners.
+pub fn tokens_for(settings: &AdminSettings) -> Result<Tokens, AdminStartError> {
     let tokens = tokens_from_env(settings.token_env.as_deref())?;
     if tokens.is_empty() && !settings.listen.ip().is_loopback() {
         let why = match &settings.token_env {
@@ -144,6 +141,17 @@ pub async fn start(
             why,
         });
     }
+    Ok(tokens)
+}
+
+/// Start the admin listener of `settings`, with the tokens from the
+/// variable named by `admin.token_env`.
+pub async fn start(
+    settings: &AdminSettings,
+    controller: ControllerHandle,
+    shutdown: CancellationToken,
+) -> Result<AdminHandle, AdminStartError> {
+    let tokens = tokens_for(settings)?;
     start_with_tokens(settings.listen, tokens, controller, shutdown).await
 }
 
