@@ -52,11 +52,15 @@ async fn status(p: &Proxy) -> Value {
 }
 
 fn drain(name: &str) -> Command {
+    drain_of(Target::Stamp(name.into()), None, false, false)
+}
+
+fn drain_of(target: Target, deadline: Option<Duration>, dry_run: bool, force: bool) -> Command {
     Command::Drain {
-        target: Target::Stamp(name.into()),
-        deadline: None,
-        dry_run: false,
-        force: false,
+        target,
+        deadline,
+        dry_run,
+        force,
     }
 }
 

@@ -34,32 +34,13 @@ impl Controller {
                 force,
             } => self.drain(&target, deadline, dry_run, force, who, now),
             Command::Enable { target } => {
-                let stamps = self.resolve(&target)?;
-                self.decide(
-                    &stamps,
-                    who,
-                    now,
-                    &format!("enable {}", describe(&target)),
-                    |e| {
-                        e.admin = AdminState::Active;
-                        e.drain_deadline = None;
-                        e.drained = false;
-                    },
-                )
+                let what = format!("enable {}", describe(&target));
+                self.set_admin(&target, AdminState::Active, None, &what, who, now)
             }
             Command::Disable { stamp } => {
                 let target = Target::Stamp(stamp);
-                let stamps = self.resolve(&target)?;
-                self.decide(
-                    &stamps,
-                    who,
-                    now,
-                    &format!("disable {}", describe(&target)),
-                    |e| {
-                        e.admin = AdminState::Disabled;
-                        e.drain_deadline = None;
-                    },
-                )
+                let what = format!("disable {}", describe(&target));
+                self.set_admin(&target, AdminState::Disabled, None, &what, who, now)
             }
             Command::Weight { stamp, weight } => {
                 if let Some(w) = weight.filter(|&w| w > MAX_WEIGHT) {
@@ -176,14 +157,34 @@ impl Controller {
         if !force {
             self.refuse_last_usable(&stamps, &weights, target)?;
         }
-        let deadline_at = deadline.map(|d| now + d);
         let what = match deadline {
             Some(d) => format!("drain {} (deadline {d:?})", describe(target)),
             None => format!("drain {}", describe(target)),
         };
-        self.decide(&stamps, who, now, &what, |e| {
-            e.admin = AdminState::Draining;
-            e.drain_deadline = deadline_at;
+        self.set_admin(
+            target,
+            AdminState::Draining,
+            deadline.map(|d| now + d),
+            &what,
+            who,
+            now,
+        )
+    }
+
+    /// Put `target` into `admin` state (a drain with its deadline).
+    fn set_admin(
+        &mut self,
+        target: &Target,
+        admin: AdminState,
+        deadline: Option<Instant>,
+        what: &str,
+        who: &str,
+        now: Instant,
+    ) -> Result<Value, AdminError> {
+        let stamps = self.resolve(target)?;
+        self.decide(&stamps, who, now, what, |e| {
+            e.admin = admin;
+            e.drain_deadline = deadline;
             e.drained = false;
         })
     }
