@@ -187,14 +187,17 @@ impl Admin {
                 allow,
             },
         })?;
-        let query = Query::parse(parts.uri.query())?;
         let change = match endpoint {
-            Endpoint::Read(read) => return self.read(read, &query).await,
+            Endpoint::Read(read) => {
+                let query = Query::parse(parts.uri.query())?;
+                return self.read(read, &query).await;
+            }
             Endpoint::Change(change) => change,
         };
         // Authorize before looking at anything else the caller sent: an
         // unauthorized request learns nothing and changes nothing.
         let who = self.authorize(&parts.headers)?.to_owned();
+        let query = Query::parse(parts.uri.query())?;
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -266,7 +269,6 @@ impl Admin {
                 Ok(json(StatusCode::OK, &status))
             }
             Read::Events => {
-                query.only(&["since", "follow"], false)?;
                 let since = query
                     .get("since")
                     .map(|v| {
@@ -322,7 +324,7 @@ impl Admin {
 /// The command a mutating endpoint asks for, from its query and body.
 fn command(change: Change, query: &Query, body: &Bytes) -> Result<Command, ApiError> {
     let no_options = |query: &Query, body: &Bytes| -> Result<(), ApiError> {
-        query.only(&[], true)?;
+        query.only(&[])?;
         let object = json_object(body)?;
         match object.keys().next() {
             Some(key) => Err(ApiError::invalid(
@@ -352,7 +354,7 @@ fn command(change: Change, query: &Query, body: &Bytes) -> Result<Command, ApiEr
             Ok(Command::Disable { stamp })
         }
         Change::Weight(stamp) => {
-            query.only(&[], true)?;
+            query.only(&[])?;
             Ok(Command::Weight {
                 stamp,
                 weight: weight(body)?,
@@ -369,7 +371,7 @@ fn command(change: Change, query: &Query, body: &Bytes) -> Result<Command, ApiEr
 /// both for one field: which one was meant would be a guess).
 fn drain(target: Target, query: &Query, body: &Bytes) -> Result<Command, ApiError> {
     const FIELDS: [&str; 3] = ["deadline", "dry_run", "force"];
-    query.only(&FIELDS, true)?;
+    query.only(&FIELDS)?;
     let object = json_object(body)?;
     if let Some(key) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
@@ -499,13 +501,10 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Refuse parameters outside `known` when `strict`: a mistyped
-    /// `dry_run` must not turn a rehearsal into a real drain. Reads are
-    /// lenient (dashboards add cache-busting parameters).
-    fn only(&self, known: &[&str], strict: bool) -> Result<(), ApiError> {
-        if !strict {
-            return Ok(());
-        }
+    /// Refuse parameters outside `known`: a mistyped `dry_run` must not
+    /// turn a rehearsal into a real drain. (Reads do not call this:
+    /// dashboards add cache-busting parameters, and a read cannot harm.)
+    fn only(&self, known: &[&str]) -> Result<(), ApiError> {
         match self
             .pairs
             .iter()

@@ -32,11 +32,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::AdminSettings;
 use crate::controller::ControllerHandle;
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod ctl;
-pub mod route;
-pub mod sse;
+mod route;
+mod sse;
 
 pub use auth::{TokenError, Tokens};
 
