@@ -21,9 +21,23 @@
 //!           response streamed back (proxy::body)
 //! ```
 //!
+//! The control plane runs beside it, in one task that is the only writer of
+//! the routing table:
+//!
+//! ```text
+//!  probes (health::probe) ─┐
+//!  passive failures ───────┤ Signal  ┌──────────────────┐ store ┌────────────────────┐
+//!  admin commands ─────────┼───────▶ │ controller task  │ ────▶ │ArcSwap<RoutingTable>│
+//!  DNS answers ────────────┘         └──────────────────┘       └────────────────────┘
+//!                                     events, state file, status
+//! ```
+//!
 //! Module map: [`config`] (two-stage TOML), [`routing`] (the snapshot and
-//! selectors), [`proxy`] (the data plane), [`stamp`] (the simulated regional
-//! stamp), [`error`] (typed request-path errors), [`demo`].
+//! selectors), [`proxy`] (the data plane), [`controller`] (the one writer:
+//! health, operator decisions, reload), [`health`] (probes and the pure
+//! state machine), [`discovery`] (DNS), [`admin`] (the admin API and
+//! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`error`]
+//! (typed request-path errors), [`demo`].
 
 pub mod admin;
 pub mod config;

@@ -700,9 +700,8 @@ pub fn health_settings(pool: &PoolConfig) -> HealthSettings {
     }
 }
 
-/// Share of its weight a stamp gets `now`, ramping linearly in
-/// [`SLOW_START_STEPS`] steps from [`SLOW_START_FLOOR`] over `window` after
-/// it recovered.
+/// Share of its weight a stamp gets `now`, ramping linearly in ten steps
+/// from 10 % over `window` after it recovered.
 pub fn slow_start_factor(recovered_at: Option<Instant>, window: Duration, now: Instant) -> f64 {
     let Some(at) = recovered_at else { return 1.0 };
     if window.is_zero() {
