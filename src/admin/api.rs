@@ -261,7 +261,7 @@ impl Admin {
 
     async fn read(&self, read: Read, query: &Query) -> Result<Response<Body>, ApiError> {
         match read {
-            Read::Index => Ok(text(StatusCode::OK, INDEX)),
+            Read::Dashboard => Ok(html(DASHBOARD)),
             Read::Live => Ok(json(StatusCode::OK, &json!({ "status": "live" }))),
             Read::Ready => Ok(self.ready()),
             Read::Status => {
@@ -565,30 +565,23 @@ fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+/// An HTML page; `no-store`, so a browser never shows an old build of the
+/// page against a newer API.
+fn html(body: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
+    let h = response.headers_mut();
+    h.insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
-/// `GET /`: until the dashboard exists, the list of endpoints.
-const INDEX: &str = "stampgate admin API\n\n\
-GET  /admin/status                       pools and stamps: health, admin state, weights, shares\n\
-GET  /admin/events[?since=SEQ]           recent transitions and operator actions\n\
-GET  /admin/events?follow=1              the same as server-sent events\n\
-POST /admin/stamps/{name}/drain          ?deadline=30s ?dry_run=1 ?force=1\n\
-POST /admin/stamps/{name}/enable\n\
-POST /admin/stamps/{name}/disable\n\
-PUT  /admin/stamps/{name}/weight         {\"weight\": N} (0..=1000) or {\"weight\": null}\n\
-POST /admin/regions/{region}/drain       ?deadline=30s ?dry_run=1 ?force=1\n\
-POST /admin/regions/{region}/enable\n\
-POST /admin/reload                       re-read the config file (also SIGHUP)\n\
-GET  /live, GET /ready\n\n\
-POST and PUT need `Authorization: Bearer <token>`. `stampgate ctl` is the client.\n";
+/// `GET /` and `GET /admin/ui`: the dashboard, one self-contained page
+/// (inline CSS and script, no external requests) that polls
+/// `/admin/status` and `/admin/events` and lists the endpoints at its foot.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 #[cfg(test)]
 mod tests {

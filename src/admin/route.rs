@@ -18,8 +18,9 @@ pub enum Endpoint {
 /// The endpoints that only look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
-    /// `GET /`: a plain-text list of the endpoints.
-    Index,
+    /// `GET /` and `GET /admin/ui`: the live status dashboard (one HTML
+    /// page that polls the status and the event log).
+    Dashboard,
     /// `GET /live`
     Live,
     /// `GET /ready`
@@ -68,7 +69,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoRoute> {
         .unwrap_or(path);
     let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
     let (allow, endpoint) = match segments.as_slice() {
-        [""] => ("GET", Endpoint::Read(Read::Index)),
+        [""] | ["admin", "ui"] => ("GET", Endpoint::Read(Read::Dashboard)),
         ["live"] => ("GET", Endpoint::Read(Read::Live)),
         ["ready"] => ("GET", Endpoint::Read(Read::Ready)),
         ["admin", "status"] => ("GET", Endpoint::Read(Read::Status)),
@@ -115,7 +116,9 @@ mod tests {
     fn every_documented_endpoint_routes() {
         use Endpoint::{Change as C, Read as R};
         let cases = [
-            (Method::GET, "/", R(Read::Index)),
+            (Method::GET, "/", R(Read::Dashboard)),
+            (Method::GET, "/admin/ui", R(Read::Dashboard)),
+            (Method::HEAD, "/admin/ui/", R(Read::Dashboard)),
             (Method::GET, "/live", R(Read::Live)),
             (Method::HEAD, "/ready", R(Read::Ready)),
             (Method::GET, "/admin/status", R(Read::Status)),
@@ -164,6 +167,7 @@ mod tests {
             (Method::GET, "/admin/stamps/a/drain", "POST"),
             (Method::POST, "/admin/stamps/a/weight", "PUT"),
             (Method::DELETE, "/admin/status", "GET, HEAD"),
+            (Method::POST, "/admin/ui", "GET, HEAD"),
             (Method::GET, "/admin/reload", "POST"),
             (Method::PUT, "/admin/regions/r/enable", "POST"),
         ];
@@ -188,7 +192,6 @@ mod tests {
             "/admin/stamps/a/explode",
             "/admin/stamps/a/drain/now",
             "/admin/regions/r/disable",
-            "/admin/ui",
             "/metrics",
         ] {
             assert_eq!(
