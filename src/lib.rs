@@ -46,6 +46,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod stamp;

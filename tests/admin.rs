@@ -589,7 +589,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
         "/admin",
         "/admin/stamps/eu-1",
         "/admin/stamps/eu-1/explode",
-        "/metrics",
+        "/metrics/extra",
     ] {
         let a = call(&c, &admin, Method::GET, path, None, "").await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");

@@ -47,6 +47,8 @@ pub struct Admin {
     pub tokens: Tokens,
     /// Ends event streams on shutdown.
     pub shutdown: CancellationToken,
+    /// The metrics registry (reads the request path's counters at scrape).
+    pub metrics: prometheus_client::registry::Registry,
 }
 
 /// Why a request was not carried out. Maps to its status code in one
@@ -263,6 +265,15 @@ impl Admin {
         match read {
             Read::Dashboard => Ok(html(DASHBOARD)),
             Read::Live => Ok(json(StatusCode::OK, &json!({ "status": "live" }))),
+            Read::Metrics => {
+                let body = crate::metrics::render(&self.metrics);
+                let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                Ok(response)
+            }
             Read::Ready => Ok(self.ready()),
             Read::Status => {
                 let status = self.controller.command(Command::Status, READER).await?;

@@ -29,6 +29,8 @@ pub enum Read {
     Status,
     /// `GET /admin/events` (`?since=`, `?follow=1`)
     Events,
+    /// `GET /metrics`: Prometheus (OpenMetrics text) exposition.
+    Metrics,
 }
 
 /// The endpoints that change routing, with the names from their path.
@@ -71,6 +73,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoRoute> {
     let (allow, endpoint) = match segments.as_slice() {
         [""] | ["admin", "ui"] => ("GET", Endpoint::Read(Read::Dashboard)),
         ["live"] => ("GET", Endpoint::Read(Read::Live)),
+        ["metrics"] => ("GET", Endpoint::Read(Read::Metrics)),
         ["ready"] => ("GET", Endpoint::Read(Read::Ready)),
         ["admin", "status"] => ("GET", Endpoint::Read(Read::Status)),
         ["admin", "events"] => ("GET", Endpoint::Read(Read::Events)),
@@ -192,7 +195,6 @@ mod tests {
             "/admin/stamps/a/explode",
             "/admin/stamps/a/drain/now",
             "/admin/regions/r/disable",
-            "/metrics",
         ] {
             assert_eq!(
                 route(&Method::POST, path),

@@ -233,10 +233,12 @@ impl Gateway {
             };
             guard.at_stamp(&stamp.stats);
             let cut = stamp.stats.cut.load_full();
+            let try_start = Instant::now();
             let sent = tokio::select! {
                 r = tokio::time::timeout(try_timeout, pool.upstream.send(&stamp.name, upstream_req)) => r,
                 () = cut.cancelled() => Ok(Err(ProxyError::DrainDeadline { stamp: stamp.name.to_string() })),
             };
+            observe(&stamp.stats, &sent, try_start.elapsed());
             let failure = match sent {
                 Ok(Ok(resp)) if !is_gateway_failure(resp.status()) => {
                     let outcome = if resp.status().is_server_error() {
@@ -322,6 +324,32 @@ fn respond(
             cut,
         },
     )
+}
+
+/// Metrics of one try: the answer's status class and latency, or the
+/// kind of connect failure. Relaxed atomics only.
+fn observe(
+    stats: &StampStats,
+    sent: &Result<Result<Response<Incoming>, ProxyError>, tokio::time::error::Elapsed>,
+    elapsed: std::time::Duration,
+) {
+    match sent {
+        Ok(Ok(resp)) => {
+            let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5) - 1;
+            stats.responses[class].fetch_add(1, Ordering::Relaxed);
+            stats.upstream_latency.observe(elapsed);
+        }
+        Ok(Err(ProxyError::ConnectRefused { .. })) => {
+            stats.connect_errors[0].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(ProxyError::ConnectTimeout { .. })) => {
+            stats.connect_errors[1].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(ProxyError::ConnectFailed { .. })) => {
+            stats.connect_errors[2].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(_)) | Err(_) => {}
+    }
 }
 
 /// How a try at a stamp failed.

@@ -44,6 +44,12 @@ pub struct StampStats {
     /// Cancelled when a drain deadline passes: requests still in flight to
     /// the stamp are cut. Replaced by a fresh token after each cut.
     pub cut: arc_swap::ArcSwap<tokio_util::sync::CancellationToken>,
+    /// Answers by status class (index 0 = 1xx ... 4 = 5xx), for metrics.
+    pub responses: [AtomicU64; 5],
+    /// Connect failures by kind (refused, timeout, other), for metrics.
+    pub connect_errors: [AtomicU64; 3],
+    /// Time from sending a request to the stamp's response head.
+    pub upstream_latency: crate::metrics::LatencyHistogram,
 }
 
 /// How one try at a stamp ended, for passive health.
