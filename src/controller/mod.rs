@@ -270,6 +270,24 @@ impl Controller {
             config,
         };
         controller.start_dns()?;
+        let cfg = &controller.config;
+        let stamps: Vec<String> = cfg
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.stamps
+                    .iter()
+                    .map(move |s| format!("{}/{} ({})", p.name, s.name, s.region))
+            })
+            .collect();
+        tracing::info!(
+            config = %cfg.source.display(),
+            routes = cfg.routes.len(),
+            pools = cfg.pools.len(),
+            ?stamps,
+            restored_decisions = controller.orphans.len(),
+            "configuration loaded"
+        );
         let entries = controller.fresh_entries(now, |_| None);
         controller.install_stamps(entries);
         controller.report_orphans();
