@@ -579,7 +579,8 @@ run_profile() {
         profile_run "$p" tls --h1 "${TLS[$p]}"
     done
     cat "$WORK/header.txt"
-    echo "profile: callgrind, $PROFILE_REQUESTS requests per protocol after 2,000 warm-up requests, $CONNS connections (TLS: $CONNS full handshakes included)"
+    echo "profile: callgrind, $PROFILE_REQUESTS requests per protocol after 2,000 warm-up" \
+        "requests, $CONNS connections (TLS: $CONNS full handshakes included)"
     echo
     python3 "$BENCH/summarize.py" --profile "$RESULTS"
     echo
@@ -622,11 +623,22 @@ read -r P_ORIGIN P_SG P_SG_TLS P_SG_ADMIN P_HA P_HA_TLS P_NG P_NG_H2C P_NG_TLS <
 make_cert
 : >"$RESULTS"
 
+cpu_model=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
+memory=$(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)
+versions=(
+    "$("$SG_BIN" --version) (git $(git -C "$ROOT" rev-parse --short HEAD))"
+    "$(haproxy -v | head -1 | cut -d' ' -f1,3)"
+    "$(nginx -v 2>&1 | cut -d' ' -f3)"
+    "wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
+    "h2load $(h2load --version | cut -d' ' -f2)"
+)
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "machine: $CPUS CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+    echo "machine: $CPUS CPUs, $cpu_model, $memory, kernel $(uname -r)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "versions: $("$SG_BIN" --version) (git $(git -C "$ROOT" rev-parse --short HEAD)), $(haproxy -v | head -1 | cut -d' ' -f1,3), $(nginx -v 2>&1 | cut -d' ' -f3), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2), h2load $(h2load --version | cut -d' ' -f2)"
+    printf 'versions: %s' "${versions[0]}"
+    printf ', %s' "${versions[@]:1}"
+    echo
     echo "pinning: proxy on CPU $PROXY_CPU; load generator and origin on CPU $LOAD_CPU"
 } >"$WORK/header.txt"
 
@@ -635,7 +647,9 @@ if ((PROFILE)); then
     exit 0
 fi
 
-echo "rounds: $ROUNDS; h1 ${D_H1}s, latency ${D_LAT}s at $LAT_RATE req/s, h2c ${D_H2}s, TLS ${D_TLS}s, handshakes ${D_HS}s, hold $HOLD_CONNS conns ${D_HOLD}s" >>"$WORK/header.txt"
+printf 'rounds: %s; h1 %ss, latency %ss at %s req/s, h2c %ss, TLS %ss, handshakes %ss, hold %s conns %ss\n' \
+    "$ROUNDS" "$D_H1" "$D_LAT" "$LAT_RATE" "$D_H2" "$D_TLS" "$D_HS" "$HOLD_CONNS" "$D_HOLD" \
+    >>"$WORK/header.txt"
 cat "$WORK/header.txt" >&2
 
 start_origin

@@ -123,7 +123,8 @@ def load_report(path, held):
 
 def profile_report(path):
     print("User-space instructions per request under callgrind (the kernel's "
-          "share is not counted; all three make the same syscalls per request).\n")
+          "share is not counted; all three make the same reads and writes "
+          "per request).\n")
     table(load(path), PROFILE_ROWS)
 
 
@@ -154,7 +155,8 @@ def main():
     if args[:1] == ["--profile"]:
         profile_report(args[1])
     elif args[:1] == ["--top"]:
-        top_functions(int(args[1]), sys.stdin)
+        # Read everything first: stopping early would SIGPIPE the writer.
+        top_functions(int(args[1]), sys.stdin.readlines())
     else:
         load_report(args[0], args[1])
 

@@ -468,3 +468,27 @@ async fn methods_other_than_get_and_post_pass() {
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.is_empty());
 }
+
+#[tokio::test]
+async fn keep_alive_outlives_the_header_timeout_until_idle_timeout() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .proxy("header_read_timeout = \"200ms\"\nidle_timeout = \"5s\"")
+        .start()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let request = format!("GET {ITEMS} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..2 {
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // Idle for longer than the header timeout, far less than idle_timeout.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -40,13 +40,23 @@ pub struct Gateway {
     pub signals: mpsc::Sender<Signal>,
 }
 
-/// Activity of one client connection, for the idle timeout: a connection
-/// is idle when no request is in flight (including streaming bodies) and
-/// none ended for `idle_timeout`.
+/// Activity of one client connection, for its two timers: a connection is
+/// idle when no request is in flight (including streaming bodies) and none
+/// ended for `idle_timeout`; a request head is late when the client started
+/// sending one (or connected) and the request has not begun within
+/// `header_read_timeout` (slowloris). hyper's own header timeout also runs
+/// between keep-alive requests, which would cap the idle time at the header
+/// timeout, so both live here.
 #[derive(Debug)]
 pub struct ConnActivity {
     in_flight: AtomicU32,
     last_active_ms: AtomicU64,
+    /// Milliseconds since `born`, plus one, at which a request head started
+    /// arriving with nothing in flight; 0: no head pending.
+    head_started_ms: AtomicU64,
+    /// An HTTP/2 connection: frames arrive between requests (pings,
+    /// settings), so only the idle timer applies once it is known.
+    h2: AtomicBool,
     born: Instant,
 }
 
@@ -56,13 +66,42 @@ impl ConnActivity {
         ConnActivity {
             in_flight: AtomicU32::new(0),
             last_active_ms: AtomicU64::new(0),
+            // A new connection owes its first request head at once.
+            head_started_ms: AtomicU64::new(1),
+            h2: AtomicBool::new(false),
             born: Instant::now(),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// The client sent bytes: with nothing in flight on an HTTP/1
+    /// connection, that starts the next request head.
+    pub fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// When a pending request head becomes late, if one is pending.
+    pub fn head_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
+        }
+    }
+
     fn touch(&self) {
-        let ms = self.born.elapsed().as_millis() as u64;
-        self.last_active_ms.store(ms, Ordering::Relaxed);
+        self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// When the connection becomes idle if nothing happens, or `None` while
@@ -103,8 +142,14 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    fn begin(conn: &Arc<ConnActivity>) -> InFlight {
+    fn begin(conn: &Arc<ConnActivity>, version: http::Version) -> InFlight {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        if conn.head_started_ms.load(Ordering::Relaxed) != 0 {
+            conn.head_started_ms.store(0, Ordering::Relaxed);
+        }
+        if version == http::Version::HTTP_2 && !conn.h2.load(Ordering::Relaxed) {
+            conn.h2.store(true, Ordering::Relaxed);
+        }
         InFlight {
             conn: conn.clone(),
             stamp: None,
@@ -132,7 +177,7 @@ impl Drop for InFlight {
 impl Gateway {
     /// Serve one client request.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
-        let guard = InFlight::begin(&conn.activity);
+        let guard = InFlight::begin(&conn.activity, req.version());
         let client_id = req.headers().get(&X_REQUEST_ID).cloned();
         match self.forward(req, conn, guard).await {
             Ok(resp) => resp,

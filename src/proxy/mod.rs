@@ -110,7 +110,7 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
             signals: controller.signals.clone(),
         }),
         limits,
-        http: Arc::new(server::http_builder(limits)),
+        http: Arc::new(server::http_builder()),
         shutdown,
         tracker: TaskTracker::new(),
     };

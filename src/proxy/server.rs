@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -45,13 +49,71 @@ pub struct Acceptor {
     pub tracker: TaskTracker,
 }
 
+pin_project_lite::pin_project! {
+    /// A client stream that tells the connection's [`ConnActivity`] when
+    /// bytes arrive, so the connection task can time request heads.
+    struct Watched<I> {
+        #[pin]
+        inner: I,
+        activity: Arc<ConnActivity>,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// hyper's server settings for client connections.
-pub fn http_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
+pub fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header timeout is enforced by the connection task (see
+    // `ConnActivity`): hyper's would also cut idle keep-alive connections.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     builder
@@ -83,14 +145,12 @@ impl Acceptor {
     async fn serve(self, stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = stream.set_nodelay(true);
         match tls {
-            None => self.serve_io(TokioIo::new(stream), remote, false).await,
+            None => self.serve_io(stream, remote, false).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
                 match handshake.await {
-                    Ok(Ok(tls_stream)) => {
-                        self.serve_io(TokioIo::new(tls_stream), remote, true).await
-                    }
+                    Ok(Ok(tls_stream)) => self.serve_io(tls_stream, remote, true).await,
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }
@@ -98,11 +158,15 @@ impl Acceptor {
         }
     }
 
-    async fn serve_io<I>(self, io: TokioIo<I>, remote: SocketAddr, tls: bool)
+    async fn serve_io<I>(self, io: I, remote: SocketAddr, tls: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::new());
+        let io = TokioIo::new(Watched {
+            inner: io,
+            activity: activity.clone(),
+        });
         let info = ConnInfo {
             remote,
             tls,
@@ -117,8 +181,9 @@ impl Acceptor {
         let conn = self.http.serve_connection(io, service);
         tokio::pin!(conn);
         let idle = self.limits.idle_timeout;
-        let idle_timer = tokio::time::sleep(idle);
-        tokio::pin!(idle_timer);
+        let head = self.limits.header_read_timeout;
+        let timer = tokio::time::sleep(head.min(idle));
+        tokio::pin!(timer);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -132,15 +197,25 @@ impl Acceptor {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = &mut idle_timer, if !closing => {
-                    match activity.idle_deadline(idle) {
-                        Some(deadline) if deadline <= tokio::time::Instant::now() => {
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
+                () = &mut timer, if !closing => {
+                    let now = tokio::time::Instant::now();
+                    match activity.head_deadline(head) {
+                        // Slowloris: drop the connection, not a graceful
+                        // close that would wait for the head to finish.
+                        Some(late) if late <= now => {
+                            tracing::debug!(%remote, "request head not received within header_read_timeout");
+                            break;
                         }
-                        Some(deadline) => idle_timer.as_mut().reset(deadline),
-                        // Busy: look again in one idle period.
-                        None => idle_timer.as_mut().reset(tokio::time::Instant::now() + idle),
+                        Some(late) => timer.as_mut().reset(late),
+                        None => match activity.idle_deadline(idle) {
+                            Some(deadline) if deadline <= now => {
+                                conn.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            Some(deadline) => timer.as_mut().reset(deadline.min(now + head)),
+                            // Busy: look again soon (a head may start after it).
+                            None => timer.as_mut().reset(now + head.min(idle)),
+                        },
                     }
                 }
             }
