@@ -253,6 +253,11 @@ key = "$WORK/tls/key.pem"
 [admin]
 listen = "127.0.0.1:$P_SG_ADMIN"
 
+# Off like the other proxies' logs; SG_ACCESS_LOG=true measures its cost.
+[access_log]
+enabled = ${SG_ACCESS_LOG:-false}
+path = "$dir/access.log"
+
 [[routes]]
 name = "bench"
 path_prefix = "/"

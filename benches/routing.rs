@@ -14,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_ma
 use stampgate::config::{self, Config};
 use stampgate::proxy::budget::RetryBudget;
 use stampgate::proxy::upstream::Upstream;
-use stampgate::routing::{RoutingTable, StampInput, Tried};
+use stampgate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, Tried};
 
 fn config_with(stamps: usize) -> Config {
     let mut t = String::from(
@@ -38,12 +38,15 @@ fn config_with(stamps: usize) -> Config {
 fn table(config: &Config, generation: u64) -> RoutingTable {
     let upstream =
         Arc::new(Upstream::new(&config.pools[0], &Default::default()).expect("upstream"));
-    let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 10, 0.2));
+    let shared = RouteShared {
+        budget: Arc::new(RetryBudget::new(Duration::from_secs(10), 10, 0.2)),
+        stats: Arc::new(RouteStats::new(&[])),
+    };
     RoutingTable::build(
         config,
         generation,
         |_| upstream.clone(),
-        |_| budget.clone(),
+        |_| shared.clone(),
         |_, s| StampInput {
             effective_weight: s.weight,
             admin_enabled: true,

@@ -645,6 +645,9 @@ fn stampgate_config(stamps: &[Stamp]) -> String {
         r#"[proxy]
 listen = ["127.0.0.1:0"]
 
+[access_log]
+enabled = false
+
 [admin]
 listen = "127.0.0.1:0"
 

@@ -65,11 +65,36 @@ fn run_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("proxy listening"));
-    assert!(listening.is_some(), "the proxy announced its listeners");
+    // `--log-format json`: every line is an object with level, target and
+    // fields; start-up logs its configuration once, with its facts.
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string() && v["target"].is_string(),
+            "{v}"
+        );
+        let done = v["message"] == "proxy listening";
+        seen.push(v);
+        if done {
+            break;
+        }
+    }
+    let loaded = seen
+        .iter()
+        .find(|v| v["message"] == "configuration loaded")
+        .unwrap_or_else(|| panic!("no start-up config line in {seen:?}"));
+    assert_eq!(loaded["level"], "INFO");
+    assert_eq!(loaded["routes"], 1);
+    assert!(
+        loaded["stamps"].as_str().unwrap().contains("s1"),
+        "{loaded}"
+    );
+    assert!(
+        seen.iter().any(|v| v["message"] == "proxy listening"),
+        "the proxy announced its listeners"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -237,6 +237,10 @@ async fn dashboard_shows_every_stamp_and_follows_a_failure() {
         assert_eq!(card_health(&dom, s.name()), "healthy", "{}", s.name());
     }
     assert!(dom.contains("test.toml"), "the header names the config");
+    assert!(
+        dom.contains("error rate at stamps"),
+        "each pool has its error-rate sparkline"
+    );
     assert!(!dom.contains("class=\"lost\""), "the page is connected");
 
     let victim = &w.stamps[0];

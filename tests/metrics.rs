@@ -112,6 +112,45 @@ async fn counters_follow_a_known_sequence_and_labels_stay_bounded() {
         ok
     );
     assert_eq!(sum_of(&series, "stampgate_in_flight_requests", &[]), 0.0);
+    // What clients saw, by route and serving stamp.
+    let client = |stamp: &str, class: &str| {
+        sum_of(
+            &series,
+            "stampgate_requests_total",
+            &[
+                "route=\"main\"",
+                &format!("stamp=\"{stamp}\""),
+                &format!("class=\"{class}\""),
+            ],
+        )
+    };
+    assert_eq!(client("good-1", "2xx"), ok);
+    assert_eq!(client("bad-1", "5xx"), failed);
+    assert_eq!(sum_of(&series, "stampgate_requests_total", &[]), 40.0);
+    // The client's keep-alive connections (its pool may have opened more
+    // than one) are all open, and all past their first request.
+    let open = sum_of(
+        &series,
+        "stampgate_client_connections",
+        &["listener=\"http\"", "protocol=\"http1\""],
+    );
+    assert!(open >= 1.0);
+    assert_eq!(
+        sum_of(
+            &series,
+            "stampgate_client_connections_accepted_total",
+            &["listener=\"http\""]
+        ),
+        open
+    );
+    assert_eq!(
+        sum_of(
+            &series,
+            "stampgate_client_connections",
+            &["protocol=\"pending\""]
+        ),
+        0.0
+    );
     assert!(
         series
             .keys()
@@ -147,5 +186,198 @@ async fn counters_follow_a_known_sequence_and_labels_stay_bounded() {
             &["stamp=\"bad-1\"", "kind=\"refused\""]
         ) >= 1.0,
         "refused connects counted"
+    );
+    // The proxy's own answers (502 after the refused connect) count
+    // under stamp "none"; a path no route takes is counted apart.
+    assert!(
+        sum_of(
+            &after,
+            "stampgate_requests_total",
+            &["stamp=\"none\"", "class=\"5xx\""]
+        ) >= 1.0
+    );
+    let a = get(&c, &p.url("/elsewhere")).await;
+    assert_eq!(a.status, http::StatusCode::NOT_FOUND);
+    let last = parse(&get(&c, &metrics_url).await.text());
+    assert_eq!(sum_of(&last, "stampgate_unrouted_requests_total", &[]), 1.0);
+    // Each exchange's duration is recorded when its body ends, which may
+    // be a moment after the client has read the last byte.
+    let answered = sum_of(&last, "stampgate_requests_total", &[]);
+    let mut timed = 0.0;
+    for _ in 0..100 {
+        let now = parse(&get(&c, &metrics_url).await.text());
+        timed = sum_of(
+            &now,
+            "stampgate_request_duration_seconds_count",
+            &["route=\"main\""],
+        );
+        if timed == answered {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(timed, answered, "one duration per answer");
+}
+
+/// Polls `/metrics` until `ready` holds (the controller works on its own
+/// schedule), up to ten seconds; returns the last exposition.
+async fn until(
+    c: &HttpClient,
+    url: &str,
+    ready: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let mut last = BTreeMap::new();
+    for _ in 0..200 {
+        last = parse(&get(c, url).await.text());
+        if ready(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("metrics never reached the expected state: {last:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_state_probes_and_reloads_are_exposed() {
+    let sick = stamp("sick-1", "westeurope").await;
+    let fine = stamp("fine-1", "eastus2").await;
+    let p = Setup::new()
+        .stamp(&sick)
+        .stamp(&fine)
+        .extra(
+            "[pools.p.probe]\ninterval = \"100ms\"\n\
+             jitter_percent = 0\n[pools.p.health]\nmin_hold = \"0s\"\n",
+        )
+        .start()
+        .await;
+    let admin = admin::start_with_tokens(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens::none(),
+        p.handle.controller.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let c = http1_client();
+    let url = format!("http://{}/metrics", admin.addr);
+    let state = |m: &BTreeMap<String, f64>, family: &str, stamp: &str, state: &str| {
+        sum_of(
+            m,
+            family,
+            &[&format!("stamp=\"{stamp}\""), &format!("state=\"{state}\"")],
+        )
+    };
+
+    sick.set_fault(Fault {
+        health: Some(stampgate::stamp::HealthFault::Fail),
+        ..Fault::default()
+    });
+    let m = until(&c, &url, |m| {
+        state(m, "stampgate_stamp_health", "sick-1", "unhealthy") == 1.0
+            && state(m, "stampgate_stamp_health", "fine-1", "healthy") == 1.0
+    })
+    .await;
+    assert_eq!(
+        sum_of(&m, "stampgate_stamp_health", &["stamp=\"sick-1\""]),
+        1.0,
+        "exactly one state is current"
+    );
+    assert!(
+        sum_of(
+            &m,
+            "stampgate_health_transitions_total",
+            &["stamp=\"sick-1\"", "to=\"unhealthy\""]
+        ) >= 1.0
+    );
+    let failed = sum_of(
+        &m,
+        "stampgate_probes_total",
+        &["stamp=\"sick-1\"", "result=\"failed\""],
+    );
+    assert!(failed >= 1.0, "failed probes counted");
+    let probes = sum_of(&m, "stampgate_probes_total", &["stamp=\"sick-1\""]);
+    let timed = sum_of(
+        &m,
+        "stampgate_probe_duration_seconds_count",
+        &["stamp=\"sick-1\""],
+    );
+    assert_eq!(probes, timed, "every probe's duration is recorded");
+
+    // Operator state, and a reload that fails (the test config exists only
+    // in memory).
+    let ctl = &p.handle.controller;
+    ctl.command(
+        stampgate::controller::admin::Command::Drain {
+            target: stampgate::controller::admin::Target::Stamp("fine-1".into()),
+            deadline: None,
+            dry_run: false,
+            force: true,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    assert!(
+        ctl.command(stampgate::controller::admin::Command::Reload, "test")
+            .await
+            .is_err()
+    );
+    let m = until(&c, &url, |m| {
+        state(m, "stampgate_stamp_admin", "fine-1", "drained") == 1.0
+    })
+    .await;
+    assert_eq!(state(&m, "stampgate_stamp_admin", "sick-1", "active"), 1.0);
+    assert_eq!(
+        sum_of(
+            &m,
+            "stampgate_config_reloads_total",
+            &["result=\"refused\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum_of(
+            &m,
+            "stampgate_config_reloads_total",
+            &["result=\"applied\""]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_failures_count_an_ejection() {
+    let dead = stamp("dead-1", "westeurope").await;
+    let p = Setup::new()
+        .stamp(&dead)
+        .route("retry = { attempts = 1 }")
+        .extra("[pools.p.probe]\ninterval = \"10s\"\njitter_percent = 0\n")
+        .start()
+        .await;
+    let admin = admin::start_with_tokens(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens::none(),
+        p.handle.controller.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    dead.set_fault(Fault {
+        down: Some(true),
+        ..Fault::default()
+    });
+    dead.settled().await;
+    let c = http1_client();
+    for _ in 0..10 {
+        get(&c, &p.url("/catalogservice/api/1.0/headers")).await;
+    }
+    let url = format!("http://{}/metrics", admin.addr);
+    let m = until(&c, &url, |m| {
+        sum_of(m, "stampgate_ejections_total", &["stamp=\"dead-1\""]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sum_of(&m, "stampgate_ejections_total", &["stamp=\"dead-1\""]),
+        1.0
     );
 }

@@ -189,7 +189,7 @@ pub async fn start_with_tokens(
         tracing::info!(%addr, ?operators, "admin API listening");
     }
     let admin = Arc::new(api::Admin {
-        metrics: crate::metrics::registry(controller.routing.clone()),
+        metrics: crate::metrics::registry(controller.routing.clone(), controller.stats.clone()),
         controller,
         tokens,
         shutdown,

@@ -24,6 +24,19 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// needs during a failover, and the header reveals nothing sensitive.
 pub const DEFAULT_STAMP_HEADER: bool = true;
 
+// ---- [access_log] --------------------------------------------------------
+
+/// On: an entry point without an access log leaves an incident without its
+/// first evidence. Sampling is there for when the volume hurts.
+pub const DEFAULT_ACCESS_LOG_ENABLED: bool = true;
+/// Every request; lower it (e.g. 0.01) for high-rate deployments. Errors
+/// are logged regardless.
+pub const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 1.0;
+/// Standard output, the container convention; a file path appends.
+pub const DEFAULT_ACCESS_LOG_PATH: &str = "-";
+/// JSON lines: what log shippers parse without a grok pattern.
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "json";
+
 // ---- [admin] -------------------------------------------------------------
 
 /// Loopback only: the admin API can drain regions, so it must be exposed on

@@ -35,6 +35,31 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// `[dns]`: resolution of stamp host names.
     pub dns: crate::discovery::DnsSettings,
+    /// `[access_log]`: one line per request.
+    pub access_log: AccessLogSettings,
+}
+
+/// `[access_log]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    /// Write an access log at all.
+    pub enabled: bool,
+    /// Share of requests answered below 500 that are logged (0.0–1.0);
+    /// 5xx answers, the proxy's own errors included, are always logged.
+    pub sample: f64,
+    /// File appended to; `None` is standard output.
+    pub path: Option<PathBuf>,
+    /// Line format.
+    pub format: AccessLogFormat,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// `key=value` pairs on one line (for people tailing the log).
+    Text,
 }
 
 /// `[proxy]`

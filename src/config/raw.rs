@@ -25,6 +25,22 @@ pub struct RawConfig {
     pub pools: Option<BTreeMap<String, RawPool>>,
     /// `[dns]`; optional.
     pub dns: Option<RawDns>,
+    /// `[access_log]`; optional.
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `[access_log]`: one line per request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// Write an access log at all.
+    pub enabled: Option<bool>,
+    /// Share of successful requests logged, 0.0 to 1.0.
+    pub sample: Option<f64>,
+    /// `"-"` for standard output, else a file appended to.
+    pub path: Option<String>,
+    /// `"json"` or `"text"`.
+    pub format: Option<String>,
 }
 
 /// `[dns]`: how stamp host names are resolved.

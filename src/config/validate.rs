@@ -16,10 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::defaults::*;
-use super::raw::{RawAdmin, RawCertificate, RawConfig, RawDns, RawProxy, RawRetry, RawRoute};
+use super::raw::{
+    RawAccessLog, RawAdmin, RawCertificate, RawConfig, RawDns, RawProxy, RawRetry, RawRoute,
+};
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
-    AdminSettings, CertificateConfig, Config, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
+    AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config, PoolConfig,
+    ProxySettings, RetryConfig, RouteConfig,
 };
 use crate::discovery::DnsSettings;
 
@@ -275,6 +278,7 @@ impl<'a> Ctx<'a> {
         let pools = pool::pools(self, raw.pools.unwrap_or_default())?;
         let routes = self.routes(raw.routes.unwrap_or_default(), &pools)?;
         let dns = self.dns(raw.dns.unwrap_or_default())?;
+        let access_log = self.access_log(raw.access_log.unwrap_or_default())?;
         Ok(Config {
             source: self.file.to_path_buf(),
             proxy,
@@ -282,6 +286,39 @@ impl<'a> Ctx<'a> {
             routes,
             pools,
             dns,
+            access_log,
+        })
+    }
+
+    fn access_log(&self, raw: RawAccessLog) -> Result<AccessLogSettings, ConfigError> {
+        let sample = raw.sample.unwrap_or(DEFAULT_ACCESS_LOG_SAMPLE);
+        if !(0.0..=1.0).contains(&sample) {
+            return Err(self.invalid(
+                "access_log.sample",
+                sample,
+                "must be between 0.0 (errors only) and 1.0 (every request)",
+            ));
+        }
+        let path = match raw.path.as_deref().unwrap_or(DEFAULT_ACCESS_LOG_PATH) {
+            "-" => None,
+            p => Some(self.path("access_log.path", p)?),
+        };
+        let format = match raw.format.as_deref().unwrap_or(DEFAULT_ACCESS_LOG_FORMAT) {
+            "json" => AccessLogFormat::Json,
+            "text" => AccessLogFormat::Text,
+            other => {
+                return Err(self.invalid(
+                    "access_log.format",
+                    quote(other),
+                    "must be \"json\" or \"text\"",
+                ));
+            }
+        };
+        Ok(AccessLogSettings {
+            enabled: raw.enabled.unwrap_or(DEFAULT_ACCESS_LOG_ENABLED),
+            sample,
+            path,
+            format,
         })
     }
 

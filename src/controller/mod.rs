@@ -19,15 +19,16 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PoolConfig, RouteConfig, StampConfig};
+use crate::config::{Config, PoolConfig, StampConfig};
 use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
 use crate::health::state::{
     HealthSettings, HealthState, ProbeSample, StampHealth, Transition, max_ejected_allows,
 };
+use crate::metrics::ProxyStats;
 use crate::proxy::budget::RetryBudget;
 use crate::proxy::upstream::{Upstream, UpstreamSetupError};
-use crate::routing::{RoutingTable, StampInput, StampStats};
+use crate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 
 pub mod admin;
 pub mod events;
@@ -110,6 +111,8 @@ struct StampEntry {
     seen_errors: u64,
     /// Requests per second over the last live window (traffic share).
     rps: f64,
+    /// Failed tries (gateway failures and 5xx) per second, same window.
+    eps: f64,
     /// The operator's decision.
     admin: AdminState,
     /// The operator's weight, replacing the configured one.
@@ -138,6 +141,7 @@ impl StampEntry {
             seen_requests: 0,
             seen_errors: 0,
             rps: 0.0,
+            eps: 0.0,
             admin: AdminState::Active,
             weight_override: None,
             drain_deadline: None,
@@ -170,6 +174,8 @@ pub struct ControllerHandle {
     pub signals: mpsc::Sender<Signal>,
     /// Health transitions, alarms and operator actions.
     pub events: EventLog,
+    /// Proxy-wide counters (connections, reloads, access log), for metrics.
+    pub stats: Arc<ProxyStats>,
 }
 
 impl ControllerHandle {
@@ -201,12 +207,14 @@ pub struct Controller {
     by_name: HashMap<Arc<str>, usize>,
     upstreams: Vec<Arc<Upstream>>,
     dns: DnsCache,
-    budgets: HashMap<String, Arc<RetryBudget>>,
+    /// Retry budget and counters per route name, kept across tables.
+    routes: HashMap<String, RouteShared>,
     routing: Arc<ArcSwap<RoutingTable>>,
     /// Fail-open flag per pool in the last published table (for alarms).
     failing_open: Vec<bool>,
     generation: u64,
     events: EventLog,
+    stats: Arc<ProxyStats>,
     signals_tx: mpsc::Sender<Signal>,
     cancel: CancellationToken,
     last_live: Instant,
@@ -228,6 +236,7 @@ impl Controller {
     /// loop. It runs until `cancel`.
     pub fn start(
         config: Config,
+        stats: Arc<ProxyStats>,
         cancel: CancellationToken,
     ) -> Result<ControllerHandle, ControllerError> {
         let decisions = match &config.admin.state_file {
@@ -244,21 +253,18 @@ impl Controller {
         let (dns_tx, dns_rx) = mpsc::channel(SIGNAL_QUEUE);
         let now = Instant::now();
         let events = EventLog::new();
-        let budgets = config
-            .routes
-            .iter()
-            .map(|r| (r.name.clone(), Arc::new(new_budget(r))))
-            .collect();
+        let routes = route_shared(&config, &HashMap::new());
         let mut controller = Controller {
             routing: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
             stamps: Vec::new(),
             by_name: HashMap::new(),
             upstreams,
             dns,
-            budgets,
+            routes,
             failing_open: Vec::new(),
             generation: 0,
             events: events.clone(),
+            stats,
             signals_tx: tx.clone(),
             cancel,
             last_live: now,
@@ -297,6 +303,7 @@ impl Controller {
             routing: controller.routing.clone(),
             signals: tx,
             events,
+            stats: controller.stats.clone(),
         };
         tokio::spawn(controller.run(rx, dns_rx));
         Ok(handle)
@@ -459,6 +466,9 @@ impl Controller {
                 let Some(&i) = self.by_name.get(&stamp) else {
                     return;
                 };
+                let control = &self.stamps[i].stats.control;
+                control.probes[usize::from(!sample.ok)].fetch_add(1, Ordering::Relaxed);
+                control.probe_duration.observe(sample.rtt);
                 let t = self.stamps[i].health.record_probe(&sample, now);
                 self.after(i, t, now);
             }
@@ -541,6 +551,11 @@ impl Controller {
             return;
         }
         let t = entry.health.eject(consecutive, now);
+        entry
+            .stats
+            .control
+            .ejections
+            .fetch_add(1, Ordering::Relaxed);
         self.after(i, t, now);
     }
 
@@ -562,6 +577,7 @@ impl Controller {
                 entry.seen_requests = requests;
                 entry.seen_errors = errors;
                 entry.rps = dr as f64 / window;
+                entry.eps = de as f64 / window;
                 t = t.or(entry.health.record_live(dr, de, now));
             }
             self.record_transition(i, t);
@@ -582,6 +598,7 @@ impl Controller {
             .fast_probe
             .store(entry.health.wants_fast_probes(), Ordering::Relaxed);
         let Some(t) = t else { return };
+        entry.stats.control.transition_to(t.to.as_str());
         let pool = &self.config.pools[entry.pool].name;
         let stamp = &entry.config.name;
         let down = t.to == HealthState::Unhealthy
@@ -607,7 +624,7 @@ impl Controller {
             &self.config,
             generation,
             |pool| self.upstreams[pool_index(&self.config, pool)].clone(),
-            |route| self.budgets[&route.name].clone(),
+            |route| self.routes[&route.name].clone(),
             |_, stamp| {
                 let i = self.by_name[stamp.name.as_str()];
                 let entry = &self.stamps[i];
@@ -632,6 +649,10 @@ impl Controller {
     /// path would decide differently with it (weights, tiers, fail-open),
     /// or always with `force` (a new config).
     fn publish(&mut self, now: Instant, force: bool) {
+        for e in &self.stamps {
+            let health = e.health.state().as_str();
+            e.stats.control.set_state(health, operator::admin_label(e));
+        }
         let weights = self.weights(now);
         let table = self.build_table(&weights, self.generation + 1);
         if !force && self.generation > 0 && table.routes_like(&self.routing.load()) {
@@ -686,12 +707,41 @@ fn pool_index(config: &Config, pool: &PoolConfig) -> usize {
         .expect("pool of this config")
 }
 
-fn new_budget(route: &RouteConfig) -> RetryBudget {
-    RetryBudget::new(
-        BUDGET_TTL,
-        BUDGET_MIN_PER_SEC,
-        f64::from(route.retry.budget_percent) / 100.0,
-    )
+/// Retry budget and counters for each route of `config`, keeping those of
+/// `kept` by route name. Counters restart when the route's pool now lists
+/// other stamps (their rows follow the pool's stamp order); a counter
+/// reset is what Prometheus' `rate()` expects after such a change.
+fn route_shared(
+    config: &Config,
+    kept: &HashMap<String, RouteShared>,
+) -> HashMap<String, RouteShared> {
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            let stamps: Vec<String> = config
+                .pools
+                .iter()
+                .find(|p| p.name == r.pool)
+                .map(|p| p.stamps.iter().map(|s| s.name.clone()).collect())
+                .unwrap_or_default();
+            let old = kept.get(&r.name);
+            let shared = RouteShared {
+                budget: old.map(|o| o.budget.clone()).unwrap_or_else(|| {
+                    Arc::new(RetryBudget::new(
+                        BUDGET_TTL,
+                        BUDGET_MIN_PER_SEC,
+                        f64::from(r.retry.budget_percent) / 100.0,
+                    ))
+                }),
+                stats: old
+                    .map(|o| o.stats.clone())
+                    .filter(|s| s.fits(&stamps))
+                    .unwrap_or_else(|| Arc::new(RouteStats::new(&stamps))),
+            };
+            (r.name.clone(), shared)
+        })
+        .collect()
 }
 
 /// The state machine's tuning from the pool's config.

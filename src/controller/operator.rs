@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::{AdminError, AdminState, Command, Target};
 use super::events::{EventKind, NewEvent};
-use super::{Controller, StampEntry, effective_weight, new_budget, state_file};
+use super::{Controller, StampEntry, effective_weight, route_shared, state_file};
 use crate::config::{self, defaults::MAX_WEIGHT};
 use crate::proxy::upstream::Upstream;
 use crate::routing::RoutingTable;
@@ -57,7 +57,11 @@ impl Controller {
                 };
                 self.decide(&stamps, who, now, &what, |e| e.weight_override = weight)
             }
-            Command::Reload => self.reload(who, now),
+            Command::Reload => {
+                let result = self.reload(who, now);
+                self.stats.reloads[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+                result
+            }
         }
     }
 
@@ -310,6 +314,12 @@ impl Controller {
             warnings
                 .push("listener addresses changed: they take effect after a restart".to_owned());
         }
+        let (log, new_log) = (&self.config.access_log, &new.access_log);
+        if log.path != new_log.path || log.format != new_log.format {
+            warnings.push(
+                "access_log.path and access_log.format take effect after a restart".to_owned(),
+            );
+        }
         if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
             warnings.push("certificates changed: they take effect after a restart".to_owned());
         }
@@ -375,15 +385,7 @@ impl Controller {
             })
             .collect();
         self.install_stamps(entries);
-        self.budgets = self
-            .config
-            .routes
-            .iter()
-            .map(|r| {
-                let b = self.budgets.get(&r.name).cloned();
-                (r.name.clone(), b.unwrap_or_else(|| Arc::new(new_budget(r))))
-            })
-            .collect();
+        self.routes = route_shared(&self.config, &self.routes);
         if let Err(e) = self.start_dns() {
             warnings.push(format!("dns: {e}"));
         }

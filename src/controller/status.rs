@@ -48,6 +48,7 @@ impl Controller {
                             "effective_weight": effective_weight(e, pool, now),
                             "traffic_share": (share * 1000.0).round() / 1000.0,
                             "requests_per_second": (e.rps * 10.0).round() / 10.0,
+                            "errors_per_second": (e.eps * 10.0).round() / 10.0,
                             "in_flight": e.in_flight(),
                             "requests_total": e.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
                             "probe_rtt_ms": e.health.smoothed_rtt().map(ms),

@@ -14,6 +14,8 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::forward::InFlight;
+
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -122,12 +124,13 @@ pin_project! {
         /// `cut` ends the body when an operator's drain deadline passes.
         Upstream {
             #[pin] inner: Incoming,
-            guard: super::forward::InFlight,
+            guard: Option<InFlight>,
             #[pin] cut: WaitForCancellationFutureOwned,
         },
         /// Made by the proxy (errors, 404).
         Local {
             data: Option<Bytes>,
+            guard: Option<InFlight>,
         },
     }
 }
@@ -138,6 +141,7 @@ impl ResponseBody {
         let data: Bytes = data.into();
         ResponseBody::Local {
             data: (!data.is_empty()).then_some(data),
+            guard: None,
         }
     }
 }
@@ -154,14 +158,39 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { inner, cut, .. } => {
+            ResponseBodyProj::Upstream {
+                mut inner,
+                cut,
+                guard,
+            } => {
                 if cut.poll(cx).is_ready() {
                     return Poll::Ready(Some(Err("cut: the stamp's drain deadline passed".into())));
                 }
-                inner.poll_frame(cx).map_err(Into::into)
+                let polled = inner.as_mut().poll_frame(cx);
+                if let Some(guard) = guard {
+                    // hyper stops polling once `is_end_stream` says so, so
+                    // the end is noticed after the last frame, not only at
+                    // `None`.
+                    match &polled {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            guard.sent(frame.data_ref().map_or(0, Bytes::len));
+                            if inner.is_end_stream() {
+                                guard.completed();
+                            }
+                        }
+                        Poll::Ready(None) => guard.completed(),
+                        _ => {}
+                    }
+                }
+                polled.map_err(Into::into)
             }
-            ResponseBodyProj::Local { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            ResponseBodyProj::Local { data, guard } => {
+                let frame = data.take();
+                if let Some(guard) = guard {
+                    guard.sent(frame.as_ref().map_or(0, Bytes::len));
+                    guard.completed();
+                }
+                Poll::Ready(frame.map(|d| Ok(Frame::data(d))))
             }
         }
     }
@@ -169,14 +198,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
-            ResponseBody::Local { data } => data.is_none(),
+            ResponseBody::Local { data, .. } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
-            ResponseBody::Local { data } => {
+            ResponseBody::Local { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

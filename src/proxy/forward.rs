@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -18,12 +18,17 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
+use super::access_log::{AccessLog, Entry};
 use super::body::{ResponseBody, UpstreamBody};
-use super::headers::{self, ClientSide, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP};
+use super::headers::{
+    self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
+};
 use crate::controller::Signal;
 use crate::error::{Blame, ProxyError};
+use crate::metrics::ProxyStats;
 use crate::routing::{
-    Outcome, PoolView, RouteEntry, RoutingTable, StampStats, StampView, Tried, host_without_port,
+    Outcome, PoolView, RouteEntry, RouteStats, RoutingTable, StampStats, StampView, Tried,
+    host_without_port,
 };
 
 /// Seconds a fail-closed pool asks clients to wait before trying again:
@@ -38,6 +43,10 @@ pub struct Gateway {
     pub routing: Arc<ArcSwap<RoutingTable>>,
     /// Passive health signals to the controller (`try_send` only).
     pub signals: mpsc::Sender<Signal>,
+    /// Where finished requests are logged (`try_send` only).
+    pub access_log: AccessLog,
+    /// Proxy-wide counters.
+    pub stats: Arc<ProxyStats>,
 }
 
 /// Activity of one client connection, for its two timers: a connection is
@@ -58,6 +67,10 @@ pub struct ConnActivity {
     /// settings), so only the idle timer applies once it is known.
     h2: AtomicBool,
     born: Instant,
+    /// Index of [`PROTOCOLS`] this connection is counted under, and the
+    /// counters (none in unit tests).
+    protocol: AtomicU8,
+    gauge: Option<(Arc<ProxyStats>, usize)>,
 }
 
 impl ConnActivity {
@@ -70,6 +83,37 @@ impl ConnActivity {
             head_started_ms: AtomicU64::new(1),
             h2: AtomicBool::new(false),
             born: Instant::now(),
+            protocol: AtomicU8::new(0),
+            gauge: None,
+        }
+    }
+
+    /// A fresh connection on `listener` (index of [`LISTENERS`]), counted
+    /// as open in `stats` until dropped.
+    pub fn counted(stats: Arc<ProxyStats>, listener: usize) -> ConnActivity {
+        stats.accepted[listener].fetch_add(1, Ordering::Relaxed);
+        stats.connections[listener][0].fetch_add(1, Ordering::Relaxed);
+        let mut activity = ConnActivity::new();
+        activity.gauge = Some((stats, listener));
+        activity
+    }
+
+    /// The first request tells the protocol: move the connection from
+    /// `pending` to it.
+    fn classify(&self, version: http::Version) {
+        let protocol = if version == http::Version::HTTP_2 {
+            2
+        } else {
+            1
+        };
+        if self
+            .protocol
+            .compare_exchange(0, protocol, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && let Some((stats, listener)) = &self.gauge
+        {
+            stats.connections[*listener][0].fetch_sub(1, Ordering::Relaxed);
+            stats.connections[*listener][usize::from(protocol)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -115,6 +159,15 @@ impl ConnActivity {
     }
 }
 
+impl Drop for ConnActivity {
+    fn drop(&mut self) {
+        if let Some((stats, listener)) = &self.gauge {
+            let protocol = usize::from(self.protocol.load(Ordering::Relaxed));
+            stats.connections[*listener][protocol].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Default for ConnActivity {
     fn default() -> Self {
         ConnActivity::new()
@@ -134,11 +187,29 @@ pub struct ConnInfo {
 
 /// Held while a request is in flight, until its response body is done or
 /// dropped; counts for the connection's idle timer and the stamp's
-/// in-flight gauge (drains wait on it).
+/// in-flight gauge (drains wait on it), and at its end records the
+/// exchange's duration and hands the access log its line.
 #[derive(Debug)]
 pub struct InFlight {
     conn: Arc<ConnActivity>,
     stamp: Option<Arc<StampStats>>,
+    start: Instant,
+    /// The matched route's counters (duration at the end).
+    route: Option<Arc<RouteStats>>,
+    /// Index of the matched route in the table's routes.
+    route_index: Option<usize>,
+    /// Index in the pool of the stamp of the last try.
+    tried: Option<usize>,
+    /// Tries made.
+    attempts: u32,
+    /// The last try's time to response head.
+    upstream: Option<std::time::Duration>,
+    /// Response body bytes sent so far.
+    bytes: u64,
+    /// The body ended cleanly.
+    complete: bool,
+    /// The access log line, when this request is logged.
+    log: Option<Box<(Entry, AccessLog)>>,
 }
 
 impl InFlight {
@@ -147,20 +218,44 @@ impl InFlight {
         if conn.head_started_ms.load(Ordering::Relaxed) != 0 {
             conn.head_started_ms.store(0, Ordering::Relaxed);
         }
+        if conn.protocol.load(Ordering::Relaxed) == 0 {
+            conn.classify(version);
+        }
         if version == http::Version::HTTP_2 && !conn.h2.load(Ordering::Relaxed) {
             conn.h2.store(true, Ordering::Relaxed);
         }
         InFlight {
             conn: conn.clone(),
             stamp: None,
+            start: Instant::now(),
+            route: None,
+            route_index: None,
+            tried: None,
+            attempts: 0,
+            upstream: None,
+            bytes: 0,
+            complete: false,
+            log: None,
         }
     }
 
-    fn at_stamp(&mut self, stats: &Arc<StampStats>) {
+    fn at_stamp(&mut self, index: usize, stats: &Arc<StampStats>) {
         if let Some(prev) = self.stamp.replace(stats.clone()) {
             prev.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.tried = Some(index);
+        self.attempts += 1;
+    }
+
+    /// Response body bytes passed to the client.
+    pub fn sent(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
+
+    /// The response body reached its end.
+    pub fn completed(&mut self) {
+        self.complete = true;
     }
 }
 
@@ -171,34 +266,133 @@ impl Drop for InFlight {
         }
         self.conn.touch();
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let total = self.start.elapsed();
+        if let Some(route) = &self.route {
+            route.observe(total);
+        }
+        if let Some(log) = self.log.take() {
+            let (mut entry, sink) = *log;
+            entry.total = total;
+            entry.bytes = self.bytes;
+            entry.aborted = !self.complete;
+            sink.send(entry);
+        }
     }
+}
+
+/// What the access log needs of the request, taken before the request is
+/// consumed: reference-counted clones, no copies.
+struct RequestHead {
+    time: std::time::SystemTime,
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    client_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
 }
 
 impl Gateway {
     /// Serve one client request.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
-        let guard = InFlight::begin(&conn.activity, req.version());
-        let client_id = req.headers().get(&X_REQUEST_ID).cloned();
-        match self.forward(req, conn, guard).await {
-            Ok(resp) => resp,
+        let mut guard = InFlight::begin(&conn.activity, req.version());
+        let table = self.routing.load_full();
+        let head = RequestHead {
+            time: std::time::SystemTime::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            client_id: req.headers().get(&X_REQUEST_ID).cloned(),
+            traceparent: table
+                .access_log
+                .and_then(|_| req.headers().get(&TRACEPARENT).cloned()),
+        };
+        let (mut resp, request_id, error) = match self.forward(req, conn, &table, &mut guard).await
+        {
+            Ok((resp, id)) => (resp, Some(id), None),
             Err((err, id)) => {
-                let id = id.or(client_id).unwrap_or_else(headers::new_request_id);
+                let id = id
+                    .or(head.client_id.clone())
+                    .unwrap_or_else(headers::new_request_id);
                 match err.blame() {
                     Blame::Stamp | Blame::Proxy => tracing::debug!(error = %err, "request failed"),
                     Blame::Client => tracing::trace!(error = %err, "request refused"),
                 }
-                error_response(&err, &id)
+                if matches!(err, ProxyError::NoRoute) {
+                    self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                }
+                (error_response(&err, &id), Some(id), Some(err.code()))
             }
+        };
+        let status = resp.status().as_u16();
+        // An error answer is the proxy's own, whichever stamp was tried.
+        let served_by = guard.tried.filter(|_| error.is_none());
+        if let Some(route) = &guard.route {
+            route.count(served_by, status);
+        }
+        if let Some(sample) = table.access_log
+            && (status >= 500 || sample >= 1.0 || (sample > 0.0 && fastrand::f64() < sample))
+        {
+            guard.log = Some(Box::new((
+                self.log_entry(&table, head, &guard, status, request_id, error, conn),
+                self.access_log.clone(),
+            )));
+        }
+        if resp.body().is_end_stream() {
+            guard.completed();
+        }
+        match resp.body_mut() {
+            ResponseBody::Upstream { guard: g, .. } | ResponseBody::Local { guard: g, .. } => {
+                *g = Some(guard);
+            }
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site, all of them facts of the request
+    fn log_entry(
+        &self,
+        table: &RoutingTable,
+        head: RequestHead,
+        guard: &InFlight,
+        status: u16,
+        request_id: Option<HeaderValue>,
+        error: Option<&'static str>,
+        conn: &ConnInfo,
+    ) -> Entry {
+        let route = guard.route_index.and_then(|i| table.routes().get(i));
+        let stamp = route
+            .zip(guard.tried)
+            .and_then(|(r, i)| table.pools[r.pool].stamps.get(i));
+        Entry {
+            time: head.time,
+            client: conn.remote,
+            method: head.method,
+            uri: head.uri,
+            version: head.version,
+            status,
+            route: route.map(|r| r.name.clone()),
+            stamp: stamp.map(|s| s.name.clone()),
+            region: stamp.map(|s| s.region.clone()),
+            attempts: guard.attempts,
+            total: Default::default(),
+            upstream: guard.upstream,
+            bytes: 0,
+            request_id,
+            traceparent: head.traceparent,
+            error,
+            aborted: false,
         }
     }
 
+    /// Route, pick, forward and retry; the response still lacks its
+    /// guard, which [`Gateway::handle`] attaches.
     async fn forward(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
-        mut guard: InFlight,
-    ) -> Result<Response<ResponseBody>, (ProxyError, Option<HeaderValue>)> {
-        let table = self.routing.load_full();
+        table: &RoutingTable,
+        guard: &mut InFlight,
+    ) -> Result<(Response<ResponseBody>, HeaderValue), (ProxyError, Option<HeaderValue>)> {
         let (mut parts, body) = req.into_parts();
 
         let host = client_host(&parts);
@@ -206,9 +400,12 @@ impl Gateway {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .map(host_without_port);
-        let route = table
-            .route(host_name, parts.uri.path())
+        let route_index = table
+            .route_index(host_name, parts.uri.path())
             .ok_or((ProxyError::NoRoute, None))?;
+        let route = &table.routes()[route_index];
+        guard.route = Some(route.stats.clone());
+        guard.route_index = Some(route_index);
         let pool = &table.pools[route.pool];
 
         let length = content_length(&parts.headers);
@@ -276,14 +473,16 @@ impl Gateway {
             } else {
                 remaining
             };
-            guard.at_stamp(&stamp.stats);
+            guard.at_stamp(idx, &stamp.stats);
             let cut = stamp.stats.cut.load_full();
             let try_start = Instant::now();
             let sent = tokio::select! {
                 r = tokio::time::timeout(try_timeout, pool.upstream.send(&stamp.name, upstream_req)) => r,
                 () = cut.cancelled() => Ok(Err(ProxyError::DrainDeadline { stamp: stamp.name.to_string() })),
             };
-            observe(&stamp.stats, &sent, try_start.elapsed());
+            let elapsed = try_start.elapsed();
+            observe(&stamp.stats, &sent, elapsed);
+            guard.upstream = Some(elapsed);
             let failure = match sent {
                 Ok(Ok(resp)) if !is_gateway_failure(resp.status()) => {
                     let outcome = if resp.status().is_server_error() {
@@ -292,7 +491,8 @@ impl Gateway {
                         Outcome::Answered
                     };
                     stamp.stats.record(outcome);
-                    return Ok(respond(resp, stamp, &request_id, guard, table.stamp_header));
+                    let resp = respond(resp, stamp, &request_id, table.stamp_header);
+                    return Ok((resp, request_id));
                 }
                 Ok(Ok(resp)) => Failure::Status(resp),
                 Ok(Err(e)) => Failure::Error(e),
@@ -315,7 +515,8 @@ impl Gateway {
             }
             return match failure {
                 Failure::Status(resp) => {
-                    Ok(respond(resp, stamp, &request_id, guard, table.stamp_header))
+                    let resp = respond(resp, stamp, &request_id, table.stamp_header);
+                    Ok((resp, request_id))
                 }
                 Failure::Error(e) => Err(fail(e)),
             };
@@ -350,7 +551,6 @@ fn respond(
     resp: Response<Incoming>,
     stamp: &StampView,
     request_id: &HeaderValue,
-    guard: InFlight,
     stamp_header: bool,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
@@ -365,7 +565,7 @@ fn respond(
         parts,
         ResponseBody::Upstream {
             inner: body,
-            guard,
+            guard: None,
             cut,
         },
     )

@@ -12,6 +12,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_STAMPGATE_STAMP: HeaderName = HeaderName::from_static("x-stampgate-stamp");
 /// The machine-readable cause on proxy-made error responses.
 pub static X_STAMPGATE_ERROR: HeaderName = HeaderName::from_static("x-stampgate-error");
+/// W3C trace context: passed through unchanged, written to the access log.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

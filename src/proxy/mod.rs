@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
 use crate::routing::RoutingTable;
 
+pub mod access_log;
 pub mod body;
 pub mod budget;
 pub mod forward;
@@ -42,6 +43,9 @@ pub enum StartError {
     /// The TLS listener configuration is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// The access log destination cannot be opened.
+    #[error(transparent)]
+    AccessLog(#[from] access_log::AccessLogError),
     /// The control plane could not start (upstream clients, DNS).
     #[error(transparent)]
     Controller(#[from] ControllerError),
@@ -98,8 +102,10 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
     let plain = bind_all(&config.proxy.listen).await?;
     let secure = bind_all(&config.proxy.tls_listen).await?;
 
+    let stats = Arc::new(crate::metrics::ProxyStats::default());
+    let access_log = access_log::AccessLog::start(&config.access_log, stats.clone())?;
     let shutdown = CancellationToken::new();
-    let controller = Controller::start(config.clone(), shutdown.child_token())?;
+    let controller = Controller::start(config.clone(), stats, shutdown.child_token())?;
     let limits = ConnLimits {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
@@ -108,6 +114,8 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
         gateway: Arc::new(Gateway {
             routing: controller.routing.clone(),
             signals: controller.signals.clone(),
+            access_log,
+            stats: controller.stats.clone(),
         }),
         limits,
         http: Arc::new(server::http_builder()),

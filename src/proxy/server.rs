@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -151,18 +152,30 @@ impl Acceptor {
                     tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
                 match handshake.await {
                     Ok(Ok(tls_stream)) => self.serve_io(tls_stream, remote, true).await,
-                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        self.handshake_failed(0);
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        self.handshake_failed(1);
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                    }
                 }
             }
         }
+    }
+
+    /// Count a failed handshake: 0 error, 1 timeout.
+    fn handshake_failed(&self, reason: usize) {
+        self.gateway.stats.tls_handshake_failures[reason].fetch_add(1, Ordering::Relaxed);
     }
 
     async fn serve_io<I>(self, io: I, remote: SocketAddr, tls: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(ConnActivity::new());
+        let listener = usize::from(tls);
+        let activity = Arc::new(ConnActivity::counted(self.gateway.stats.clone(), listener));
         let io = TokioIo::new(Watched {
             inner: io,
             activity: activity.clone(),

@@ -6,7 +6,7 @@
 //! [`RoutingTable::route`] and then [`selector::Selector::pick`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -18,8 +18,10 @@ use crate::proxy::budget::RetryBudget;
 use crate::proxy::upstream::Upstream;
 
 pub mod selector;
+pub mod stats;
 
 pub use selector::{Selector, Tier, Tried};
+pub use stats::RouteStats;
 
 /// Per-stamp counters written by the request path with relaxed atomics and
 /// read by the controller, status and metrics. One instance per stamp name
@@ -50,6 +52,50 @@ pub struct StampStats {
     pub connect_errors: [AtomicU64; 3],
     /// Time from sending a request to the stamp's response head.
     pub upstream_latency: crate::metrics::LatencyHistogram,
+    /// The controller's view, mirrored for metrics (written by the
+    /// controller only).
+    pub control: ControlStats,
+}
+
+/// What the controller knows of a stamp, mirrored into atomics so that
+/// `/metrics` can read it without asking the controller task.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Health state, as an index of [`HEALTH_STATES`].
+    pub health: AtomicU8,
+    /// Admin state, as an index of [`ADMIN_STATES`].
+    pub admin: AtomicU8,
+    /// Health transitions into each state of [`HEALTH_STATES`].
+    pub transitions: [AtomicU64; 4],
+    /// Passive ejections (consecutive gateway failures).
+    pub ejections: AtomicU64,
+    /// Probe results: passed, failed.
+    pub probes: [AtomicU64; 2],
+    /// Probe round-trip times (until the answer or the failure).
+    pub probe_duration: crate::metrics::LatencyHistogram,
+}
+
+/// Health state labels, indexed as in [`ControlStats::health`].
+pub const HEALTH_STATES: [&str; 4] = ["unknown", "healthy", "degraded", "unhealthy"];
+/// Admin state labels, indexed as in [`ControlStats::admin`].
+pub const ADMIN_STATES: [&str; 4] = ["active", "draining", "drained", "disabled"];
+
+impl ControlStats {
+    /// Mirror the current health and admin state labels.
+    pub fn set_state(&self, health: &str, admin: &str) {
+        let index = |all: &[&str; 4], s: &str| all.iter().position(|x| *x == s).unwrap_or(0) as u8;
+        self.health
+            .store(index(&HEALTH_STATES, health), Ordering::Relaxed);
+        self.admin
+            .store(index(&ADMIN_STATES, admin), Ordering::Relaxed);
+    }
+
+    /// Count a transition into `state` (a [`HEALTH_STATES`] label).
+    pub fn transition_to(&self, state: &str) {
+        if let Some(i) = HEALTH_STATES.iter().position(|x| *x == state) {
+            self.transitions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How one try at a stamp ended, for passive health.
@@ -181,6 +227,8 @@ pub struct RouteEntry {
     pub retry: RetryConfig,
     /// The route's retry budget, shared across tables.
     pub budget: Arc<RetryBudget>,
+    /// What clients saw on this route, shared across tables.
+    pub stats: Arc<RouteStats>,
 }
 
 impl RouteEntry {
@@ -189,6 +237,15 @@ impl RouteEntry {
             && (self.hosts.is_empty()
                 || host.is_some_and(|h| self.hosts.iter().any(|e| e.eq_ignore_ascii_case(h))))
     }
+}
+
+/// What a route keeps across tables.
+#[derive(Debug, Clone)]
+pub struct RouteShared {
+    /// Its retry budget.
+    pub budget: Arc<RetryBudget>,
+    /// Its client-side counters.
+    pub stats: Arc<RouteStats>,
 }
 
 /// The immutable snapshot: routes, pools, selectors.
@@ -205,19 +262,22 @@ pub struct RoutingTable {
     pub max_request_body: u64,
     /// `proxy.stamp_header`: responses name the serving stamp.
     pub stamp_header: bool,
+    /// `access_log.sample` when the access log is on: the share of
+    /// answers below 500 that are logged (5xx always are).
+    pub access_log: Option<f64>,
 }
 
 impl RoutingTable {
     /// Build a table from the config and the controller's view of each stamp.
     ///
-    /// `upstream` supplies the connection pool of each pool and `budget`
-    /// the retry budget of each route (the controller keeps both across
-    /// tables); `input` the state of each stamp.
+    /// `upstream` supplies the connection pool of each pool and `shared`
+    /// the retry budget and counters of each route (the controller keeps
+    /// both across tables); `input` the state of each stamp.
     pub fn build(
         config: &Config,
         generation: u64,
         mut upstream: impl FnMut(&PoolConfig) -> Arc<Upstream>,
-        mut budget: impl FnMut(&RouteConfig) -> Arc<RetryBudget>,
+        mut shared: impl FnMut(&RouteConfig) -> RouteShared,
         mut input: impl FnMut(&PoolConfig, &StampConfig) -> StampInput,
     ) -> RoutingTable {
         let pools: Vec<PoolView> = config
@@ -231,7 +291,8 @@ impl RoutingTable {
         let mut routes: Vec<RouteEntry> = config
             .routes
             .iter()
-            .map(|r| RouteEntry {
+            .map(|r| (r, shared(r)))
+            .map(|(r, shared)| RouteEntry {
                 name: r.name.as_str().into(),
                 hosts: r
                     .hosts
@@ -247,7 +308,8 @@ impl RoutingTable {
                     .expect("validated config: route pools exist"),
                 timeout: r.timeout,
                 retry: r.retry.clone(),
-                budget: budget(r),
+                budget: shared.budget,
+                stats: shared.stats,
             })
             .collect();
         // Stable sort keeps file order among equals, so the first of two
@@ -259,13 +321,22 @@ impl RoutingTable {
             pools,
             max_request_body: config.proxy.max_request_body,
             stamp_header: config.proxy.stamp_header,
+            access_log: config
+                .access_log
+                .enabled
+                .then_some(config.access_log.sample),
         }
     }
 
     /// The route for a request: a route naming the host beats a catch-all
     /// one, then the longest path prefix wins. `host` is without port.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteEntry> {
-        self.routes.iter().find(|r| r.matches(host, path))
+        self.route_index(host, path).map(|i| &self.routes[i])
+    }
+
+    /// [`RoutingTable::route`] as an index into [`RoutingTable::routes`].
+    pub fn route_index(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches(host, path))
     }
 
     /// A table with no routes (before the first publish).
@@ -276,6 +347,7 @@ impl RoutingTable {
             pools: Vec::new(),
             max_request_body: 0,
             stamp_header: false,
+            access_log: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Setup {
     pub stamps: Vec<(String, String, String)>,
     /// Whole extra TOML appended at the end.
     pub extra: String,
+    /// Lines of `[access_log]` (off when `None`).
+    pub access_log: Option<String>,
 }
 
 impl Setup {
@@ -58,6 +60,7 @@ impl Setup {
             pool: String::new(),
             stamps: Vec::new(),
             extra: String::new(),
+            access_log: None,
         }
     }
 
@@ -96,6 +99,13 @@ impl Setup {
         self
     }
 
+    /// Lines of `[access_log]`; without this call the log is off, so
+    /// that tests do not write request lines to standard output.
+    pub fn access_log(mut self, lines: &str) -> Setup {
+        self.access_log = Some(lines.to_owned());
+        self
+    }
+
     pub fn extra(mut self, text: &str) -> Setup {
         self.extra.push_str(text);
         self.extra.push('\n');
@@ -115,6 +125,8 @@ impl Setup {
             ));
         }
         t.push_str(&self.extra);
+        let log = self.access_log.as_deref().unwrap_or("enabled = false");
+        t.push_str(&format!("\n[access_log]\n{log}\n"));
         t
     }
 
@@ -324,6 +336,7 @@ impl FakeController {
             )),
             signals: tx,
             events: stampgate::controller::events::EventLog::new(),
+            stats: Default::default(),
         };
         FakeController { handle, seen }
     }

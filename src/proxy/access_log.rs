@@ -1,0 +1,312 @@
+//! The access log, at the very end of the request path: when a response
+//! body ends (or the client goes away), its request's [`Entry`] is handed to
+//! a writer thread with a non-blocking `try_send`. Formatting and writing
+//! happen on that thread, so a slow disk or a full pipe costs log lines
+//! (counted in `stampgate_access_log_lines_total{result="dropped"}`),
+//! never request latency.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+
+use crate::config::{AccessLogFormat, AccessLogSettings};
+use crate::metrics::ProxyStats;
+
+/// Lines that may wait for the writer: about a second of a busy proxy. A
+/// burst beyond that is dropped and counted rather than queued without
+/// bound.
+const QUEUE: usize = 16 * 1024;
+
+/// One finished request.
+#[derive(Debug)]
+pub struct Entry {
+    /// When the request head arrived.
+    pub time: SystemTime,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Request method.
+    pub method: http::Method,
+    /// Request target; only its path is written (query strings carry
+    /// tokens often enough that logging them must be a choice, not a
+    /// default).
+    pub uri: http::Uri,
+    /// Client's HTTP version.
+    pub version: http::Version,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Matched route, if any.
+    pub route: Option<Arc<str>>,
+    /// Stamp of the last try, if any.
+    pub stamp: Option<Arc<str>>,
+    /// That stamp's region.
+    pub region: Option<Arc<str>>,
+    /// Tries made (0: answered by the proxy before any try).
+    pub attempts: u32,
+    /// Head to end of the response body.
+    pub total: Duration,
+    /// Last try: sending to the stamp until its response head.
+    pub upstream: Option<Duration>,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    /// `X-Request-Id` (the client's or ours).
+    pub request_id: Option<HeaderValue>,
+    /// W3C `traceparent`, when the client sent one.
+    pub traceparent: Option<HeaderValue>,
+    /// The proxy's error code (`x-stampgate-error`), for its own answers.
+    pub error: Option<&'static str>,
+    /// The body ended before it was complete (client gone, stamp reset,
+    /// drain cut).
+    pub aborted: bool,
+}
+
+/// Why the access log could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("access_log.path {path:?}: {source}")]
+pub struct AccessLogError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// The request path's end of the access log.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: SyncSender<Entry>,
+    stats: Arc<ProxyStats>,
+}
+
+impl AccessLog {
+    /// Open the destination and start the writer thread. The thread ends
+    /// when the last `AccessLog` handle is dropped.
+    pub fn start(
+        settings: &AccessLogSettings,
+        stats: Arc<ProxyStats>,
+    ) -> Result<AccessLog, AccessLogError> {
+        let out: Box<dyn Write + Send> = match &settings.path {
+            None => Box::new(io::stdout()),
+            Some(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| AccessLogError {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let format = settings.format;
+        let written = stats.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out, format, &written))
+            .map_err(|source| AccessLogError {
+                path: settings.path.clone().unwrap_or_else(|| "-".into()),
+                source,
+            })?;
+        Ok(AccessLog { tx, stats })
+    }
+
+    /// Queue `entry` without waiting; a full queue drops it (counted).
+    pub fn send(&self, entry: Entry) {
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats
+                    .access_log_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The writer thread: format, write, and flush whenever the queue is
+/// empty (so a quiet proxy's lines appear at once and a busy one's are
+/// batched).
+fn write_lines(
+    rx: Receiver<Entry>,
+    out: Box<dyn Write + Send>,
+    format: AccessLogFormat,
+    stats: &ProxyStats,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut line = String::with_capacity(512);
+    let mut next = rx.recv().ok();
+    while let Some(entry) = next {
+        line.clear();
+        match format {
+            AccessLogFormat::Json => json_line(&entry, &mut line),
+            AccessLogFormat::Text => text_line(&entry, &mut line),
+        }
+        line.push('\n');
+        if out.write_all(line.as_bytes()).is_err() {
+            stats.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.access_log_written.fetch_add(1, Ordering::Relaxed);
+        }
+        next = match rx.try_recv() {
+            Ok(e) => Some(e),
+            Err(TryRecvError::Empty) => {
+                let _ = out.flush();
+                rx.recv().ok()
+            }
+            Err(TryRecvError::Disconnected) => None,
+        };
+    }
+    let _ = out.flush();
+}
+
+fn header_str(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// One JSON object; field names are stable (log pipelines parse them).
+pub fn json_line(e: &Entry, out: &mut String) {
+    let value = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(e.time).to_string(),
+        "client": e.client.to_string(),
+        "method": e.method.as_str(),
+        "path": e.uri.path(),
+        "protocol": version_str(e.version),
+        "status": e.status,
+        "route": e.route.as_deref(),
+        "stamp": e.stamp.as_deref(),
+        "region": e.region.as_deref(),
+        "attempts": e.attempts,
+        "duration_ms": millis(e.total),
+        "upstream_ms": e.upstream.map(millis),
+        "bytes": e.bytes,
+        "request_id": header_str(&e.request_id),
+        "traceparent": header_str(&e.traceparent),
+        "error": e.error,
+        "aborted": e.aborted,
+    });
+    out.push_str(&value.to_string());
+}
+
+/// `key=value` pairs, `-` for an absent value; the path is quoted.
+pub fn text_line(e: &Entry, out: &mut String) {
+    use std::fmt::Write as _;
+    let opt = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let _ = write!(
+        out,
+        "{} client={} {} {:?} {} status={} route={} stamp={} region={} attempts={} duration_ms={} upstream_ms={} bytes={} request_id={} traceparent={}",
+        humantime::format_rfc3339_millis(e.time),
+        e.client,
+        e.method,
+        e.uri.path(),
+        version_str(e.version),
+        e.status,
+        opt(e.route.as_deref()),
+        opt(e.stamp.as_deref()),
+        opt(e.region.as_deref()),
+        e.attempts,
+        millis(e.total),
+        e.upstream.map_or("-".into(), |d| millis(d).to_string()),
+        e.bytes,
+        opt(header_str(&e.request_id)),
+        opt(header_str(&e.traceparent)),
+    );
+    if let Some(code) = e.error {
+        let _ = write!(out, " error={code}");
+    }
+    if e.aborted {
+        out.push_str(" aborted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            client: "127.0.0.1:5000".parse().unwrap(),
+            method: http::Method::GET,
+            uri: "/catalogservice/api/1.0/catalogitem/7?token=secret"
+                .parse()
+                .unwrap(),
+            version: http::Version::HTTP_11,
+            status: 200,
+            route: Some("catalog".into()),
+            stamp: Some("eu-1".into()),
+            region: Some("westeurope".into()),
+            attempts: 2,
+            total: Duration::from_micros(12_345),
+            upstream: Some(Duration::from_micros(4_000)),
+            bytes: 321,
+            request_id: Some(HeaderValue::from_static("abc")),
+            traceparent: None,
+            error: None,
+            aborted: false,
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_every_field_and_no_query() {
+        let mut line = String::new();
+        json_line(&entry(), &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "2027-01-15T08:00:00.000Z");
+        assert_eq!(v["path"], "/catalogservice/api/1.0/catalogitem/7");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["stamp"], "eu-1");
+        assert_eq!(v["attempts"], 2);
+        assert_eq!(v["duration_ms"], 12.345);
+        assert_eq!(v["upstream_ms"], 4.0);
+        assert_eq!(v["traceparent"], serde_json::Value::Null);
+        assert!(!line.contains("secret"), "{line}");
+    }
+
+    #[test]
+    fn text_lines_mark_absent_values() {
+        let mut e = entry();
+        e.stamp = None;
+        e.error = Some("no-healthy-stamp");
+        let mut line = String::new();
+        text_line(&e, &mut line);
+        assert!(line.contains(" stamp=- "), "{line}");
+        assert!(line.ends_with(" error=no-healthy-stamp"), "{line}");
+        assert!(
+            line.contains("\"/catalogservice/api/1.0/catalogitem/7\""),
+            "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let stats = Arc::new(ProxyStats::default());
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        let log = AccessLog {
+            tx,
+            stats: stats.clone(),
+        };
+        log.send(entry());
+        log.send(entry());
+        assert_eq!(stats.access_log_dropped.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,156 @@
+//! The access log: one JSON line per request with the fields an incident
+//! needs, request tracing ids carried through, and sampling that never
+//! hides an error.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use stampgate::stamp::Fault;
+use support::*;
+
+/// The log's lines once `count` have been written (the writer thread
+/// flushes when its queue is empty), or a failure after ten seconds.
+async fn lines(path: &Path, count: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= count {
+            return text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "fewer than {count} lines: {:?}",
+        std::fs::read_to_string(path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_line_with_its_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let s = stamp("westeurope-1", "westeurope").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .access_log(&format!("path = {:?}", log.display().to_string()))
+        .start()
+        .await;
+    let c = http1_client();
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = http::Request::get(p.url("/catalogservice/api/1.0/catalogitem?limit=2&token=secret"))
+        .header("x-request-id", "client-chosen-id")
+        .header("traceparent", trace)
+        .body(empty())
+        .unwrap();
+    let a = send(&c, req).await;
+    assert_eq!(a.status, http::StatusCode::OK);
+    assert_eq!(a.header("x-request-id"), "client-chosen-id");
+    let b = get(&c, &p.url("/nowhere")).await;
+    assert_eq!(b.status, http::StatusCode::NOT_FOUND);
+
+    let got = lines(&log, 2).await;
+    let ok = &got[0];
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/catalogservice/api/1.0/catalogitem");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["route"], "main");
+    assert_eq!(ok["stamp"], "westeurope-1");
+    assert_eq!(ok["region"], "westeurope");
+    assert_eq!(ok["attempts"], 1);
+    assert_eq!(ok["request_id"], "client-chosen-id");
+    assert_eq!(ok["traceparent"], trace);
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert_eq!(ok["aborted"], false);
+    assert_eq!(ok["bytes"], a.body.len() as u64);
+    assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ok["time"].as_str().unwrap().ends_with('Z'));
+    let (total, upstream) = (
+        ok["duration_ms"].as_f64().unwrap(),
+        ok["upstream_ms"].as_f64().unwrap(),
+    );
+    assert!(upstream > 0.0 && upstream <= total, "{ok}");
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("secret"),
+        "query strings stay out of the log"
+    );
+
+    let missed = &got[1];
+    assert_eq!(missed["status"], 404);
+    assert_eq!(missed["route"], Value::Null);
+    assert_eq!(missed["attempts"], 0);
+    assert_eq!(missed["error"], "no-route");
+    assert_eq!(missed["request_id"], b.header("x-request-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_to_zero_still_logs_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let s = stamp("eastus2-1", "eastus2").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .route("retry = { attempts = 1 }")
+        .access_log(&format!(
+            "sample = 0.0\nformat = \"json\"\npath = {:?}",
+            log.display().to_string()
+        ))
+        .start()
+        .await;
+    let c = http1_client();
+    for _ in 0..20 {
+        let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;
+        assert_eq!(a.status, http::StatusCode::OK);
+    }
+    s.set_fault(Fault {
+        error_rate: Some(1.0),
+        ..Fault::default()
+    });
+    for _ in 0..3 {
+        let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;
+        assert_eq!(a.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let got = lines(&log, 3).await;
+    // Give a stray line time to appear before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(all.lines().count(), 3, "only the errors: {all}");
+    assert!(got.iter().all(|l| l["status"] == 500), "{got:?}");
+}
+
+#[tokio::test]
+async fn an_unwritable_log_path_stops_start_up_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("missing-dir").join("access.log");
+    let setup = Setup::new()
+        .address("s1", "r1", "127.0.0.1:1")
+        .access_log(&format!("path = {:?}", bad.display().to_string()));
+    let err = stampgate::proxy::start(&setup.config())
+        .await
+        .expect_err("cannot open the log");
+    let message = err.to_string();
+    assert!(message.contains("access_log.path"), "{message}");
+    assert!(message.contains("missing-dir"), "{message}");
+}
+
+#[test]
+fn bad_access_log_settings_name_their_key() {
+    for (lines, key, value) in [
+        ("sample = 1.5", "access_log.sample", "1.5"),
+        ("format = \"xml\"", "access_log.format", "xml"),
+        ("path = \"\"", "access_log.path", "\"\""),
+    ] {
+        let text = Setup::new()
+            .address("s1", "r1", "127.0.0.1:1")
+            .access_log(lines)
+            .toml();
+        let err = stampgate::config::parse_str(&text, Path::new("t.toml"))
+            .expect_err(lines)
+            .to_string();
+        assert!(err.contains(key) && err.contains(value), "{lines}: {err}");
+    }
+}
