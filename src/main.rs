@@ -301,9 +301,12 @@ async fn reload_on_sighup(controller: ControllerHandle, stop: CancellationToken)
 
 fn init_logging(format: LogFormat, level: Option<&str>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
+    // rustls warns on every handshake whose SNI is an IP address (legal
+    // for clients to send, common on internal networks): noise by default.
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error"))),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
