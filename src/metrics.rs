@@ -127,6 +127,20 @@ fn gauge(fam: &mut MetricEncoder, labels: &Labels, n: i64) -> std::fmt::Result {
     ConstGauge::new(n).encode(fam.encode_family(labels)?)
 }
 
+/// An enum as a set of 0/1 gauges: 1 for `current`, 0 for the others.
+fn state_set(
+    fam: &mut MetricEncoder,
+    labels: &Labels,
+    states: &[&str],
+    current: u8,
+) -> std::fmt::Result {
+    for (i, state) in states.iter().enumerate() {
+        let on = i == usize::from(current);
+        gauge(fam, &with(labels, "state", state), i64::from(on))?;
+    }
+    Ok(())
+}
+
 fn histogram(fam: &mut MetricEncoder, labels: &Labels, h: &LatencyHistogram) -> std::fmt::Result {
     let (sum, count, buckets) = h.snapshot();
     fam.encode_family(labels)?
@@ -298,14 +312,8 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         for (labels, s) in &stamps {
-            let current = usize::from(s.stats.control.health.load(Ordering::Relaxed));
-            for (i, state) in HEALTH_STATES.iter().enumerate() {
-                gauge(
-                    &mut fam,
-                    &with(labels, "state", state),
-                    i64::from(i == current),
-                )?;
-            }
+            let current = s.stats.control.health.load(Ordering::Relaxed);
+            state_set(&mut fam, labels, &HEALTH_STATES, current)?;
         }
         let mut fam = family!(
             "stampgate_stamp_admin",
@@ -313,14 +321,8 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         for (labels, s) in &stamps {
-            let current = usize::from(s.stats.control.admin.load(Ordering::Relaxed));
-            for (i, state) in ADMIN_STATES.iter().enumerate() {
-                gauge(
-                    &mut fam,
-                    &with(labels, "state", state),
-                    i64::from(i == current),
-                )?;
-            }
+            let current = s.stats.control.admin.load(Ordering::Relaxed);
+            state_set(&mut fam, labels, &ADMIN_STATES, current)?;
         }
         let mut fam = family!(
             "stampgate_health_transitions",

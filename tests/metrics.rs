@@ -39,6 +39,18 @@ fn sum_of(series: &BTreeMap<String, f64>, prefix: &str, containing: &[&str]) -> 
         .sum()
 }
 
+/// An admin listener (no tokens: `/metrics` is a read) for `p`.
+async fn admin_of(p: &Proxy) -> admin::AdminHandle {
+    admin::start_with_tokens(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens::none(),
+        p.handle.controller.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_follow_a_known_sequence_and_labels_stay_bounded() {
     let good = stamp("good-1", "westeurope").await;
@@ -50,14 +62,7 @@ async fn counters_follow_a_known_sequence_and_labels_stay_bounded() {
         .extra("[pools.p.probe]\ninterval = \"10s\"\njitter_percent = 0\n")
         .start()
         .await;
-    let admin = admin::start_with_tokens(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens::none(),
-        p.handle.controller.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let admin = admin_of(&p).await;
     let c = http1_client();
     // Both stamps share traffic; every answer of one is a 500.
     bad.set_fault(Fault {
@@ -250,14 +255,7 @@ async fn controller_state_probes_and_reloads_are_exposed() {
         )
         .start()
         .await;
-    let admin = admin::start_with_tokens(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens::none(),
-        p.handle.controller.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let admin = admin_of(&p).await;
     let c = http1_client();
     let url = format!("http://{}/metrics", admin.addr);
     let state = |m: &BTreeMap<String, f64>, family: &str, stamp: &str, state: &str| {
@@ -354,14 +352,7 @@ async fn consecutive_failures_count_an_ejection() {
         .extra("[pools.p.probe]\ninterval = \"10s\"\njitter_percent = 0\n")
         .start()
         .await;
-    let admin = admin::start_with_tokens(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens::none(),
-        p.handle.controller.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let admin = admin_of(&p).await;
     dead.set_fault(Fault {
         down: Some(true),
         ..Fault::default()
