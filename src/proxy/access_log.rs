@@ -128,9 +128,10 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: format, write, and flush whenever the queue is
-/// empty (so a quiet proxy's lines appear at once and a busy one's are
-/// batched).
+/// The writer thread. Under load it wakes every [`BATCH`], drains what
+/// queued meanwhile and flushes once, so senders find it awake and never
+/// pay a wake-up (a futex call per request otherwise). After a quiet
+/// [`BATCH`] it blocks until the next line, so an idle proxy costs nothing.
 fn write_lines(
     rx: Receiver<Entry>,
     out: Box<dyn Write + Send>,
@@ -139,29 +140,91 @@ fn write_lines(
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
-    let mut next = rx.recv().ok();
-    while let Some(entry) = next {
+    let mut write = |entry: Entry, out: &mut BufWriter<Box<dyn Write + Send>>| {
         line.clear();
         match format {
             AccessLogFormat::Json => json_line(&entry, &mut line),
             AccessLogFormat::Text => text_line(&entry, &mut line),
         }
         line.push('\n');
-        if out.write_all(line.as_bytes()).is_err() {
-            stats.access_log_dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            stats.access_log_written.fetch_add(1, Ordering::Relaxed);
-        }
-        next = match rx.try_recv() {
-            Ok(e) => Some(e),
-            Err(TryRecvError::Empty) => {
-                let _ = out.flush();
-                rx.recv().ok()
-            }
-            Err(TryRecvError::Disconnected) => None,
+        let counter = match out.write_all(line.as_bytes()) {
+            Ok(()) => &stats.access_log_written,
+            Err(_) => &stats.access_log_dropped,
         };
+        counter.fetch_add(1, Ordering::Relaxed);
+    };
+    while let Ok(first) = rx.recv() {
+        write(first, &mut out);
+        loop {
+            let mut wrote = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(entry) => {
+                        write(entry, &mut out);
+                        wrote = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let _ = out.flush();
+                        return;
+                    }
+                }
+            }
+            let _ = out.flush();
+            if !wrote {
+                break;
+            }
+            std::thread::sleep(BATCH);
+        }
     }
     let _ = out.flush();
+}
+
+/// How long the writer lets lines gather while requests keep coming: the
+/// delay before a line is on disk, and a bound of 50 wake-ups a second.
+const BATCH: Duration = Duration::from_millis(20);
+
+/// `s` as a JSON string, quotes included.
+fn push_json_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A JSON member `"key":"value"`, or `"key":null`, with a leading comma.
+fn push_field(out: &mut String, key: &str, value: Option<&str>) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    match value {
+        Some(v) => push_json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// The last try's time in text lines: milliseconds or `-`.
+struct Upstream(Option<Duration>);
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", millis(d)),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 fn header_str(v: &Option<HeaderValue>) -> Option<&str> {
@@ -184,33 +247,47 @@ fn version_str(v: http::Version) -> &'static str {
 }
 
 /// One JSON object; field names are stable (log pipelines parse them).
+/// Written by hand: a `serde_json::Value` would allocate every key.
 pub fn json_line(e: &Entry, out: &mut String) {
-    let value = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(e.time).to_string(),
-        "client": e.client.to_string(),
-        "method": e.method.as_str(),
-        "path": e.uri.path(),
-        "protocol": version_str(e.version),
-        "status": e.status,
-        "route": e.route.as_deref(),
-        "stamp": e.stamp.as_deref(),
-        "region": e.region.as_deref(),
-        "attempts": e.attempts,
-        "duration_ms": millis(e.total),
-        "upstream_ms": e.upstream.map(millis),
-        "bytes": e.bytes,
-        "request_id": header_str(&e.request_id),
-        "traceparent": header_str(&e.traceparent),
-        "error": e.error,
-        "aborted": e.aborted,
-    });
-    out.push_str(&value.to_string());
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "{{\"time\":\"{}\",\"client\":\"{}\"",
+        humantime::format_rfc3339_millis(e.time),
+        e.client
+    );
+    push_field(out, "method", Some(e.method.as_str()));
+    push_field(out, "path", Some(e.uri.path()));
+    push_field(out, "protocol", Some(version_str(e.version)));
+    let _ = write!(out, ",\"status\":{}", e.status);
+    push_field(out, "route", e.route.as_deref());
+    push_field(out, "stamp", e.stamp.as_deref());
+    push_field(out, "region", e.region.as_deref());
+    let _ = write!(
+        out,
+        ",\"attempts\":{},\"duration_ms\":{}",
+        e.attempts,
+        millis(e.total)
+    );
+    match e.upstream {
+        Some(d) => {
+            let _ = write!(out, ",\"upstream_ms\":{}", millis(d));
+        }
+        None => out.push_str(",\"upstream_ms\":null"),
+    }
+    let _ = write!(out, ",\"bytes\":{}", e.bytes);
+    push_field(out, "request_id", header_str(&e.request_id));
+    push_field(out, "traceparent", header_str(&e.traceparent));
+    push_field(out, "error", e.error);
+    let _ = write!(out, ",\"aborted\":{}}}", e.aborted);
 }
 
 /// `key=value` pairs, `-` for an absent value; the path is quoted.
 pub fn text_line(e: &Entry, out: &mut String) {
     use std::fmt::Write as _;
-    let opt = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    fn opt(v: Option<&str>) -> &str {
+        v.unwrap_or("-")
+    }
     let _ = write!(
         out,
         "{} client={} {} {:?} {} status={} route={} stamp={} region={} attempts={} duration_ms={} upstream_ms={} bytes={} request_id={} traceparent={}",
@@ -225,7 +302,7 @@ pub fn text_line(e: &Entry, out: &mut String) {
         opt(e.region.as_deref()),
         e.attempts,
         millis(e.total),
-        e.upstream.map_or("-".into(), |d| millis(d).to_string()),
+        Upstream(e.upstream),
         e.bytes,
         opt(header_str(&e.request_id)),
         opt(header_str(&e.traceparent)),
@@ -280,6 +357,19 @@ mod tests {
         assert_eq!(v["upstream_ms"], 4.0);
         assert_eq!(v["traceparent"], serde_json::Value::Null);
         assert!(!line.contains("secret"), "{line}");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut e = entry();
+        e.route = Some("a\"b\\c\u{1}".into());
+        e.upstream = None;
+        let mut line = String::new();
+        json_line(&e, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["route"], "a\"b\\c\u{1}");
+        assert_eq!(v["upstream_ms"], serde_json::Value::Null);
+        assert_eq!(v["aborted"], false);
     }
 
     #[test]

@@ -287,7 +287,6 @@ struct RequestHead {
     method: http::Method,
     uri: Uri,
     version: http::Version,
-    client_id: Option<HeaderValue>,
     traceparent: Option<HeaderValue>,
 }
 
@@ -296,23 +295,19 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let mut guard = InFlight::begin(&conn.activity, req.version());
         let table = self.routing.load_full();
-        let head = RequestHead {
+        let client_id = req.headers().get(&X_REQUEST_ID).cloned();
+        let head = table.access_log.map(|_| RequestHead {
             time: std::time::SystemTime::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            client_id: req.headers().get(&X_REQUEST_ID).cloned(),
-            traceparent: table
-                .access_log
-                .and_then(|_| req.headers().get(&TRACEPARENT).cloned()),
-        };
+            traceparent: req.headers().get(&TRACEPARENT).cloned(),
+        });
         let (mut resp, request_id, error) = match self.forward(req, conn, &table, &mut guard).await
         {
             Ok((resp, id)) => (resp, Some(id), None),
             Err((err, id)) => {
-                let id = id
-                    .or(head.client_id.clone())
-                    .unwrap_or_else(headers::new_request_id);
+                let id = id.or(client_id).unwrap_or_else(headers::new_request_id);
                 match err.blame() {
                     Blame::Stamp | Blame::Proxy => tracing::debug!(error = %err, "request failed"),
                     Blame::Client => tracing::trace!(error = %err, "request refused"),
@@ -329,7 +324,7 @@ impl Gateway {
         if let Some(route) = &guard.route {
             route.count(served_by, status);
         }
-        if let Some(sample) = table.access_log
+        if let (Some(sample), Some(head)) = (table.access_log, head)
             && (status >= 500 || sample >= 1.0 || (sample > 0.0 && fastrand::f64() < sample))
         {
             guard.log = Some(Box::new((
