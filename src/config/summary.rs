@@ -67,6 +67,24 @@ fn listeners(out: &mut String, cfg: &Config) {
         format_duration(proxy.idle_timeout),
         format_duration(proxy.shutdown_grace),
     );
+    let log = &cfg.access_log;
+    if log.enabled {
+        let to = log
+            .path
+            .as_ref()
+            .map_or("standard output".to_owned(), |p| p.display().to_string());
+        let format = match log.format {
+            crate::config::AccessLogFormat::Json => "json",
+            crate::config::AccessLogFormat::Text => "text",
+        };
+        let _ = writeln!(
+            out,
+            "  access log: {format} to {to}, {}% of answers below 500 and every 5xx",
+            log.sample * 100.0
+        );
+    } else {
+        out.push_str("  access log: off\n");
+    }
 }
 
 fn routes(out: &mut String, cfg: &Config) {
@@ -280,6 +298,12 @@ weight = 0
         let s = summary(&cfg);
         assert!(s.contains("  proxy  http   127.0.0.1:8080\n"), "{s}");
         assert!(s.contains("  admin  http   127.0.0.1:9901\n"), "{s}");
+        assert!(
+            s.contains(
+                "  access log: json to standard output, 100% of answers below 500 and every 5xx\n"
+            ),
+            "{s}"
+        );
         assert!(
             s.contains("all: hosts * path / -> pool p (priority, fail-open)"),
             "{s}"
