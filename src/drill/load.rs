@@ -74,6 +74,9 @@ pub struct Sample {
     pub lag: Duration,
     /// What became of it.
     pub outcome: Outcome,
+    /// Which request of the mix it was (`POST /path`), so that errors can
+    /// be told apart by method and path.
+    pub request: Arc<str>,
     /// `X-Server-Name` of the answer, if any.
     pub stamp: Option<String>,
     /// `X-Server-Location` of the answer, if any.
@@ -97,7 +100,7 @@ pub fn client(protocol: Protocol) -> HttpClient {
 /// short run still has the exact mix.
 #[derive(Debug)]
 pub struct Mix {
-    requests: Vec<(Uri, RequestSpec)>,
+    requests: Vec<(Uri, RequestSpec, Arc<str>)>,
     /// Index into `requests` for each slot of one cycle.
     cycle: Vec<usize>,
 }
@@ -112,7 +115,8 @@ impl Mix {
                 .authority(base.authority().map_or("", |a| a.as_str()))
                 .path_and_query(r.path.as_str())
                 .build()?;
-            out.push((uri, r.clone()));
+            let label: Arc<str> = Arc::from(format!("{} {}", r.method, r.path));
+            out.push((uri, r.clone(), label));
         }
         // Interleave the kinds (largest remainder first) so that every
         // stretch of the run carries the mix, not 20 GETs then 10 POSTs.
@@ -133,7 +137,7 @@ impl Mix {
         })
     }
 
-    fn nth(&self, i: u64) -> &(Uri, RequestSpec) {
+    fn nth(&self, i: u64) -> &(Uri, RequestSpec, Arc<str>) {
         let slot = self.cycle[(i % self.cycle.len() as u64) as usize];
         &self.requests[slot]
     }
@@ -164,11 +168,12 @@ pub async fn open_loop(
         let scheduled = due - start;
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let (uri, request) = mix.nth(i).clone();
+                let (uri, request, label) = mix.nth(i).clone();
                 let client = client.clone();
                 let samples = samples.clone();
                 tokio::spawn(async move {
-                    let sample = timed(&client, uri, request, scheduled, due, timeout).await;
+                    let mut sample = timed(&client, uri, request, scheduled, due, timeout).await;
+                    sample.request = label;
                     drop(permit);
                     let _ = samples.send(sample);
                 });
@@ -179,6 +184,7 @@ pub async fn open_loop(
                     latency: due.elapsed(),
                     lag: due.elapsed(),
                     outcome: Outcome::Overload,
+                    request: mix.nth(i).2.clone(),
                     stamp: None,
                     region: None,
                 });
@@ -222,6 +228,7 @@ async fn timed(
         latency: due.elapsed(),
         lag,
         outcome,
+        request: Arc::from(""),
         stamp,
         region,
     }

@@ -104,6 +104,13 @@ pub struct Counts {
     pub fine: Vec<Fine>,
     /// Latency of the whole run, microseconds.
     pub latency: Histogram<u64>,
+    /// Errors by request of the mix (`POST /path`), then by kind: a POST
+    /// cannot be retried, so where errors fall says whether they were
+    /// avoidable.
+    pub errors_by_request: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Errors of idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE):
+    /// those the proxy may retry, so those the product promises to hide.
+    pub idempotent_errors: u64,
 }
 
 /// What the progress line shows.
@@ -127,11 +134,7 @@ pub async fn collect(
     mut samples: mpsc::UnboundedReceiver<Sample>,
     live: watch::Sender<Live>,
 ) -> Counts {
-    let mut counts = Counts {
-        seconds: Vec::new(),
-        fine: Vec::new(),
-        latency: histogram(),
-    };
+    let mut counts = Counts::new();
     let mut view = Live::default();
     let mut recent: BTreeMap<String, u64> = BTreeMap::new();
     let mut recent_done = 0u64;
@@ -172,7 +175,24 @@ pub async fn collect(
     counts
 }
 
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts::new()
+    }
+}
+
 impl Counts {
+    /// Nothing counted yet.
+    pub fn new() -> Counts {
+        Counts {
+            seconds: Vec::new(),
+            fine: Vec::new(),
+            latency: histogram(),
+            errors_by_request: BTreeMap::new(),
+            idempotent_errors: 0,
+        }
+    }
+
     /// Counts one sample in its second and fine bucket.
     pub fn add(&mut self, sample: Sample) {
         let second = sample.scheduled.as_secs() as usize;
@@ -195,6 +215,11 @@ impl Counts {
         if sample.outcome.is_error() {
             *s.errors.entry(sample.outcome.kind()).or_default() += 1;
             f.errors += 1;
+            let method = sample.request.split(' ').next().unwrap_or_default();
+            let idempotent = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].contains(&method);
+            self.idempotent_errors += u64::from(idempotent);
+            let by_kind = self.errors_by_request.entry(sample.request.to_string()).or_default();
+            *by_kind.entry(sample.outcome.kind()).or_default() += 1;
         }
         if let Some(stamp) = sample.stamp {
             *f.by_stamp.entry(stamp.clone()).or_default() += 1;
@@ -270,8 +295,9 @@ pub struct FaultFigures {
     /// Fault until the first health event for one of its stamps.
     pub detect_ms: Option<f64>,
     /// Fault until the start of the first bucket from which every bucket up
-    /// to the end of the fault has under 1% of its requests answered by the
-    /// faulty stamps; `None`: never within the fault.
+    /// to the end of the fault (but the last, whose requests may be sent
+    /// after it) has under 1% of its requests answered by the faulty
+    /// stamps; `None`: never within the fault.
     pub shift_ms: Option<f64>,
     /// Requests scheduled between the fault and the shift (the end of the
     /// fault if it never shifted) that failed.
@@ -279,7 +305,8 @@ pub struct FaultFigures {
     /// End of the fault until the first bucket with at least 1% of its
     /// requests answered by the faulty stamps again; `None`: never.
     pub recovery_ms: Option<f64>,
-    /// Health transitions of its stamps during the whole run.
+    /// Health transitions of its stamps during the whole run, first
+    /// verdicts (from `unknown`) not counted.
     pub flaps: u64,
     /// The faulty stamps' share of the answers in the second before the
     /// fault: a check that they had traffic to lose.
@@ -309,10 +336,13 @@ fn shifted(bucket: &Fine, stamps: &[String]) -> bool {
 /// The figures of `episode` from the fine buckets and the events.
 pub fn figures(episode: &Episode, fine: &[Fine], events: &[SeenEvent]) -> FaultFigures {
     let first = bucket_ceil(episode.start).min(fine.len());
+    // The bucket just before the end is left out: a request scheduled
+    // there may be sent after the clear (or enable) and rightly land on the
+    // recovered stamp.
     let end = episode
         .end
         .map_or(fine.len(), |e| {
-            (e.as_nanos() / FINE_BUCKET.as_nanos()) as usize
+            ((e.as_nanos() / FINE_BUCKET.as_nanos()) as usize).saturating_sub(1)
         })
         .clamp(first, fine.len());
     let window = &fine[first..end];
@@ -350,10 +380,11 @@ pub fn figures(episode: &Episode, fine: &[Fine], events: &[SeenEvent]) -> FaultF
                 .map(|e| e.at_ms - start_ms)
         })
         .flatten();
+    // A stamp's first verdict (from `unknown`) is not a flap.
     let flaps = events
         .iter()
         .filter(of_stamps)
-        .filter(|e| e.at_ms >= 0.0)
+        .filter(|e| e.at_ms >= 0.0 && e.from.as_deref() != Some("unknown"))
         .count() as u64;
     let before = bucket_ceil(episode.start.saturating_sub(Duration::from_secs(1)));
     let before = &fine[before.min(first)..first];
@@ -414,6 +445,13 @@ mod tests {
         }
     }
 
+    fn first_verdict(at_ms: f64) -> SeenEvent {
+        SeenEvent {
+            from: Some("unknown".into()),
+            ..health(at_ms)
+        }
+    }
+
     #[test]
     fn shift_is_the_first_bucket_that_stays_under_one_percent() {
         // Buckets 0-9 before the fault at 1 s, then the victim keeps a third
@@ -425,7 +463,7 @@ mod tests {
         let f = figures(
             &episode(1000, None),
             &fine,
-            &[health(-5.0), health(740.0), health(3000.0)],
+            &[health(-5.0), first_verdict(900.0), health(740.0), health(3000.0)],
         );
         assert_eq!(f.shift_ms, Some(600.0));
         assert_eq!(f.errors_until_shift, 3);
@@ -434,7 +472,7 @@ mod tests {
             Some(2000.0),
             "the first health event after the fault"
         );
-        assert_eq!(f.flaps, 2, "the event before the start is not counted");
+        assert_eq!(f.flaps, 2, "neither the event before the start nor a first verdict is a flap");
         assert!((f.share_before - 0.33).abs() < 1e-9);
         assert_eq!(f.recovery_ms, None);
     }
@@ -460,16 +498,13 @@ mod tests {
 
     #[test]
     fn samples_land_in_their_scheduled_buckets() {
-        let mut counts = Counts {
-            seconds: Vec::new(),
-            fine: Vec::new(),
-            latency: histogram(),
-        };
+        let mut counts = Counts::new();
         let sample = |at_ms, outcome| Sample {
             scheduled: Duration::from_millis(at_ms),
             latency: Duration::from_millis(3),
             lag: Duration::ZERO,
             outcome,
+            request: "GET /".into(),
             stamp: Some("v".into()),
             region: Some("r".into()),
         };
@@ -481,5 +516,7 @@ mod tests {
         assert_eq!(counts.seconds[1].errors.get("503"), Some(&1));
         assert_eq!(counts.fine[12].errors, 1);
         assert_eq!(counts.seconds[0].by_region.get("r"), Some(&1));
+        assert_eq!(counts.errors_by_request["GET /"].get("503"), Some(&1));
+        assert_eq!(counts.idempotent_errors, 1);
     }
 }

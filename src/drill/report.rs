@@ -58,6 +58,10 @@ pub struct Totals {
     pub errors: u64,
     /// Failures by kind.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Failures of idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE).
+    pub idempotent_errors: u64,
+    /// Failures by request of the mix, then by kind.
+    pub errors_by_request: BTreeMap<String, BTreeMap<String, u64>>,
     /// Answers by stamp.
     pub by_stamp: BTreeMap<String, u64>,
     /// Answers by region.
@@ -179,6 +183,8 @@ impl Report {
             requests: seconds.iter().map(|s| s.requests).sum(),
             errors: errors_by_kind.values().sum(),
             errors_by_kind,
+            idempotent_errors: counts.idempotent_errors,
+            errors_by_request: counts.errors_by_request.clone(),
             by_stamp: sum_maps(seconds.iter().map(|s| &s.by_stamp)),
             by_region: sum_maps(seconds.iter().map(|s| &s.by_region)),
             p50_ms: percentile_ms(&counts.latency, 0.5),
@@ -241,6 +247,14 @@ impl Report {
                 expected: format!("at most {max} errors"),
                 actual: format!("{} errors", self.totals.errors),
                 passed: self.totals.errors <= max,
+            });
+        }
+        if let Some(max) = expect.max_idempotent_errors {
+            out.push(Verdict {
+                name: "max_idempotent_errors".into(),
+                expected: format!("at most {max} errors of idempotent requests"),
+                actual: format!("{} errors", self.totals.idempotent_errors),
+                passed: self.totals.idempotent_errors <= max,
             });
         }
         if let Some(max) = expect.max_p99 {
@@ -306,6 +320,10 @@ impl Report {
                 format!(" ({})", kinds.join(", "))
             }
         );
+        for (request, kinds) in &t.errors_by_request {
+            let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let _ = writeln!(out, "    {request}: {}", kinds.join(", "));
+        }
         let _ = writeln!(
             out,
             "  latency from schedule: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
@@ -366,7 +384,7 @@ impl Report {
             let mark = if v.passed { "ok  " } else { "FAIL" };
             let _ = writeln!(
                 out,
-                "    {mark} {:<15} {} (measured: {})",
+                "    {mark} {:<22} {} (measured: {})",
                 v.name, v.expected, v.actual
             );
         }

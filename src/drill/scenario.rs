@@ -202,6 +202,7 @@ struct RawStep {
 #[serde(deny_unknown_fields)]
 struct RawExpect {
     max_errors: Option<u64>,
+    max_idempotent_errors: Option<u64>,
     shift_within: Option<String>,
     max_p99: Option<String>,
     recover_within: Option<String>,
@@ -385,6 +386,10 @@ impl Action {
 pub struct Expectations {
     /// Client-visible errors over the whole run, at most.
     pub max_errors: Option<u64>,
+    /// Errors of idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE),
+    /// at most: the ones the proxy may retry on another stamp. A POST in
+    /// flight when its stamp dies cannot be retried safely.
+    pub max_idempotent_errors: Option<u64>,
     /// Every fault's traffic has shifted within this.
     pub shift_within: Option<Duration>,
     /// p99 latency over the whole run, at most.
@@ -850,6 +855,7 @@ impl Checker<'_> {
         };
         Ok(Expectations {
             max_errors: raw.max_errors,
+            max_idempotent_errors: raw.max_idempotent_errors,
             shift_within: opt("expect.shift_within", &raw.shift_within)?,
             max_p99: opt("expect.max_p99", &raw.max_p99)?,
             recover_within: opt("expect.recover_within", &raw.recover_within)?,
