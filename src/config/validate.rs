@@ -66,7 +66,9 @@ pub enum ConfigError {
     },
 }
 
-fn syntax_message(
+/// `FILE:LINE:COLUMN: KEY = VALUE: MESSAGE`, leaving out what is unknown;
+/// shared with the drill's scenario errors.
+pub(crate) fn syntax_message(
     file: &Path,
     line: usize,
     column: usize,

@@ -218,7 +218,10 @@ impl Counts {
             let method = sample.request.split(' ').next().unwrap_or_default();
             let idempotent = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].contains(&method);
             self.idempotent_errors += u64::from(idempotent);
-            let by_kind = self.errors_by_request.entry(sample.request.to_string()).or_default();
+            let by_kind = self
+                .errors_by_request
+                .entry(sample.request.to_string())
+                .or_default();
             *by_kind.entry(sample.outcome.kind()).or_default() += 1;
         }
         if let Some(stamp) = sample.stamp {
@@ -463,7 +466,12 @@ mod tests {
         let f = figures(
             &episode(1000, None),
             &fine,
-            &[health(-5.0), first_verdict(900.0), health(740.0), health(3000.0)],
+            &[
+                health(-5.0),
+                first_verdict(900.0),
+                health(740.0),
+                health(3000.0),
+            ],
         );
         assert_eq!(f.shift_ms, Some(600.0));
         assert_eq!(f.errors_until_shift, 3);
@@ -472,7 +480,10 @@ mod tests {
             Some(2000.0),
             "the first health event after the fault"
         );
-        assert_eq!(f.flaps, 2, "neither the event before the start nor a first verdict is a flap");
+        assert_eq!(
+            f.flaps, 2,
+            "neither the event before the start nor a first verdict is a flap"
+        );
         assert!((f.share_before - 0.33).abs() < 1e-9);
         assert_eq!(f.recovery_ms, None);
     }

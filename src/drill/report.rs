@@ -66,14 +66,9 @@ pub struct Totals {
     pub by_stamp: BTreeMap<String, u64>,
     /// Answers by region.
     pub by_region: BTreeMap<String, u64>,
-    /// Latency percentiles from the scheduled time, milliseconds.
-    pub p50_ms: f64,
-    /// p90.
-    pub p90_ms: f64,
-    /// p99.
-    pub p99_ms: f64,
-    /// Slowest.
-    pub max_ms: f64,
+    /// Latency from the scheduled time.
+    #[serde(flatten)]
+    pub latency: Latency,
     /// The generator's longest lag behind its schedule.
     pub max_lag_ms: f64,
     /// Requests sent more than 10 ms late: when many, the generator (or
@@ -94,14 +89,9 @@ pub struct SecondRow {
     pub by_stamp: BTreeMap<String, u64>,
     /// Answers by region.
     pub by_region: BTreeMap<String, u64>,
-    /// p50 latency, milliseconds.
-    pub p50_ms: f64,
-    /// p90.
-    pub p90_ms: f64,
-    /// p99.
-    pub p99_ms: f64,
-    /// Slowest.
-    pub max_ms: f64,
+    /// Latency from the scheduled time.
+    #[serde(flatten)]
+    pub latency: Latency,
     /// The generator's longest lag.
     pub max_lag_ms: f64,
     /// Requests sent late.
@@ -121,18 +111,39 @@ pub struct Verdict {
     pub passed: bool,
 }
 
-fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        return 0.0;
-    }
-    h.value_at_quantile(q) as f64 / 1000.0
+/// Latency percentiles, milliseconds (flattened into their row in JSON).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// p90.
+    pub p90_ms: f64,
+    /// p99.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
 }
 
-fn max_ms(h: &Histogram<u64>) -> f64 {
-    if h.is_empty() {
-        0.0
-    } else {
-        h.max() as f64 / 1000.0
+impl Latency {
+    /// The percentiles of a histogram of microseconds (zeros when empty).
+    fn of(h: &Histogram<u64>) -> Latency {
+        let at = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        Latency {
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            p99_ms: at(0.99),
+            max_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.max() as f64 / 1000.0
+            },
+        }
     }
 }
 
@@ -170,10 +181,7 @@ impl Report {
                 errors: s.errors.clone(),
                 by_stamp: s.by_stamp.clone(),
                 by_region: s.by_region.clone(),
-                p50_ms: percentile_ms(&s.latency, 0.5),
-                p90_ms: percentile_ms(&s.latency, 0.9),
-                p99_ms: percentile_ms(&s.latency, 0.99),
-                max_ms: max_ms(&s.latency),
+                latency: Latency::of(&s.latency),
                 max_lag_ms: ms(s.max_lag),
                 late: s.late,
             })
@@ -187,10 +195,7 @@ impl Report {
             errors_by_request: counts.errors_by_request.clone(),
             by_stamp: sum_maps(seconds.iter().map(|s| &s.by_stamp)),
             by_region: sum_maps(seconds.iter().map(|s| &s.by_region)),
-            p50_ms: percentile_ms(&counts.latency, 0.5),
-            p90_ms: percentile_ms(&counts.latency, 0.9),
-            p99_ms: percentile_ms(&counts.latency, 0.99),
-            max_ms: max_ms(&counts.latency),
+            latency: Latency::of(&counts.latency),
             max_lag_ms: counts
                 .seconds
                 .iter()
@@ -261,8 +266,8 @@ impl Report {
             out.push(Verdict {
                 name: "max_p99".into(),
                 expected: format!("p99 at most {:.0} ms", ms(max)),
-                actual: format!("p99 {:.1} ms", self.totals.p99_ms),
-                passed: self.totals.p99_ms <= ms(max),
+                actual: format!("p99 {:.1} ms", self.totals.latency.p99_ms),
+                passed: self.totals.latency.p99_ms <= ms(max),
             });
         }
         for f in &self.faults {
@@ -303,7 +308,7 @@ impl Report {
         let _ = writeln!(out, "\ndrill {}: {}", self.scenario, self.description);
         let _ = writeln!(
             out,
-            "  {} requests in {:.0}s at {} req/s ({:?}), {} errors{}",
+            "  {} requests in {:.0}s at {} req/s ({}), {} errors{}",
             t.requests,
             self.duration_s,
             self.rate,
@@ -327,7 +332,7 @@ impl Report {
         let _ = writeln!(
             out,
             "  latency from schedule: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            t.p50_ms, t.p90_ms, t.p99_ms, t.max_ms
+            t.latency.p50_ms, t.latency.p90_ms, t.latency.p99_ms, t.latency.max_ms
         );
         let total_answers: u64 = t.by_region.values().sum();
         let shares: Vec<String> = self

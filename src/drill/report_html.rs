@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::report::Report;
+use super::report::{Latency, Report};
 
 /// Region colours, in stacking order; the palette repeats past its end.
 const PALETTE: &[&str] = &[
@@ -198,6 +198,9 @@ fn share_chart(report: &Report, regions_of: &BTreeMap<String, String>) -> String
     out
 }
 
+/// Which percentile a latency line draws.
+type Pick = fn(&Latency) -> f64;
+
 /// p50/p90/p99/max per second on a log scale (a brownout and a fast
 /// success share one chart).
 fn latency_chart(report: &Report) -> String {
@@ -206,7 +209,11 @@ fn latency_chart(report: &Report) -> String {
     };
     let mut out = String::new();
     frame.open(&mut out, "latency percentiles per second");
-    let top = report.seconds.iter().map(|s| s.max_ms).fold(1.0, f64::max);
+    let top = report
+        .seconds
+        .iter()
+        .map(|s| s.latency.max_ms)
+        .fold(1.0, f64::max);
     let (lo, hi) = (0.1f64.log10(), top.log10().ceil().max(1.0));
     let scale = |v: f64| frame.y((v.max(0.1).log10() - lo) / (hi - lo));
     let mut decade = lo;
@@ -228,18 +235,24 @@ fn latency_chart(report: &Report) -> String {
         decade += 1.0;
     }
     frame.markers(&mut out, report, false);
-    let series: [(&str, &str, fn(&super::report::SecondRow) -> f64); 4] = [
-        ("p50", "#4e79a7", |s| s.p50_ms),
-        ("p90", "#59a14f", |s| s.p90_ms),
-        ("p99", "#f28e2b", |s| s.p99_ms),
-        ("max", "#e15759", |s| s.max_ms),
+    let series: [(&str, &str, Pick); 4] = [
+        ("p50", "#4e79a7", |l| l.p50_ms),
+        ("p90", "#59a14f", |l| l.p90_ms),
+        ("p99", "#f28e2b", |l| l.p99_ms),
+        ("max", "#e15759", |l| l.max_ms),
     ];
     for (name, stroke, value) in series {
         let points: Vec<String> = report
             .seconds
             .iter()
             .filter(|s| s.requests > 0)
-            .map(|s| format!("{:.1},{:.1}", frame.x(s.t as f64 + 0.5), scale(value(s))))
+            .map(|s| {
+                format!(
+                    "{:.1},{:.1}",
+                    frame.x(s.t as f64 + 0.5),
+                    scale(value(&s.latency))
+                )
+            })
             .collect();
         let _ = write!(
             out,
@@ -329,7 +342,7 @@ pub fn render(report: &Report, regions_of: &BTreeMap<String, String>) -> String 
     let _ = write!(
         page,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>drill {name}</title><style>{STYLE}</style></head><body>\
-         <header><h1>Drill <code>{name}</code> <span class=\"{}\">{}</span></h1><p>{}</p><p class=\"meta\">started {} · {} s at {} req/s over {:?}</p></header>",
+         <header><h1>Drill <code>{name}</code> <span class=\"{}\">{}</span></h1><p>{}</p><p class=\"meta\">started {} · {} s at {} req/s over {}</p></header>",
         verdict.0,
         verdict.1,
         esc(&report.description),
@@ -342,7 +355,7 @@ pub fn render(report: &Report, regions_of: &BTreeMap<String, String>) -> String 
     let _ = write!(
         page,
         "<section class=\"cards\"><div><b>{}</b>requests</div><div><b>{}</b>errors</div><div><b>{:.1} ms</b>p50</div><div><b>{:.1} ms</b>p99</div><div><b>{:.1} ms</b>max</div><div><b>{:.0} ms</b>generator lag, max</div></section>",
-        t.requests, t.errors, t.p50_ms, t.p99_ms, t.max_ms, t.max_lag_ms
+        t.requests, t.errors, t.latency.p50_ms, t.latency.p99_ms, t.latency.max_ms, t.max_lag_ms
     );
     page.push_str("<h2>Traffic share by region</h2>");
     let mut items: Vec<(String, &str)> = report

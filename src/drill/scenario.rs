@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Uri};
 use serde::Deserialize;
 
-use crate::config::{locate, parse_duration};
+use crate::config::{locate, parse_duration, syntax_message};
 use crate::stamp::Fault;
 
 /// The admin token variable when a scenario names none: the one
@@ -73,7 +73,7 @@ pub enum ScenarioError {
     },
     /// TOML syntax, an unknown key, a missing key or a value of the wrong
     /// type: `FILE:LINE:COLUMN: KEY = VALUE: MESSAGE`.
-    #[error("{}{}: {message}", .file.display(), where_(*.line, *.column, .key.as_deref(), .value.as_deref()))]
+    #[error("{}", syntax_message(.file, *.line, *.column, .key.as_deref(), .value.as_deref(), .message))]
     Syntax {
         /// The scenario file.
         file: PathBuf,
@@ -100,19 +100,6 @@ pub enum ScenarioError {
         /// The rule it breaks.
         rule: String,
     },
-}
-
-fn where_(line: usize, column: usize, key: Option<&str>, value: Option<&str>) -> String {
-    let mut out = String::new();
-    if line > 0 {
-        out.push_str(&format!(":{line}:{column}"));
-    }
-    match (key, value) {
-        (Some(key), Some(value)) => out.push_str(&format!(": {key} = {value}")),
-        (Some(key), None) => out.push_str(&format!(": {key}")),
-        _ => {}
-    }
-    out
 }
 
 // ------------------------------------------------------------------ raw
@@ -288,6 +275,15 @@ pub enum Protocol {
     Http2,
 }
 
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "h2c",
+        })
+    }
+}
+
 /// The load.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -421,7 +417,7 @@ impl Scenario {
                 column: loc.column,
                 key: loc.key,
                 value: loc.value,
-                message: e.message().trim().replace('\n', ", "),
+                message: e.message().to_owned(),
             }
         })?;
         Checker { file: source }.scenario(raw)
