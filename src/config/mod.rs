@@ -16,8 +16,8 @@ mod validate;
 
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
+pub(crate) use validate::locate;
 pub use validate::{ConfigError, load, parse_str};
-pub(crate) use validate::{locate, syntax_message};
 
 /// A validated configuration. Every value here has passed the checks in
 /// `validate`; durations and sizes are typed, names are unique, routes point

@@ -66,9 +66,7 @@ pub enum ConfigError {
     },
 }
 
-/// `FILE:LINE:COLUMN: KEY = VALUE: MESSAGE`, leaving out what is unknown;
-/// shared with the drill's scenario errors.
-pub(crate) fn syntax_message(
+fn syntax_message(
     file: &Path,
     line: usize,
     column: usize,

@@ -57,6 +57,11 @@ const START_LEAD: Duration = Duration::from_millis(50);
 /// After the load, events still in flight on the stream get this long.
 const EVENT_SETTLE: Duration = Duration::from_millis(100);
 
+/// Connections the load opens before its schedule starts: one per 100
+/// req/s (about what a few milliseconds of latency keeps busy, with room
+/// for bursts), at most this many.
+const MAX_WARM_CONNECTIONS: u32 = 256;
+
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -220,6 +225,9 @@ async fn drive(
 ) -> Result<Report, DrillError> {
     let mix = load::Mix::new(&env.proxy_url, &scenario.load.requests)
         .map_err(|e| DrillError::Setup(format!("proxy URL {}: {e}", env.proxy_url)))?;
+    let load_client = load::client(scenario.load.protocol);
+    let warm = (scenario.load.rate / 100).clamp(1, MAX_WARM_CONNECTIONS);
+    load::warm_up(&load_client, &mix, warm as usize).await;
     let stop = CancellationToken::new();
     let started_wall = SystemTime::now();
     let since_unix_ms = started_wall
@@ -243,7 +251,7 @@ async fn drive(
     let collector = tokio::spawn(measure::collect(sample_rx, live_tx));
     let bar = progress.then(|| spawn_progress(scenario, live_rx, start, stop.clone()));
     let load = load::open_loop(
-        load::client(scenario.load.protocol),
+        load_client,
         Arc::new(mix),
         &scenario.load,
         start,

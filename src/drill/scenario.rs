@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Uri};
 use serde::Deserialize;
 
-use crate::config::{locate, parse_duration, syntax_message};
+use crate::config::{ConfigError, locate, parse_duration};
 use crate::stamp::Fault;
 
 /// The admin token variable when a scenario names none: the one
@@ -71,35 +71,11 @@ pub enum ScenarioError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// TOML syntax, an unknown key, a missing key or a value of the wrong
-    /// type: `FILE:LINE:COLUMN: KEY = VALUE: MESSAGE`.
-    #[error("{}", syntax_message(.file, *.line, *.column, .key.as_deref(), .value.as_deref(), .message))]
-    Syntax {
-        /// The scenario file.
-        file: PathBuf,
-        /// 1-based line (0 when unknown).
-        line: usize,
-        /// 1-based column (0 when unknown).
-        column: usize,
-        /// Dotted key path, when known.
-        key: Option<String>,
-        /// The value as written, when known.
-        value: Option<String>,
-        /// The parser's message.
-        message: String,
-    },
-    /// A well-formed value that breaks a rule: `FILE: KEY = VALUE: RULE`.
-    #[error("{}: {key} = {value}: {rule}", .file.display())]
-    Invalid {
-        /// The scenario file.
-        file: PathBuf,
-        /// Dotted key path, e.g. `timeline[1].at`.
-        key: String,
-        /// The offending value as written.
-        value: String,
-        /// The rule it breaks.
-        rule: String,
-    },
+    /// TOML syntax, an unknown or missing key, or a value that breaks a
+    /// rule: reported exactly as the proxy config reports it
+    /// (`FILE:LINE:COLUMN: KEY = VALUE: MESSAGE`, `FILE: KEY = VALUE: RULE`).
+    #[error(transparent)]
+    Checked(#[from] ConfigError),
 }
 
 // ------------------------------------------------------------------ raw
@@ -411,14 +387,14 @@ impl Scenario {
                 .span()
                 .map(|span| locate::locate(text, &span))
                 .unwrap_or_default();
-            ScenarioError::Syntax {
+            ScenarioError::Checked(ConfigError::Syntax {
                 file: source.to_path_buf(),
                 line: loc.line,
                 column: loc.column,
                 key: loc.key,
                 value: loc.value,
                 message: e.message().to_owned(),
-            }
+            })
         })?;
         Checker { file: source }.scenario(raw)
     }
@@ -459,12 +435,12 @@ impl Checker<'_> {
         value: impl fmt::Display,
         rule: impl Into<String>,
     ) -> ScenarioError {
-        ScenarioError::Invalid {
+        ScenarioError::Checked(ConfigError::Invalid {
             file: self.file.to_path_buf(),
             key: key.to_owned(),
             value: value.to_string(),
             rule: rule.into(),
-        }
+        })
     }
 
     fn duration(&self, key: &str, raw: &str) -> Result<Duration, ScenarioError> {
