@@ -7,13 +7,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::load::HttpClient;
 use super::measure::SeenEvent;
+use crate::controller::events::Event;
 
 /// A control or admin call gets this long: they answer at once, except a
 /// stamp's `down`, which waits until its connections are dropped.
@@ -93,18 +93,6 @@ pub async fn call(
     Ok(body)
 }
 
-/// An event of `/admin/events` as the drill reads it (the fields it needs).
-#[derive(Debug, Deserialize)]
-struct WireEvent {
-    unix_ms: u64,
-    kind: String,
-    stamp: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    #[serde(default)]
-    reason: String,
-}
-
 /// Follows `GET {admin}/admin/events?follow=1` until `stop`, sending every
 /// event that happened at or after `since_unix_ms` (the backlog the stream
 /// starts with is older), timed by the drill's clock relative to `start`.
@@ -171,33 +159,28 @@ pub async fn follow_events(
 fn parse_message(message: &[u8], at_ms: f64, since_unix_ms: u64) -> Option<SeenEvent> {
     let text = std::str::from_utf8(message).ok()?;
     let json = text.lines().find_map(|l| l.strip_prefix("data: "))?;
-    let wire: WireEvent = serde_json::from_str(json).ok()?;
-    if wire.unix_ms < since_unix_ms {
-        return None;
-    }
-    Some(SeenEvent {
-        at_ms,
-        kind: wire.kind,
-        stamp: wire.stamp,
-        from: wire.from,
-        to: wire.to,
-        reason: wire.reason,
-    })
+    let event: Event = serde_json::from_str(json).ok()?;
+    (event.unix_ms >= since_unix_ms).then_some(SeenEvent { at_ms, event })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::events::EventKind;
 
     #[test]
     fn messages_parse_and_old_ones_are_skipped() {
-        let msg = br#"data: {"seq":3,"unix_ms":2000,"kind":"health","stamp":"a","from":"healthy","to":"unhealthy","reason":"probe"}
+        let msg = br#"data: {"seq":3,"time":"2026-11-29T00:00:02.000Z","unix_ms":2000,"kind":"health","stamp":"a","from":"healthy","to":"unhealthy","reason":"probe"}
 
 "#;
         let e = parse_message(msg, 12.5, 1000).expect("an event");
         assert_eq!(
-            (e.kind.as_str(), e.stamp.as_deref(), e.to.as_deref()),
-            ("health", Some("a"), Some("unhealthy"))
+            (
+                e.event.kind,
+                e.event.stamp.as_deref(),
+                e.event.to.as_deref()
+            ),
+            (EventKind::Health, Some("a"), Some("unhealthy"))
         );
         assert_eq!(e.at_ms, 12.5);
         assert!(

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::load::Sample;
+use crate::controller::events::{Event, EventKind};
 
 /// Resolution of the shift and recovery figures: fine enough to see a
 /// sub-second shift, coarse enough that a bucket holds 100 requests at
@@ -252,19 +253,9 @@ impl Counts {
 pub struct SeenEvent {
     /// From the start of the load (negative: before it).
     pub at_ms: f64,
-    /// `health`, `operator`, `alarm`, `config`, `dns`.
-    pub kind: String,
-    /// The stamp concerned, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stamp: Option<String>,
-    /// Previous state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// New state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
-    /// The proxy's reason.
-    pub reason: String,
+    /// The event as the proxy logged it.
+    #[serde(flatten)]
+    pub event: Event,
 }
 
 /// A fault (or drain) and how long it lasted.
@@ -371,7 +362,11 @@ pub fn figures(episode: &Episode, fine: &[Fine], events: &[SeenEvent]) -> FaultF
     });
     let start_ms = ms(episode.start);
     let of_stamps = |e: &&SeenEvent| {
-        e.kind == "health" && e.stamp.as_ref().is_some_and(|s| episode.stamps.contains(s))
+        e.event.kind == EventKind::Health
+            && e.event
+                .stamp
+                .as_ref()
+                .is_some_and(|s| episode.stamps.contains(s))
     };
     let detect_ms = episode
         .detectable
@@ -387,7 +382,7 @@ pub fn figures(episode: &Episode, fine: &[Fine], events: &[SeenEvent]) -> FaultF
     let flaps = events
         .iter()
         .filter(of_stamps)
-        .filter(|e| e.at_ms >= 0.0 && e.from.as_deref() != Some("unknown"))
+        .filter(|e| e.at_ms >= 0.0 && e.event.from.as_deref() != Some("unknown"))
         .count() as u64;
     let before = bucket_ceil(episode.start.saturating_sub(Duration::from_secs(1)));
     let before = &fine[before.min(first)..first];
@@ -440,19 +435,24 @@ mod tests {
     fn health(at_ms: f64) -> SeenEvent {
         SeenEvent {
             at_ms,
-            kind: "health".into(),
-            stamp: Some("v".into()),
-            from: None,
-            to: Some("unhealthy".into()),
-            reason: String::new(),
+            event: Event {
+                seq: 1,
+                time: String::new(),
+                unix_ms: 0,
+                kind: EventKind::Health,
+                pool: None,
+                stamp: Some("v".into()),
+                from: Some("healthy".into()),
+                to: Some("unhealthy".into()),
+                reason: String::new(),
+            },
         }
     }
 
     fn first_verdict(at_ms: f64) -> SeenEvent {
-        SeenEvent {
-            from: Some("unknown".into()),
-            ..health(at_ms)
-        }
+        let mut e = health(at_ms);
+        e.event.from = Some("unknown".into());
+        e
     }
 
     #[test]

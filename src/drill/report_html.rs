@@ -443,15 +443,16 @@ pub fn render(report: &Report, regions_of: &BTreeMap<String, String>) -> String 
         })
         .collect();
     rows.extend(report.events.iter().map(|e| {
+        let (at_ms, e) = (e.at_ms, &e.event);
         let change = match (&e.from, &e.to) {
             (Some(from), Some(to)) => format!(" {} → {}", esc(from), esc(to)),
             _ => String::new(),
         };
         (
-            e.at_ms,
+            at_ms,
             format!(
                 "proxy {}: {}{change} ({})",
-                esc(&e.kind),
+                format!("{:?}", e.kind).to_lowercase(),
                 esc(e.stamp.as_deref().unwrap_or("")),
                 esc(&e.reason)
             ),
