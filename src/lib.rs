@@ -36,7 +36,8 @@
 //! selectors), [`proxy`] (the data plane), [`controller`] (the one writer:
 //! health, operator decisions, reload), [`health`] (probes and the pure
 //! state machine), [`discovery`] (DNS), [`admin`] (the admin API and
-//! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`error`]
+//! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`drill`]
+//! (the failover rehearsal: load, fault timeline, report), [`error`]
 //! (typed request-path errors), [`demo`].
 
 pub mod admin;
@@ -44,6 +45,7 @@ pub mod config;
 pub mod controller;
 pub mod demo;
 pub mod discovery;
+pub mod drill;
 pub mod error;
 pub mod health;
 pub mod metrics;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stampgate::admin::{self, AdminHandle, Tokens};
 use stampgate::controller::ControllerHandle;
 use stampgate::controller::admin::Command as AdminCommand;
-use stampgate::{config, demo, proxy, stamp};
+use stampgate::{config, demo, drill, proxy, stamp};
 use tokio_util::sync::CancellationToken;
 
 /// After the proxy has stopped, admin connections get this long to finish
@@ -75,13 +75,15 @@ enum Command {
     },
     /// The operator's client for the admin API.
     Ctl(admin::ctl::CtlArgs),
+    /// The failover drill: load + scheduled faults + measurements + report.
+    Drill(drill::DrillArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `ctl` output is for a person or a script: only problems go to stderr.
     let default_level = match cli.command {
-        Command::Ctl(_) => "warn",
+        Command::Ctl(_) | Command::Drill(_) => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, cli.log_level.as_deref(), default_level);
@@ -226,6 +228,7 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::Ctl(args) => admin::ctl::run(args).await,
+        Command::Drill(args) => drill::run_cli(args).await,
     }
 }
 

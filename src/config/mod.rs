@@ -16,6 +16,7 @@ mod validate;
 
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
+pub(crate) use validate::locate;
 pub use validate::{ConfigError, load, parse_str};
 
 /// A validated configuration. Every value here has passed the checks in

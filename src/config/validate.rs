@@ -4,7 +4,7 @@
 //! the value as written and the rule it breaks, so that `stampgate check`
 //! and a failed reload tell the operator exactly what to fix.
 
-mod locate;
+pub(crate) mod locate;
 mod pem;
 mod pool;
 

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// Events kept for `/admin/events`: about an hour of a busy incident at a
@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 pub const EVENT_RING_CAPACITY: usize = 1024;
 
 /// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// A stamp's health state changed.
@@ -30,8 +30,9 @@ pub enum EventKind {
     Dns,
 }
 
-/// One entry of the event log.
-#[derive(Debug, Clone, Serialize)]
+/// One entry of the event log. Deserialize is for clients of
+/// `/admin/events` (the drill).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Increasing sequence number (followers resume from it).
     pub seq: u64,

@@ -192,6 +192,12 @@ fn item(index: usize) -> Item {
     }
 }
 
+/// The id of the catalog item at `index` (0 to [`ITEM_COUNT`] - 1): what a
+/// client such as the drill puts in `.../catalogitem/{id}` paths.
+pub fn item_id(index: usize) -> String {
+    stable_uuid(ITEM_SEED, index as u64)
+}
+
 /// A uuid-shaped id (version 4, RFC 4122 variant) derived from `seed` and
 /// `n`, so that ids look like the reference workload's GUIDs yet never change.
 pub fn stable_uuid(seed: u64, n: u64) -> String {

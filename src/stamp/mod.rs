@@ -54,7 +54,7 @@ mod listener;
 
 pub use api::{API_AREA, HEALTH_PATH, LIVENESS_PATH};
 pub use body::{BLOB_CHUNK_SIZE, blob_byte};
-pub use catalog::ITEM_COUNT;
+pub use catalog::{ITEM_COUNT, item_id};
 pub use fault::{Fault, FaultError, HealthFault, MAX_LATENCY_MS};
 
 /// The response header naming the stamp that answered.

@@ -1,6 +1,7 @@
 //! Turns the byte span of a TOML or serde error into what a person needs:
 //! line, column, the dotted key path (`routes[1].retry.attempts`) and the
 //! value as written. `toml` reports only the span and the bare key name.
+//! Shared with the drill's scenario files, which report errors the same way.
 
 use std::ops::Range;
 
@@ -8,7 +9,7 @@ use toml_edit::{ImDocument, Item, Key, Table, Value};
 
 /// Where an error sits in the file.
 #[derive(Debug, Default, PartialEq)]
-pub(super) struct Location {
+pub(crate) struct Location {
     /// 1-based line.
     pub line: usize,
     /// 1-based column, in characters.
@@ -24,7 +25,7 @@ pub(super) struct Location {
 const MAX_VALUE_CHARS: usize = 60;
 
 /// Locates byte offset `span.start` in `text`.
-pub(super) fn locate(text: &str, span: &Range<usize>) -> Location {
+pub(crate) fn locate(text: &str, span: &Range<usize>) -> Location {
     let (line, column) = line_column(text, span.start);
     let hit = ImDocument::parse(text)
         .ok()

@@ -1,0 +1,330 @@
+//! The failover drill: the load generator's schedule and its accounting of
+//! latency from the scheduled time, a short region outage end to end with
+//! its report checked against its own series, expectations turning into
+//! exit codes, and the CLI's list and scenario errors.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stampgate::drill::load::{self, Outcome, Sample};
+use stampgate::drill::measure::{FINE_BUCKET, SHIFTED_SHARE};
+use stampgate::drill::scenario::{Action, Protocol, Scenario, reference_mix};
+use stampgate::drill::{self, builtin};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+fn stampgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stampgate"))
+}
+
+/// A scenario with two spawned stamps, no faults, and `expect` appended.
+fn small_scenario(rate: u32, duration: &str, expect: &str) -> String {
+    format!(
+        "name = \"small\"\ndescription = \"two stamps, no faults\"\nduration = \"{duration}\"\n\
+         [[stamps]]\nname = \"a-1\"\nregion = \"a\"\n[[stamps]]\nname = \"b-1\"\nregion = \"b\"\n\
+         [load]\nrate = {rate}\n[expect]\n{expect}\n"
+    )
+}
+
+/// Runs the open loop straight at a stamp and returns every sample.
+async fn load_at(
+    stamp: &stampgate::stamp::Stamp,
+    rate: u32,
+    duration: Duration,
+) -> (u64, Vec<Sample>) {
+    let text = small_scenario(rate, "1s", "");
+    let mut scenario = Scenario::parse(&text, Path::new("t.toml")).unwrap();
+    scenario.load.rate = rate;
+    let base = format!("http://{}", stamp.addr()).parse().unwrap();
+    let mix = Arc::new(load::Mix::new(&base, &reference_mix()).unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let sent = load::open_loop(
+        load::client(Protocol::Http1),
+        mix,
+        &scenario.load,
+        start,
+        duration,
+        tx,
+        CancellationToken::new(),
+    )
+    .await;
+    let mut samples = Vec::new();
+    while let Some(s) = rx.recv().await {
+        samples.push(s);
+    }
+    (sent, samples)
+}
+
+#[tokio::test]
+async fn the_open_loop_keeps_its_rate_and_sends_everything() {
+    let stamp = support::stamp("a-1", "a").await;
+    let began = std::time::Instant::now();
+    let (sent, samples) = load_at(&stamp, 400, Duration::from_millis(1500)).await;
+    let took = began.elapsed();
+    assert_eq!(sent, 600, "rate × duration requests are scheduled");
+    assert_eq!(
+        samples.len(),
+        600,
+        "every scheduled request ends as a sample"
+    );
+    assert!(
+        samples.iter().all(|s| s.outcome == Outcome::Ok),
+        "{:?}",
+        samples.iter().find(|s| s.outcome != Outcome::Ok)
+    );
+    // Each 100 ms of the schedule holds 40 requests: the spacing is even.
+    let mut per_bucket = [0u32; 15];
+    for s in &samples {
+        per_bucket[(s.scheduled.as_millis() / 100) as usize] += 1;
+    }
+    assert!(per_bucket.iter().all(|&n| n == 40), "{per_bucket:?}");
+    assert!(
+        took >= Duration::from_millis(1490) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(stamp.requests_served(), 600);
+}
+
+/// A stalled generator (its thread blocked for 300 ms, as a starved
+/// machine would) must not hide the stall: the requests due meanwhile go
+/// out late, their latency counts from when they were due, and the lag is
+/// reported. With injected stamp latency, every latency includes it.
+#[tokio::test(flavor = "current_thread")]
+async fn latency_counts_from_the_schedule_not_from_the_send() {
+    let stamp = support::stamp("a-1", "a").await;
+    stamp.set_fault(stampgate::stamp::Fault {
+        latency_ms: Some(20),
+        ..Default::default()
+    });
+    let stall = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Blocks the only runtime thread: nothing is sent meanwhile.
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let (sent, samples) = load_at(&stamp, 200, Duration::from_secs(1)).await;
+    stall.await.unwrap();
+    assert_eq!(sent, 200);
+    assert_eq!(samples.len(), 200);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.latency >= Duration::from_millis(20))
+    );
+    let max_lag = samples.iter().map(|s| s.lag).max().unwrap();
+    assert!(
+        max_lag >= Duration::from_millis(250),
+        "the stall shows as lag: {max_lag:?}"
+    );
+    // A request due at 450 ms could not leave before about 700 ms.
+    let stalled: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| (420..600).contains(&s.scheduled.as_millis()))
+        .collect();
+    assert!(!stalled.is_empty());
+    for s in stalled {
+        let queued = Duration::from_millis(690).saturating_sub(s.scheduled);
+        assert!(
+            s.latency >= queued + Duration::from_millis(20),
+            "due at {:?}: latency {:?} must include {queued:?} of queueing",
+            s.scheduled,
+            s.latency
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_short_region_outage_reports_figures_consistent_with_its_series() {
+    let mut scenario = builtin::find("region-outage").unwrap().unwrap();
+    scenario.load.rate = 200;
+    scenario.duration = Duration::from_secs(6);
+    scenario.timeline[0].at = Duration::from_millis(1500);
+    scenario.timeline[1].at = Duration::from_secs(3);
+    assert!(matches!(scenario.timeline[0].action, Action::Fault(_)));
+    let out = tempfile::tempdir().unwrap();
+    let report = drill::run(&scenario, out.path(), false)
+        .await
+        .expect("the drill runs");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let totals = &json["totals"];
+    assert_eq!(totals["requests"], 1200);
+    let seconds = json["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 6);
+    let sum = |field: &str| -> u64 { seconds.iter().map(|s| s[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        sum("requests"),
+        1200,
+        "per-second counts add up to the total"
+    );
+    let errors: u64 = seconds
+        .iter()
+        .flat_map(|s| s["errors"].as_object().unwrap().values())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(errors, totals["errors"].as_u64().unwrap());
+    let answered: u64 = totals["by_region"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let failed = totals["errors"].as_u64().unwrap();
+    assert!(
+        answered <= 1200 && answered + failed >= 1200,
+        "every success names its region"
+    );
+
+    // The shift agrees with the 100 ms series: from the shift to the
+    // bucket before the clear, westeurope answers under 1% of each bucket;
+    // just before the shift it answered more (or the shift is 0).
+    let fault = &json["faults"][0];
+    assert_eq!(fault["target"], "region westeurope");
+    assert!(fault["share_before"].as_f64().unwrap() > 0.3, "{fault}");
+    let shift = fault["shift_ms"].as_f64().expect("traffic shifted");
+    assert!(shift <= 1000.0, "shift {shift} ms");
+    let fine = json["fine"].as_array().unwrap();
+    let west = |b: &serde_json::Value| -> f64 {
+        let by = b["by_stamp"].as_object().unwrap();
+        ["westeurope-1", "westeurope-2"]
+            .iter()
+            .filter_map(|s| by.get(*s))
+            .map(|v| v.as_f64().unwrap())
+            .sum()
+    };
+    let bucket_ms = FINE_BUCKET.as_millis() as f64;
+    let shifted_from = ((1500.0 + shift) / bucket_ms) as usize;
+    for b in &fine[shifted_from..29] {
+        assert!(
+            west(b) < SHIFTED_SHARE * b["requests"].as_f64().unwrap().max(1.0),
+            "{b}"
+        );
+    }
+    if shift > 0.0 {
+        let before = &fine[shifted_from - 1];
+        assert!(west(before) >= SHIFTED_SHARE * before["requests"].as_f64().unwrap());
+    }
+    assert!(
+        fault["detect_ms"].as_f64().is_some(),
+        "the proxy reported the outage: {fault}"
+    );
+    assert_eq!(report.totals.requests, 1200);
+
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg"));
+    for external in ["src=", "href=", "<link", "<script", "url(", "@import"] {
+        assert!(
+            !html.contains(external),
+            "report.html must reference nothing outside itself: {external}"
+        );
+    }
+    assert!(
+        out.path().join("proxy.toml").is_file(),
+        "the config the proxy ran is kept"
+    );
+}
+
+#[test]
+fn expectations_decide_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass.toml");
+    std::fs::write(
+        &pass,
+        small_scenario(100, "1s", "max_errors = 0\nmax_p99 = \"2s\""),
+    )
+    .unwrap();
+    let out = stampgate()
+        .args(["drill", "--scenario"])
+        .arg(&pass)
+        .arg("--out")
+        .arg(dir.path().join("p"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PASSED"), "{stdout}");
+    assert!(dir.path().join("p/report.json").is_file());
+
+    let fail = dir.path().join("fail.toml");
+    std::fs::write(&fail, small_scenario(100, "1s", "max_p99 = \"0ms\"")).unwrap();
+    let out = stampgate()
+        .args(["drill"])
+        .arg(&fail)
+        .arg("--out")
+        .arg(dir.path().join("f"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("max_p99"),
+        "the failed expectation is listed: {stderr}"
+    );
+}
+
+#[test]
+fn list_names_every_builtin_with_its_description() {
+    let out = stampgate().args(["drill", "--list"]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "region-outage",
+        "brownout",
+        "partial-errors",
+        "health-takeout",
+        "flapping",
+        "drain-under-load",
+        "all-regions-down",
+        "reload-under-load",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} listed: {stdout}"));
+        assert!(
+            line.len() > name.len() + 10,
+            "{name} has a description: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_scenario_exits_2_naming_the_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = small_scenario(100, "5s", "")
+        + "[[timeline]]\nat = \"2 s\"\nstamp = \"a-1\"\nclear = true\n";
+    std::fs::write(&path, text).unwrap();
+    let out = stampgate()
+        .args(["drill", "--scenario"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("timeline[0].at = \"2 s\""),
+        "{stderr}"
+    );
+
+    let out = stampgate()
+        .args(["drill", "no-such-scenario"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("region-outage"),
+        "the built-ins are named"
+    );
+}
