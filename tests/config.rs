@@ -427,6 +427,11 @@ fn bad_configs() -> Vec<Bad> {
         ),
         // ---- outlier ----
         bad(
+            "failure_rate above 1",
+            concat!(base!(), "[pools.p.outlier]\nfailure_rate = 1.5\n"),
+            &["pools.p.outlier.failure_rate = 1.5: must be a share from 0 (off) to 1"],
+        ),
+        bad(
             "max_ejected_percent over 100",
             concat!(base!(), "[pools.p.outlier]\nmax_ejected_percent = 101\n"),
             &["pools.p.outlier.max_ejected_percent = 101: must be between 0 and 100"],
@@ -661,6 +666,7 @@ fn defaults_fill_every_optional_key() {
             budget_percent: 20,
             per_try_timeout: Duration::from_secs(5),
             replay_limit: 64 * 1024,
+            on_server_error: true,
         }
     );
 

@@ -22,16 +22,21 @@ fn fast(setup: Setup) -> Setup {
 }
 
 fn fast_with(setup: Setup, slow_start: &str) -> Setup {
+    fast_with_outlier(setup, slow_start, "")
+}
+
+/// [`fast_with`] plus `outlier` lines in `[pools.p.outlier]`.
+fn fast_with_outlier(setup: Setup, slow_start: &str, outlier: &str) -> Setup {
     setup
         .route("timeout = \"3s\"")
         .route("retry = { attempts = 3, per_try_timeout = \"400ms\" }")
         .pool(&format!("slow_start = \"{slow_start}\""))
-        .extra(
+        .extra(&format!(
             "[pools.p.probe]\ninterval = \"200ms\"\nunhealthy_interval = \"100ms\"\ntimeout = \"150ms\"\n\
              sample_size = 3\nsuccessful_samples_required = 2\njitter_percent = 0\n\
-             [pools.p.outlier]\nconsecutive_failures = 3\nbase_ejection = \"5s\"\n\
+             [pools.p.outlier]\nconsecutive_failures = 3\nbase_ejection = \"5s\"\n{outlier}\n\
              [pools.p.health]\nmin_hold = \"200ms\"\n",
-        )
+        ))
 }
 
 async fn three() -> Vec<Stamp> {
@@ -263,7 +268,11 @@ async fn health_endpoint_takeout_moves_traffic_within_the_probe_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_degrade_a_stamp_and_posts_are_never_retried() {
     let stamps = three().await;
-    let p = fast(with_stamps(&stamps)).start().await;
+    // Degradation alone: failure-rate ejection (tested below) would take
+    // the stamp out before it shows.
+    let p = fast_with_outlier(with_stamps(&stamps), "0s", "failure_rate = 0")
+        .start()
+        .await;
     let c = http1_client();
     // Ask for an item id before the fault, so the answer cannot be a 500.
     let item = get(&c, &p.url(ITEMS)).await.json()[0]["id"]
@@ -499,5 +508,64 @@ async fn a_recovered_stamp_ramps_up_over_slow_start() {
         steps.last(),
         Some(&100),
         "full weight at the end: {steps:?}"
+    );
+}
+
+/// GETs the erroring stamp answers with 500 are retried on another
+/// region's copy, and within about half a second the stamp is ejected on
+/// its failure rate although its health endpoint stays green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamp_failing_a_share_of_requests_is_retried_around_and_ejected() {
+    let stamps = three().await;
+    let p = fast(with_stamps(&stamps)).start().await;
+    let c = http1_client();
+    stamps[1].set_fault(fault(|f| f.error_rate = Some(0.4)));
+    let mut errors = 0;
+    for _ in 0..400 {
+        let a = get(&c, &p.url(ITEMS)).await;
+        if a.status != StatusCode::OK {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 0, "every 500 was retried on another stamp");
+    let events = health_events(&p, "eastus2-1");
+    let ejected = events
+        .iter()
+        .find(|(to, _)| to == "unhealthy")
+        .unwrap_or_else(|| panic!("not ejected: {events:?}"));
+    assert!(
+        ejected.1.contains("of live requests failing"),
+        "{ejected:?}"
+    );
+    // Passing probes do not bring it back early: it stays out.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(weight(&p, "eastus2-1"), 0, "still ejected");
+}
+
+/// With `retry.on_server_error = false` the application's 500 reaches the
+/// client as it is, after one try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_pass_through_when_their_retry_is_off() {
+    let s = stamp("westeurope-1", "westeurope").await;
+    let t = stamp("eastus2-1", "eastus2").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .stamp(&t)
+        .route("retry = { attempts = 2, on_server_error = false }")
+        .start()
+        .await;
+    let c = http1_client();
+    s.set_fault(fault(|f| f.error_rate = Some(1.0)));
+    let mut answered_500 = 0;
+    for _ in 0..20 {
+        if get(&c, &p.url(ITEMS)).await.status == StatusCode::INTERNAL_SERVER_ERROR {
+            answered_500 += 1;
+        }
+    }
+    assert!(answered_500 > 0, "some GETs reached the failing stamp");
+    assert_eq!(
+        tries(&p, "westeurope-1") + tries(&p, "eastus2-1"),
+        20,
+        "one try per request"
     );
 }

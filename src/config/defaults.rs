@@ -65,6 +65,10 @@ pub const DEFAULT_PER_TRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bodies up to 64 KiB are buffered for replay: covers typical JSON posts,
 /// while larger uploads stream through and are simply not retried.
 pub const DEFAULT_REPLAY_LIMIT: u64 = 64 * 1024;
+/// On: the stamps are identical copies, so a GET that one answered with a
+/// 500 is answered correctly by another region's copy, and the client sees
+/// no error. Only replayable idempotent requests, within the retry budget.
+pub const DEFAULT_RETRY_ON_SERVER_ERROR: bool = true;
 
 // ---- [pools.NAME] --------------------------------------------------------
 
@@ -127,6 +131,16 @@ pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 /// alone: when everything fails at once the cause is usually shared (a bad
 /// deploy, the proxy's own network), and ejecting all would be an outage.
 pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+/// A stamp failing one request in four is broken for its users, while a
+/// healthy one rarely passes 1 %: ejecting at 25 % takes out a stamp whose
+/// health endpoint still says "fine" (Envoy's failure-percentage ejection,
+/// with a lower default because stamps are identical copies and another
+/// region serves the same request correctly). `max_ejected_percent` still
+/// bounds how much of a pool goes.
+pub const DEFAULT_FAILURE_RATE: f64 = 0.25;
+/// Ten requests in the half-second window: below that a couple of unlucky
+/// answers would be a rate.
+pub const DEFAULT_FAILURE_RATE_MIN_REQUESTS: u32 = 10;
 
 /// 10 %: enough spread that a fleet of proxies started together drifts out
 /// of lock-step within a few intervals, while a probe is never late by much.

@@ -140,6 +140,10 @@ pub struct RetryConfig {
     /// Request bodies up to this size are kept for replay; larger ones are
     /// never retried.
     pub replay_limit: u64,
+    /// Also retry (replayable, idempotent) requests a stamp answered with
+    /// a 5xx that is not a gateway failure: with identical stamps, another
+    /// region's copy answers the same request correctly.
+    pub on_server_error: bool,
 }
 
 /// Routing method of a pool.
@@ -238,6 +242,11 @@ pub struct OutlierConfig {
     pub max_ejection: Duration,
     /// Never eject more than this share of a pool at once.
     pub max_ejected_percent: u32,
+    /// Eject a stamp whose live failure rate (gateway failures and 5xx
+    /// answers) reaches this share over the last half second (`None`: off).
+    pub failure_rate: Option<f64>,
+    /// ... counted only once it served this many requests in that window.
+    pub failure_rate_min_requests: u32,
 }
 
 /// `[pools.NAME.health]`

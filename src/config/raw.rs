@@ -133,6 +133,8 @@ pub struct RawRetry {
     pub per_try_timeout: Option<String>,
     /// Size string.
     pub replay_limit: Option<String>,
+    /// Retry idempotent requests a stamp answered with a 5xx.
+    pub on_server_error: Option<bool>,
 }
 
 /// `[pools.NAME]`
@@ -212,6 +214,12 @@ pub struct RawOutlier {
     pub max_ejection: Option<String>,
     /// Percent of a pool that may be ejected at once.
     pub max_ejected_percent: Option<i64>,
+    /// Share (0..1) of live requests failing (gateway failures and 5xx)
+    /// that ejects a stamp; 0 turns it off.
+    pub failure_rate: Option<f64>,
+    /// Requests a stamp must have served in the window for the failure
+    /// rate to count.
+    pub failure_rate_min_requests: Option<i64>,
 }
 
 /// `[pools.NAME.health]`

@@ -669,6 +669,7 @@ impl<'a> Ctx<'a> {
             budget_percent,
             per_try_timeout,
             replay_limit,
+            on_server_error: raw.on_server_error.unwrap_or(DEFAULT_RETRY_ON_SERVER_ERROR),
         })
     }
 }

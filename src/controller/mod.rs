@@ -48,6 +48,10 @@ const SIGNAL_QUEUE: usize = 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// Live error rates and traffic shares are computed over this window.
 const LIVE_WINDOW: Duration = Duration::from_secs(1);
+/// Ticks of the sliding window the failure rate is judged on: half a
+/// second, evaluated every tick, so that a stamp failing a share of its
+/// requests is out well within a second of the fault wherever it falls.
+const FAILURE_WINDOW: usize = 5;
 /// Slow start ramps in this many steps, so a recovery publishes a handful
 /// of intermediate tables rather than one per tick.
 const SLOW_START_STEPS: f64 = 10.0;
@@ -113,6 +117,11 @@ struct StampEntry {
     rps: f64,
     /// Failed tries (gateway failures and 5xx) per second, same window.
     eps: f64,
+    /// Requests and failures per controller tick over the last
+    /// [`FAILURE_WINDOW`] (oldest first), for failure-rate ejection, and
+    /// the counter values at the last tick.
+    recent: std::collections::VecDeque<(u64, u64)>,
+    tick_seen: (u64, u64),
     /// The operator's decision.
     admin: AdminState,
     /// The operator's weight, replacing the configured one.
@@ -142,6 +151,8 @@ impl StampEntry {
             seen_errors: 0,
             rps: 0.0,
             eps: 0.0,
+            recent: std::collections::VecDeque::new(),
+            tick_seen: (0, 0),
             admin: AdminState::Active,
             weight_override: None,
             drain_deadline: None,
@@ -527,13 +538,6 @@ impl Controller {
     }
 
     fn on_outlier(&mut self, i: usize, consecutive: u32, now: Instant) {
-        let pool = self.stamps[i].pool;
-        let members = self.stamps.iter().filter(|e| e.pool == pool);
-        let size = members.clone().count();
-        let ejected = members
-            .filter(|e| e.health.ejected_until().is_some_and(|u| u > now))
-            .count();
-        let max_percent = self.config.pools[pool].outlier.max_ejected_percent;
         let entry = &mut self.stamps[i];
         // Start counting afresh either way, and let the request path signal
         // again: after a refusal the next failure asks once more.
@@ -542,21 +546,80 @@ impl Controller {
             .stats
             .ejection_requested
             .store(false, Ordering::Relaxed);
-        if entry.health.ejected_until().is_some_and(|u| u > now) {
+        if !self.may_eject(i, now) {
             return;
         }
+        let entry = &mut self.stamps[i];
+        let t = entry.health.eject(consecutive, now);
+        if t.is_some() || entry.health.ejected_until().is_some_and(|u| u > now) {
+            entry
+                .stats
+                .control
+                .ejections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.after(i, t, now);
+    }
+
+    /// A passive ejection of stamp `i` is allowed: it is not ejected
+    /// already and the pool's `max_ejected_percent` leaves room.
+    fn may_eject(&self, i: usize, now: Instant) -> bool {
+        let entry = &self.stamps[i];
+        if entry.health.ejected_until().is_some_and(|u| u > now) {
+            return false;
+        }
+        let pool = entry.pool;
+        let members = self.stamps.iter().filter(|e| e.pool == pool);
+        let size = members.clone().count();
+        let ejected = members
+            .filter(|e| e.health.ejected_until().is_some_and(|u| u > now))
+            .count();
+        let max_percent = self.config.pools[pool].outlier.max_ejected_percent;
         if !max_ejected_allows(ejected, size, max_percent) {
             tracing::warn!(stamp = %entry.config.name, ejected, size, max_percent,
                 "not ejecting: max_ejected_percent reached");
-            return;
+            return false;
         }
-        let t = entry.health.eject(consecutive, now);
+        true
+    }
+
+    /// Failure-rate ejection: slide stamp `i`'s window by one tick and
+    /// eject it when the share of failed requests in the window reaches
+    /// the pool's `outlier.failure_rate`.
+    fn judge_failure_rate(&mut self, i: usize, now: Instant) -> Option<Transition> {
+        let outlier = &self.config.pools[self.stamps[i].pool].outlier;
+        let (limit, min_requests) = (outlier.failure_rate?, outlier.failure_rate_min_requests);
+        let entry = &mut self.stamps[i];
+        let requests = entry.stats.requests.load(Ordering::Relaxed);
+        let errors = entry.stats.failures.load(Ordering::Relaxed)
+            + entry.stats.server_errors.load(Ordering::Relaxed);
+        let (seen_requests, seen_errors) =
+            std::mem::replace(&mut entry.tick_seen, (requests, errors));
+        entry.recent.push_back((
+            requests.saturating_sub(seen_requests),
+            errors.saturating_sub(seen_errors),
+        ));
+        if entry.recent.len() > FAILURE_WINDOW {
+            entry.recent.pop_front();
+        }
+        let (r, e) = entry
+            .recent
+            .iter()
+            .fold((0, 0), |(r, e), (dr, de)| (r + dr, e + de));
+        let rate = e.min(r) as f64 / r.max(1) as f64;
+        if r < u64::from(min_requests) || rate < limit || !self.may_eject(i, now) {
+            return None;
+        }
+        let entry = &mut self.stamps[i];
+        // The next judgement starts from an empty window: what led to this
+        // ejection must not count again after it.
+        entry.recent.clear();
         entry
             .stats
             .control
             .ejections
             .fetch_add(1, Ordering::Relaxed);
-        self.after(i, t, now);
+        entry.health.eject_for_failure_rate(rate, now)
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -580,6 +643,8 @@ impl Controller {
                 entry.eps = de as f64 / window;
                 t = t.or(entry.health.record_live(dr, de, now));
             }
+            self.record_transition(i, t);
+            let t = self.judge_failure_rate(i, now);
             self.record_transition(i, t);
         }
         self.advance_drains(now);

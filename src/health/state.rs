@@ -394,18 +394,36 @@ impl StampHealth {
     /// [`max_ejected_allows`] before calling.
     pub fn eject(&mut self, consecutive: u32, now: Instant) -> Option<Transition> {
         self.refresh(now);
-        if self.ejection.is_none() && consecutive >= self.settings.consecutive_failures {
-            let duration = self.ejections.start(&self.settings, now);
-            self.ejection = Some(Ejection {
-                until: now + duration,
-                consecutive,
-                duration,
-            });
-            // Early release needs a successful window made of probes sent
-            // after this point: the ones before it evidently missed the fault.
-            self.window.mark();
+        if consecutive >= self.settings.consecutive_failures {
+            self.start_ejection(EjectionCause::Consecutive(consecutive), now);
         }
         self.decide(now)
+    }
+
+    /// Passive signal: `rate` (0..1) of the stamp's live requests failed
+    /// in the controller's window, at or above the pool's limit. Ejects
+    /// like [`StampHealth::eject`], but only time ends this ejection:
+    /// probes passing prove nothing about failures they cannot see.
+    pub fn eject_for_failure_rate(&mut self, rate: f64, now: Instant) -> Option<Transition> {
+        self.refresh(now);
+        let percent = (rate * 100.0).round() as u32;
+        self.start_ejection(EjectionCause::FailureRate(percent), now);
+        self.decide(now)
+    }
+
+    fn start_ejection(&mut self, cause: EjectionCause, now: Instant) {
+        if self.ejection.is_some() {
+            return;
+        }
+        let duration = self.ejections.start(&self.settings, now);
+        self.ejection = Some(Ejection {
+            until: now + duration,
+            cause,
+            duration,
+        });
+        // Early release needs a successful window made of probes sent
+        // after this point: the ones before it evidently missed the fault.
+        self.window.mark();
     }
 
     /// Lets time pass: an ejection expires, a move up that `min_hold` held
@@ -523,9 +541,10 @@ impl StampHealth {
         let Some(ejection) = &self.ejection else {
             return;
         };
+        let early = matches!(ejection.cause, EjectionCause::Consecutive(_));
         let note = if now >= ejection.until {
             "ejection expired".to_owned()
-        } else if self.window.passing_since_mark() {
+        } else if early && self.window.passing_since_mark() {
             format!(
                 "probes pass again ({}), ejection released early",
                 self.window.tally()
@@ -813,17 +832,29 @@ impl Window {
 #[derive(Debug, Clone)]
 struct Ejection {
     until: Instant,
-    consecutive: u32,
+    cause: EjectionCause,
     duration: Duration,
+}
+
+/// What set off an ejection, which decides how it may end early.
+#[derive(Debug, Clone, Copy)]
+enum EjectionCause {
+    /// Gateway failures in a row: the kind probes also see, so a passing
+    /// probe window may end it early.
+    Consecutive(u32),
+    /// A share of live requests failing (in percent): often answers the
+    /// health endpoint cannot see (a 500 from the application), so only
+    /// time ends it.
+    FailureRate(u32),
 }
 
 impl Ejection {
     fn reason(&self) -> String {
-        format!(
-            "ejected after {} consecutive failures for {}",
-            self.consecutive,
-            fmt_duration(self.duration)
-        )
+        let why = match self.cause {
+            EjectionCause::Consecutive(n) => format!("{n} consecutive failures"),
+            EjectionCause::FailureRate(p) => format!("{p}% of live requests failing"),
+        };
+        format!("ejected after {why} for {}", fmt_duration(self.duration))
     }
 }
 
@@ -1280,6 +1311,37 @@ mod tests {
             sim.health.reason(),
             "probes pass (4/4)",
             "reason follows the current cause"
+        );
+    }
+
+    #[test]
+    fn a_failure_rate_ejection_is_not_released_by_passing_probes() {
+        let mut sim = Sim::new(plain());
+        sim.probes("++++");
+        let t = sim
+            .health
+            .eject_for_failure_rate(0.3, sim.now)
+            .expect("ejected");
+        assert_move(
+            &t,
+            Healthy,
+            Unhealthy,
+            "ejected after 30% of live requests failing for 10s",
+        );
+        assert!(
+            sim.probes("++++").is_empty(),
+            "the health endpoint cannot see the application's 500s"
+        );
+        assert_eq!(sim.state(), Unhealthy);
+        let until = sim.health.ejected_until().expect("still ejected");
+        let t = sim.tick_at(until - sim.start).expect("released");
+        assert_move(&t, Unhealthy, Healthy, "ejection expired");
+        assert_eq!(sim.health.ejections(), 1);
+        sim.health.eject_for_failure_rate(0.5, sim.now);
+        assert_eq!(
+            sim.health.ejected_until(),
+            Some(sim.now + secs(20)),
+            "a second ejection lasts longer"
         );
     }
 

@@ -479,6 +479,18 @@ impl Gateway {
             observe(&stamp.stats, &sent, elapsed);
             guard.upstream = Some(elapsed);
             let failure = match sent {
+                // The application's 5xx: its own answer, not a gateway
+                // failure (no ejection streak), but another copy of the
+                // application may answer a replayable idempotent request.
+                Ok(Ok(resp))
+                    if resp.status().is_server_error()
+                        && !is_gateway_failure(resp.status())
+                        && route.retry.on_server_error
+                        && !last_try =>
+                {
+                    stamp.stats.record(Outcome::ServerError);
+                    Failure::ServerError(resp)
+                }
                 Ok(Ok(resp)) if !is_gateway_failure(resp.status()) => {
                     let outcome = if resp.status().is_server_error() {
                         Outcome::ServerError
@@ -509,7 +521,7 @@ impl Gateway {
                 }
             }
             return match failure {
-                Failure::Status(resp) => {
+                Failure::Status(resp) | Failure::ServerError(resp) => {
                     let resp = respond(resp, stamp, &request_id, table.stamp_header);
                     Ok((resp, request_id))
                 }
@@ -596,6 +608,9 @@ fn observe(
 enum Failure {
     /// The stamp answered 502/503/504.
     Status(Response<Incoming>),
+    /// The application answered another 5xx (retried when allowed; not
+    /// the stamp's gateway failing).
+    ServerError(Response<Incoming>),
     /// No usable answer.
     Error(ProxyError),
 }
@@ -604,13 +619,14 @@ impl Failure {
     fn blames_stamp(&self) -> bool {
         match self {
             Failure::Status(_) => true,
+            Failure::ServerError(_) => false,
             Failure::Error(e) => e.blame() == Blame::Stamp,
         }
     }
 
     fn retryable(&self) -> bool {
         match self {
-            Failure::Status(_) => true,
+            Failure::Status(_) | Failure::ServerError(_) => true,
             Failure::Error(e) => e.retryable(),
         }
     }

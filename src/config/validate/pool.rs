@@ -381,7 +381,24 @@ fn outlier(ctx: &Ctx<'_>, base: &str, raw: RawOutlier) -> Result<OutlierConfig, 
         0,
         100,
     )?;
+    let failure_rate = raw.failure_rate.unwrap_or(DEFAULT_FAILURE_RATE);
+    if !(0.0..=1.0).contains(&failure_rate) {
+        return Err(ctx.invalid(
+            &key("failure_rate"),
+            failure_rate,
+            "must be a share from 0 (off) to 1",
+        ));
+    }
+    let failure_rate_min_requests = ctx.int(
+        &key("failure_rate_min_requests"),
+        raw.failure_rate_min_requests,
+        DEFAULT_FAILURE_RATE_MIN_REQUESTS,
+        1,
+        u32::MAX,
+    )?;
     Ok(OutlierConfig {
+        failure_rate: (failure_rate > 0.0).then_some(failure_rate),
+        failure_rate_min_requests,
         consecutive_failures,
         base_ejection,
         max_ejection,
