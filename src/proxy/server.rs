@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::forward::{ConnActivity, ConnInfo, Gateway};
+use super::headers;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
 /// before accepting again, so the loop does not spin while the process is
@@ -169,6 +170,7 @@ impl Acceptor {
         });
         let info = ConnInfo {
             remote,
+            client_ip: headers::client_ip_value(remote.ip()),
             tls,
             activity: activity.clone(),
         };
