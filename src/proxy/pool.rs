@@ -206,6 +206,13 @@ mod tests {
         tx.ready().await.unwrap();
     }
 
+    /// Let the connection tasks run until they have nothing left to do.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn key() -> Authority {
         Authority::from_static("stamp-a:80")
     }
@@ -245,9 +252,7 @@ mod tests {
         pool.checkin_h1(&key(), tx);
         drop(stop);
         // Let the client's connection task see the pipe close.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         assert!(pool.checkout_h1(&key()).is_none());
         assert_eq!(pool.queued_h1(&key()), 0);
     }
@@ -270,9 +275,7 @@ mod tests {
         use http_body_util::BodyExt;
         gate.send(()).unwrap();
         resp.into_body().collect().await.unwrap();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         assert!(
             pool.checkout_h1(&key()).is_some(),
             "ready once the body was read"

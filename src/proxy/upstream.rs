@@ -148,10 +148,7 @@ impl Upstream {
                     self.conns.checkin_h1(&key, tx);
                     return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(classify(stamp, &e.into_error())),
-                },
+                Err(e) => req = unsent(stamp, e)?,
             }
         }
         // Boxed: connecting is rare, and its future (connector, TLS,
@@ -175,10 +172,7 @@ impl Upstream {
         if let Some(mut tx) = self.conns.h2(&key) {
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(classify(stamp, &e.into_error())),
-                },
+                Err(e) => req = unsent(stamp, e)?,
             }
         }
         // Boxed for the same reason as in `send_h1`.
@@ -207,11 +201,7 @@ impl Upstream {
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| handshake_failed(stamp, &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "stamp connection ended with an error");
-            }
-        });
+        drive(conn);
         Ok(tx)
     }
 
@@ -222,13 +212,31 @@ impl Upstream {
             .handshake(io)
             .await
             .map_err(|e| handshake_failed(stamp, &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "stamp connection ended with an error");
-            }
-        });
+        drive(conn);
         Ok(tx)
     }
+}
+
+/// A request that a pooled connection did not write (it was closed by
+/// then) comes back for a new connection; any other failure is final.
+fn unsent(
+    stamp: &str,
+    mut err: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    match err.take_message() {
+        Some(req) => Ok(req),
+        None => Err(classify(stamp, &err.into_error())),
+    }
+}
+
+/// Run a stamp connection's I/O in its own task until the stamp or the
+/// last sender of the pool ends it.
+fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "stamp connection ended with an error");
+        }
+    });
 }
 
 /// The HTTP/1.1 request target for an absolute URI: origin-form
