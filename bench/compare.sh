@@ -511,7 +511,8 @@ run_hold() {
     holder=$!
     LOAD_PID=$holder
     for _ in $(seq 1 600); do
-        grep -q '^READY' "$out" && break
+        # The holder may not have created its output file yet.
+        grep -q '^READY' "$out" 2>/dev/null && break
         kill -0 "$holder" 2>/dev/null || break
         sleep 0.1
     done
