@@ -25,11 +25,13 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--raw FILE] [--keep]
+usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--raw FILE] [--keep]
 
   --quick      one short round (3 s runs, 1,000 held connections): smoke test
   --rounds N   rounds of every load test (default 3)
   --profile    callgrind instead of load runs: instructions per request
+  --only PROXY with --profile: profile only stampgate, haproxy or nginx
+               (a quicker before/after check of one proxy)
   --raw FILE   also write every per-run measurement (TSV) to FILE
   --keep       keep the temporary directory (configs, logs, profiles)
 
@@ -41,6 +43,7 @@ EOF
 ROUNDS=3
 QUICK=0
 PROFILE=0
+ONLY=""
 RAW_OUT=""
 KEEP=0
 while (($#)); do
@@ -48,6 +51,7 @@ while (($#)); do
         --quick) QUICK=1; ROUNDS=1 ;;
         --rounds) ROUNDS=$2; shift ;;
         --profile) PROFILE=1 ;;
+        --only) ONLY=$2; shift ;;
         --raw) RAW_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -71,6 +75,10 @@ PROFILE_REQUESTS=${PROFILE_REQUESTS:-20000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PROXIES=(stampgate haproxy nginx)
+if [[ -n $ONLY ]]; then
+    [[ " ${PROXIES[*]} " == *" $ONLY "* ]] || { usage >&2; exit 2; }
+    PROXIES=("$ONLY")
+fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
@@ -508,7 +516,8 @@ run_hold() {
     holder=$!
     LOAD_PID=$holder
     for _ in $(seq 1 600); do
-        grep -q '^READY' "$out" && break
+        # The holder may not have created its output file yet.
+        grep -q '^READY' "$out" 2>/dev/null && break
         kill -0 "$holder" 2>/dev/null || break
         sleep 0.1
     done
@@ -571,10 +580,10 @@ profile_run() {
 run_profile() {
     WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/callgrind.%p.out")
     start_origin
-    start_stampgate
-    start_haproxy
-    start_nginx
     local p
+    for p in "${PROXIES[@]}"; do
+        "start_$p"
+    done
     for p in "${PROXIES[@]}"; do
         wait_ok "${H1[$p]}" "$p"
     done
@@ -589,6 +598,7 @@ run_profile() {
     echo
     python3 "$BENCH/summarize.py" --profile "$RESULTS"
     echo
+    [[ -n ${SG_H1_PROFILE:-} ]] || return 0
     echo "stampgate, HTTP/1.1: hottest functions (self instructions):"
     echo
     callgrind_annotate --inclusive=no --threshold=100 "$SG_H1_PROFILE" 2>/dev/null |

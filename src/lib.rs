@@ -16,6 +16,7 @@
 //!               │  headers::prepare_request
 //!               ▼
 //!           proxy::upstream::Upstream::send ──▶ stamp
+//!               │  connection from proxy::pool (per stamp, no hashing)
 //!               │  outcome ──▶ StampStats atomics
 //!               ▼
 //!           response streamed back (proxy::body)

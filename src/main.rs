@@ -129,6 +129,15 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Watch SIGTERM/SIGINT before anything is bound: a signal that
+            // arrives during start-up must still shut down gracefully, not
+            // take the default action (the first poll registers the
+            // handlers; a signal already seen ends the wait at once).
+            let mut stop = Box::pin(shutdown_signal());
+            let stopped_early = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(stop.as_mut().poll(cx).is_ready())
+            })
+            .await;
             let handle = match proxy::start(&cfg).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -157,7 +166,9 @@ async fn run(command: Command) -> ExitCode {
                 handle.controller.clone(),
                 stop_admin.clone(),
             ));
-            shutdown_signal().await;
+            if !stopped_early {
+                stop.await;
+            }
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             stop_admin.cancel();
             let outcome = handle.shutdown().await;

@@ -179,6 +179,8 @@ impl Default for ConnActivity {
 pub struct ConnInfo {
     /// Client address.
     pub remote: SocketAddr,
+    /// The client's IP as an `X-Forwarded-For` element, made at accept.
+    pub client_ip: HeaderValue,
     /// TLS listener?
     pub tls: bool,
     /// Shared with the connection task for the idle timeout.
@@ -410,7 +412,7 @@ impl Gateway {
         }
 
         let client = ClientSide {
-            ip: conn.remote.ip(),
+            ip: &conn.client_ip,
             tls: conn.tls,
             version: parts.version,
             host: host.as_ref(),
@@ -443,24 +445,21 @@ impl Gateway {
             };
             let stamp = &pool.stamps[idx];
             tried.push(idx, stamp.region_id);
-            let last_try = attempt >= attempts;
-            let upstream_req = Request::builder()
-                .method(parts.method.clone())
-                .uri(upstream_uri(
-                    pool.upstream.scheme(),
-                    &stamp.authority,
-                    &parts.uri,
-                ))
-                .version(pool.upstream.version())
-                .body(body.for_try())
-                .expect("method, URI and version come from a valid request");
-            let (mut req_parts, req_body) = upstream_req.into_parts();
-            req_parts.headers = if last_try {
+            // Also the last try when every stamp has had one: the selector
+            // never picks a tried stamp, so the headers need no copy.
+            let last_try = attempt >= attempts || tried.len() >= pool.stamps.len();
+            // Filled in place: `Request::builder` would move the parts
+            // through a `Result` at each step.
+            let mut upstream_req = Request::new(body.for_try());
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() =
+                upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
+            *upstream_req.version_mut() = pool.upstream.version();
+            *upstream_req.headers_mut() = if last_try {
                 std::mem::take(&mut parts.headers)
             } else {
                 parts.headers.clone()
             };
-            let upstream_req = Request::from_parts(req_parts, req_body);
 
             let remaining = deadline.saturating_duration_since(Instant::now());
             let try_timeout = if attempts > 1 {
@@ -731,16 +730,16 @@ fn upstream_uri(
     authority: &http::uri::Authority,
     original: &Uri,
 ) -> Uri {
-    let path = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(scheme.clone())
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build()
-        .expect("scheme, authority and path are each valid")
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).expect("scheme, authority and path are each valid")
 }
 
 /// The one place a [`ProxyError`] becomes a response: status from the

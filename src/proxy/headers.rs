@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Request-Id`: correlates the client's view, our logs and the stamp's.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -21,7 +21,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// and so must not be forwarded.
+/// and so must not be forwarded. `Connection` comes first: its bit in
+/// [`strip_hop_by_hop`]'s mask is bit 0.
 fn hop_by_hop() -> [&'static HeaderName; 8] {
     [
         &header::CONNECTION,
@@ -36,22 +37,45 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
+///
+/// One pass over the names finds which of the eight are present (comparing
+/// standard names is an enum compare), so a message with none of them costs
+/// no hash lookup; only the names found are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    let hop = hop_by_hop();
+    let mut found = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop.iter().position(|h| *h == name) {
+            found |= 1 << i;
+        }
+    }
+    if found == 0 {
+        return;
+    }
+    if found & 1 != 0 {
+        remove_connection_named(headers);
+    }
+    for (i, name) in hop.into_iter().enumerate() {
+        if found & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    for name in hop_by_hop() {
-        if headers.contains_key(name) {
-            headers.remove(name);
+}
+
+/// Remove the headers that the `Connection` header's tokens name. Removing
+/// by `&str` parses the name on the stack, so no token is allocated; each
+/// value is cloned (a reference count) to let the map change meanwhile.
+fn remove_connection_named(headers: &mut HeaderMap) {
+    let mut nth = 0;
+    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
+        nth += 1;
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            // `Connection` itself goes with the other hop-by-hop headers;
+            // removing it here would end this walk over its values.
+            if !token.is_empty() && !token.eq_ignore_ascii_case("connection") {
+                headers.remove(token);
+            }
         }
     }
 }
@@ -59,8 +83,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the request path knows about the client side of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSide<'a> {
-    /// The client's IP address.
-    pub ip: IpAddr,
+    /// The client's IP address as a header value ([`client_ip_value`]),
+    /// made once per client connection.
+    pub ip: &'a HeaderValue,
     /// Whether the client connection is TLS.
     pub tls: bool,
     /// The client's HTTP version (for `Via`).
@@ -68,6 +93,16 @@ pub struct ClientSide<'a> {
     /// The host the client asked for (Host header or `:authority`).
     pub host: Option<&'a HeaderValue>,
 }
+
+/// The client's IP address as an `X-Forwarded-For` element. Made when a
+/// connection is accepted, so requests do not format the address each time.
+pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Headers [`prepare_request`] may add: `X-Forwarded-Host`, `Host`,
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `Via`, `X-Request-Id`.
+const ADDED_REQUEST_HEADERS: usize = 6;
 
 /// Rewrite request headers for the stamp. Returns the request id (sent by
 /// the client or made here) so the response can carry it too.
@@ -77,6 +112,9 @@ pub fn prepare_request(
     host_override: Option<&HeaderValue>,
 ) -> HeaderValue {
     strip_hop_by_hop(headers);
+    // hyper sizes the map for the headers it parsed: grow it once here
+    // rather than on several of the inserts below.
+    headers.reserve(ADDED_REQUEST_HEADERS);
 
     if let Some(host) = client.host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -87,10 +125,10 @@ pub fn prepare_request(
         (Some(h), _) => {
             headers.insert(header::HOST, h.clone());
         }
-        (None, Some(h)) if !headers.contains_key(header::HOST) => {
-            headers.insert(header::HOST, h.clone());
+        (None, Some(h)) => {
+            headers.entry(header::HOST).or_insert_with(|| h.clone());
         }
-        _ => {}
+        (None, None) => {}
     }
 
     append_forwarded_for(headers, client.ip);
@@ -101,31 +139,46 @@ pub fn prepare_request(
     );
     append_via(headers, client.version);
 
-    match headers.get(&X_REQUEST_ID) {
-        Some(id) if !id.is_empty() => id.clone(),
-        _ => {
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(e) if !e.get().is_empty() => e.get().clone(),
+        Entry::Occupied(mut e) => {
             let id = new_request_id();
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            e.insert(id.clone());
             id
         }
+        Entry::Vacant(e) => e.insert(new_request_id()).clone(),
     }
 }
 
 /// Rewrite response headers from the stamp for the client.
 pub fn prepare_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
     strip_hop_by_hop(headers);
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    }
+    headers
+        .entry(&X_REQUEST_ID)
+        .or_insert_with(|| request_id.clone());
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+/// Append the client to `X-Forwarded-For`, or start the list with it.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            let joined = match e.get().to_str() {
+                Ok(prev) if !prev.trim().is_empty() => {
+                    let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ip.as_bytes());
+                    HeaderValue::from_bytes(&v).ok()
+                }
+                _ => Some(ip.clone()),
+            };
+            if let Some(v) = joined {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            e.insert(ip.clone());
+        }
     }
 }
 
@@ -135,14 +188,19 @@ fn append_via(headers: &mut HeaderMap, version: http::Version) {
         http::Version::HTTP_2 => "2 stampgate",
         _ => "1.1 stampgate",
     };
-    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            if let Ok(v) = HeaderValue::try_from(format!("{prev}, {hop}")) {
-                headers.insert(header::VIA, v);
+    match headers.entry(header::VIA) {
+        Entry::Occupied(mut e) => {
+            let joined = e
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|prev| HeaderValue::try_from(format!("{prev}, {hop}")).ok());
+            if let Some(v) = joined {
+                e.insert(v);
             }
         }
-        None => {
-            headers.insert(header::VIA, HeaderValue::from_static(hop));
+        Entry::Vacant(e) => {
+            e.insert(HeaderValue::from_static(hop));
         }
     }
 }
@@ -162,9 +220,12 @@ pub fn new_request_id() -> HeaderValue {
 mod tests {
     use super::*;
 
+    static IP: std::sync::LazyLock<HeaderValue> =
+        std::sync::LazyLock::new(|| client_ip_value("192.0.2.7".parse().unwrap()));
+
     fn client(host: Option<&HeaderValue>) -> ClientSide<'_> {
         ClientSide {
-            ip: "192.0.2.7".parse().unwrap(),
+            ip: &IP,
             tls: true,
             version: http::Version::HTTP_11,
             host,

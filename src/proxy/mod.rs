@@ -21,6 +21,7 @@ pub mod body;
 pub mod budget;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::forward::{ConnActivity, ConnInfo, Gateway};
+use super::headers;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
 /// before accepting again, so the loop does not spin while the process is
@@ -147,11 +148,16 @@ impl Acceptor {
         let _ = stream.set_nodelay(true);
         match tls {
             None => self.serve_io(stream, remote, false).await,
+            // The TLS arm is boxed: a task holds its future's largest state,
+            // and the handshake and TLS stream would otherwise make every
+            // plaintext connection's task several KiB bigger.
             Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
+                let handshake = Box::pin(tokio::time::timeout(
+                    self.limits.header_read_timeout,
+                    acceptor.accept(stream),
+                ));
                 match handshake.await {
-                    Ok(Ok(tls_stream)) => self.serve_io(tls_stream, remote, true).await,
+                    Ok(Ok(tls_stream)) => Box::pin(self.serve_io(tls_stream, remote, true)).await,
                     Ok(Err(e)) => {
                         self.handshake_failed(0);
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
@@ -182,6 +188,7 @@ impl Acceptor {
         });
         let info = ConnInfo {
             remote,
+            client_ip: headers::client_ip_value(remote.ip()),
             tls,
             activity: activity.clone(),
         };
@@ -189,7 +196,11 @@ impl Acceptor {
         let service = service_fn(move |req| {
             let gateway = gateway.clone();
             let info = info.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
+            // Boxed per request: hyper keeps a slot the size of this future
+            // for the connection's whole life, idle or not.
+            Box::pin(
+                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) },
+            )
         });
         let conn = self.http.serve_connection(io, service);
         tokio::pin!(conn);
