@@ -59,7 +59,11 @@ async fn counters_follow_a_known_sequence_and_labels_stay_bounded() {
         .stamp(&good)
         .stamp(&bad)
         .route("retry = { attempts = 1 }")
-        .extra("[pools.p.probe]\ninterval = \"10s\"\njitter_percent = 0\n")
+        // Both stamps must keep their share: no failure-rate ejection.
+        .extra(
+            "[pools.p.probe]\ninterval = \"10s\"\njitter_percent = 0\n\
+             [pools.p.outlier]\nfailure_rate = 0\n",
+        )
         .start()
         .await;
     let admin = admin_of(&p).await;
