@@ -299,12 +299,29 @@ pub struct FaultFigures {
     /// End of the fault until the first bucket with at least 1% of its
     /// requests answered by the faulty stamps again; `None`: never.
     pub recovery_ms: Option<f64>,
-    /// Health transitions of its stamps during the whole run, first
-    /// verdicts (from `unknown`) not counted.
+    /// Falls of its stamps after each one's first fall in the run (see
+    /// [`flaps`]): 0 for a clean outage and recovery.
     pub flaps: u64,
     /// The faulty stamps' share of the answers in the second before the
     /// fault: a check that they had traffic to lose.
     pub share_before: f64,
+}
+
+/// Flaps: each time a stamp falls again after its first fall in the run.
+/// One outage and its recovery is no flap; down, up, down is one. A fall
+/// is a move to `unhealthy`, or from `healthy` to `degraded`; a first
+/// verdict (from `unknown`) is not a fall.
+fn flaps<'a>(events: impl Iterator<Item = &'a SeenEvent>) -> u64 {
+    let mut falls: std::collections::BTreeMap<&str, u64> = Default::default();
+    for e in events {
+        let (from, to) = (e.event.from.as_deref(), e.event.to.as_deref());
+        let fall = from != Some("unknown")
+            && (to == Some("unhealthy") || (from == Some("healthy") && to == Some("degraded")));
+        if let (true, Some(stamp)) = (fall, e.event.stamp.as_deref()) {
+            *falls.entry(stamp).or_default() += 1;
+        }
+    }
+    falls.values().map(|n| n.saturating_sub(1)).sum()
 }
 
 fn bucket_ceil(t: Duration) -> usize {
@@ -378,12 +395,7 @@ pub fn figures(episode: &Episode, fine: &[Fine], events: &[SeenEvent]) -> FaultF
                 .map(|e| e.at_ms - start_ms)
         })
         .flatten();
-    // A stamp's first verdict (from `unknown`) is not a flap.
-    let flaps = events
-        .iter()
-        .filter(of_stamps)
-        .filter(|e| e.at_ms >= 0.0 && e.event.from.as_deref() != Some("unknown"))
-        .count() as u64;
+    let flaps = flaps(events.iter().filter(of_stamps).filter(|e| e.at_ms >= 0.0));
     let before = bucket_ceil(episode.start.saturating_sub(Duration::from_secs(1)));
     let before = &fine[before.min(first)..first];
     let total: u64 = before.iter().map(|b| b.requests).sum();
@@ -456,6 +468,17 @@ mod tests {
     }
 
     #[test]
+    fn an_outage_and_its_recovery_is_no_flap() {
+        let mut up = health(2000.0);
+        up.event.from = Some("unhealthy".into());
+        up.event.to = Some("healthy".into());
+        let events = [health(1000.0), up.clone(), first_verdict(10.0)];
+        assert_eq!(flaps(events.iter()), 0);
+        let events = [health(1000.0), up, health(3000.0)];
+        assert_eq!(flaps(events.iter()), 1, "down, up, down");
+    }
+
+    #[test]
     fn shift_is_the_first_bucket_that_stays_under_one_percent() {
         // Buckets 0-9 before the fault at 1 s, then the victim keeps a third
         // until 1.3 s, one try at 1.5 s (over 1% of 50), then nothing.
@@ -481,8 +504,9 @@ mod tests {
             "the first health event after the fault"
         );
         assert_eq!(
-            f.flaps, 2,
-            "neither the event before the start nor a first verdict is a flap"
+            f.flaps, 1,
+            "two falls after the start: the second is a flap; neither the event \
+             before the start nor a first verdict counts"
         );
         assert!((f.share_before - 0.33).abs() < 1e-9);
         assert_eq!(f.recovery_ms, None);
