@@ -287,7 +287,9 @@ address = "127.0.0.1:$P_ORIGIN"
 EOF
     # tokio's runtime builder reads TOKIO_WORKER_THREADS (and without it
     # would size itself from the affinity mask taskset sets): one worker.
-    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "${WRAP[@]}" "$SG_BIN" \
+    # SG_ARGS: extra global flags, e.g. SG_ARGS="--runtime current-thread".
+    # shellcheck disable=SC2086
+    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "${WRAP[@]}" "$SG_BIN" ${SG_ARGS:-} \
         --log-level warn run --config "$dir/stampgate.toml" >"$dir/out.log" 2>&1 &
     PID[stampgate]=$!
     STARTED+=("${PID[stampgate]}")

@@ -34,6 +34,16 @@ struct Cli {
     /// Log level or filter (overrides RUST_LOG), e.g. `info` or `stampgate=debug`.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Runtime shape: worker threads sized by TOKIO_WORKER_THREADS (else
+    /// one per core), or everything on the main thread.
+    #[arg(long, global = true, value_enum, default_value_t = Runtime::MultiThread)]
+    runtime: Runtime,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Runtime {
+    MultiThread,
+    CurrentThread,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -87,10 +97,11 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log_format, cli.log_level.as_deref(), default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.runtime {
+        Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stampgate: cannot start the async runtime: {e}");

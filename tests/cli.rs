@@ -54,12 +54,28 @@ fn check_names_the_key_and_exits_one_on_a_bad_config() {
 
 #[test]
 fn run_stops_cleanly_on_sigterm() {
+    run_and_stop("multi-thread");
+}
+
+#[test]
+fn run_on_the_current_thread_runtime_stops_cleanly_too() {
+    run_and_stop("current-thread");
+}
+
+fn run_and_stop(runtime: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run.toml");
     let setup = Setup::new().address("s1", "r1", "127.0.0.1:1");
     std::fs::write(&path, setup.toml()).unwrap();
     let mut child = stampgate()
-        .args(["--log-format", "json", "run", "--config"])
+        .args([
+            "--runtime",
+            runtime,
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+        ])
         .arg(&path)
         .stderr(Stdio::piped())
         .spawn()
