@@ -158,20 +158,10 @@ async fn run(command: Command) -> ExitCode {
             };
             let stop_admin = CancellationToken::new();
             let controller = handle.controller.clone();
-            let admin = match admin::start_with_tokens(
-                cfg.admin.listen,
-                tokens,
-                controller,
-                stop_admin.clone(),
-            )
-            .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    handle.shutdown().await;
-                    return ExitCode::FAILURE;
-                }
+            let started = start_admin(cfg.admin.listen, tokens, controller, &stop_admin, "");
+            let Some(admin) = started.await else {
+                handle.shutdown().await;
+                return ExitCode::FAILURE;
             };
             tokio::spawn(reload_on_sighup(
                 handle.controller.clone(),
@@ -206,20 +196,11 @@ async fn run(command: Command) -> ExitCode {
             };
             let listen = demo.config.admin.listen;
             let controller = demo.proxy.controller.clone();
-            let admin = match admin::start_with_tokens(
-                listen,
-                tokens,
-                controller,
-                stop_admin.clone(),
-            )
-            .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("error: {e} (is another demo running?)");
-                    demo.shutdown().await;
-                    return ExitCode::FAILURE;
-                }
+            let hint = " (is another demo running?)";
+            let started = start_admin(listen, tokens, controller, &stop_admin, hint);
+            let Some(admin) = started.await else {
+                demo.shutdown().await;
+                return ExitCode::FAILURE;
             };
             println!("{}", demo.banner());
             println!("{}", demo_admin_banner(&admin, shown_token.as_deref()));
@@ -288,6 +269,24 @@ fn demo_admin_banner(admin: &AdminHandle, token: Option<&str>) -> String {
          Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
          {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
     )
+}
+
+/// Start the admin listener, or say on stderr why it cannot start (with
+/// `hint` appended) and return `None`; the caller stops what it started.
+async fn start_admin(
+    listen: SocketAddr,
+    tokens: Tokens,
+    controller: ControllerHandle,
+    stop: &CancellationToken,
+    hint: &str,
+) -> Option<AdminHandle> {
+    match admin::start_with_tokens(listen, tokens, controller, stop.clone()).await {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("error: {e}{hint}");
+            None
+        }
+    }
 }
 
 /// Wait for the admin listener's connections after shutdown, bounded.

@@ -234,15 +234,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             force,
         } => {
             let path = format!("/admin/stamps/{stamp}/drain");
-            let answer = api
-                .call(
-                    Method::POST,
-                    &path,
-                    Some(drain_body(deadline, dry_run, force)),
-                )
-                .await
-                .map_err(force_hint)?;
-            print!("{}", render_change(&format!("drain {stamp}"), &answer));
+            let body = drain_body(deadline, dry_run, force);
+            drain(&api, &path, body, &format!("drain {stamp}")).await?;
             if wait {
                 wait_drained(&api, &stamp).await?;
             }
@@ -254,18 +247,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             dry_run,
         } => {
             let path = format!("/admin/regions/{region}/drain");
-            let answer = api
-                .call(
-                    Method::POST,
-                    &path,
-                    Some(drain_body(deadline, dry_run, force)),
-                )
-                .await
-                .map_err(force_hint)?;
-            print!(
-                "{}",
-                render_change(&format!("drain region {region}"), &answer)
-            );
+            let body = drain_body(deadline, dry_run, force);
+            drain(&api, &path, body, &format!("drain region {region}")).await?;
         }
         Action::Enable { stamp } => {
             let answer = api
@@ -340,6 +323,16 @@ fn force_hint(e: CtlError) -> CtlError {
         }
         other => other,
     }
+}
+
+/// Send a drain (of a stamp or a region) and print what changed.
+async fn drain(api: &AdminClient, path: &str, body: Value, what: &str) -> Result<(), CtlError> {
+    let answer = api
+        .call(Method::POST, path, Some(body))
+        .await
+        .map_err(force_hint)?;
+    print!("{}", render_change(what, &answer));
+    Ok(())
 }
 
 fn drain_body(deadline: Option<String>, dry_run: bool, force: bool) -> Value {

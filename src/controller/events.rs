@@ -89,6 +89,21 @@ pub struct NewEvent {
     pub reason: String,
 }
 
+impl NewEvent {
+    /// An event about the proxy as a whole (config, DNS): no pool, stamp
+    /// or state change.
+    pub fn proxy_wide(kind: EventKind, reason: String) -> NewEvent {
+        NewEvent {
+            kind,
+            pool: None,
+            stamp: None,
+            from: None,
+            to: None,
+            reason,
+        }
+    }
+}
+
 impl EventLog {
     /// An empty log.
     pub fn new() -> EventLog {

@@ -523,16 +523,10 @@ impl Controller {
             }
             DnsReport::Failed { host, error, kept } => {
                 tracing::warn!(%host, %error, kept, "stamp host resolution failed; keeping the last answer");
-                self.events.push(NewEvent {
-                    kind: EventKind::Alarm,
-                    pool: None,
-                    stamp: None,
-                    from: None,
-                    to: None,
-                    reason: format!(
-                        "resolving {host} failed ({error}); {kept} address(es) kept in use"
-                    ),
-                });
+                self.events.push(NewEvent::proxy_wide(
+                    EventKind::Alarm,
+                    format!("resolving {host} failed ({error}); {kept} address(es) kept in use"),
+                ));
             }
         }
     }

@@ -294,14 +294,10 @@ impl Controller {
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(%who, error = %message, "reload refused; still serving the previous config");
-                self.events.push(NewEvent {
-                    kind: EventKind::Config,
-                    pool: None,
-                    stamp: None,
-                    from: None,
-                    to: None,
-                    reason: format!("reload refused (by {who}): {message}"),
-                });
+                self.events.push(NewEvent::proxy_wide(
+                    EventKind::Config,
+                    format!("reload refused (by {who}): {message}"),
+                ));
                 self.last_reload = Some(json!({ "ok": false, "by": who, "error": message }));
                 return Err(AdminError::Reload(message));
             }
@@ -402,19 +398,15 @@ impl Controller {
             "warnings": warnings,
         });
         tracing::info!(%who, generation = self.generation, "config reloaded");
-        self.events.push(NewEvent {
-            kind: EventKind::Config,
-            pool: None,
-            stamp: None,
-            from: None,
-            to: None,
-            reason: format!(
+        self.events.push(NewEvent::proxy_wide(
+            EventKind::Config,
+            format!(
                 "reloaded (by {who}): {} kept, {} added, {} removed",
                 kept.len(),
                 added.len(),
                 removed.len()
             ),
-        });
+        ));
         self.last_reload = Some(summary.clone());
         Ok(summary)
     }
