@@ -328,3 +328,139 @@ fn a_bad_scenario_exits_2_naming_the_key_and_value() {
         "the built-ins are named"
     );
 }
+
+/// Existing targets: stamps and a proxy already running (here in the test
+/// process), reached only through their URLs. The drill drives HTTP/2
+/// load, drains a stamp through the admin API with the token from the
+/// named variable, and injects a fault through a stamp's control URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_proxy_and_stamps_are_driven_through_their_urls() {
+    use stampgate::admin::{self, Tokens};
+    let a = support::stamp("a-1", "a").await;
+    let b = support::stamp("b-1", "b").await;
+    let p = support::Setup::new().stamp(&a).stamp(&b).start().await;
+    let admin = admin::start_with_tokens(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens::single("drill-secret"),
+        p.handle.controller.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("existing.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"existing\"\nduration = \"3s\"\n\
+             [[stamps]]\nname = \"a-1\"\nregion = \"a\"\ncontrol = \"http://{}\"\n\
+             [[stamps]]\nname = \"b-1\"\nregion = \"b\"\ncontrol = \"http://{}\"\n\
+             [proxy]\nurl = \"http://{}\"\nadmin = \"http://{}\"\ntoken_env = \"DRILL_TOKEN\"\n\
+             [load]\nrate = 100\nprotocol = \"http2\"\n\
+             [[load.requests]]\npath = \"/catalogservice/api/1.0/catalogitem?limit=1\"\n\
+             [[timeline]]\nat = \"1s\"\nstamp = \"a-1\"\nadmin = \"drain\"\n\
+             [[timeline]]\nat = \"2s\"\nstamp = \"b-1\"\nfault = {{ latency_ms = 30 }}\n\
+             [expect]\nmax_errors = 0\n",
+            a.control_addr(),
+            b.control_addr(),
+            p.addr(),
+            admin.addr,
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("report");
+    let report = out.join("report.json");
+    let run = tokio::task::spawn_blocking(move || {
+        stampgate()
+            .args(["drill"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .env("DRILL_TOKEN", "drill-secret")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("(h2c)") || stdout.contains("HTTP/2"),
+        "{stdout}"
+    );
+    assert_eq!(
+        b.fault().latency_ms,
+        Some(30),
+        "the fault went through b-1's control URL"
+    );
+    let status = p
+        .handle
+        .controller
+        .command(stampgate::controller::admin::Command::Status, "test")
+        .await
+        .unwrap();
+    let a_admin = status["pools"][0]["stamps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "a-1")
+        .map(|s| s["admin"].clone());
+    assert!(
+        matches!(
+            a_admin.as_ref().and_then(|v| v.as_str()),
+            Some("draining" | "drained")
+        ),
+        "the drain went through the admin API: {a_admin:?}"
+    );
+}
+
+/// A reload with another config file: the drill writes it over the
+/// spawned proxy's config and reloads through the admin API; the stamp the
+/// new file leaves out stops getting traffic, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_another_config_takes_effect_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = |stamps: &[&str]| {
+        let mut t = String::from(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [access_log]\nenabled = false\n\
+             [[routes]]\nname = \"catalog\"\npath_prefix = \"/\"\npool = \"catalog\"\n",
+        );
+        for s in stamps {
+            t.push_str(&format!(
+                "[[pools.catalog.stamps]]\nname = \"{s}\"\nregion = \"{}\"\naddress = \"{{{{stamp:{s}}}}}\"\n",
+                &s[..1]
+            ));
+        }
+        t
+    };
+    std::fs::write(dir.path().join("before.toml"), proxy(&["a-1", "b-1"])).unwrap();
+    std::fs::write(dir.path().join("after.toml"), proxy(&["b-1"])).unwrap();
+    let file = dir.path().join("reload.toml");
+    std::fs::write(
+        &file,
+        "name = \"reload-other\"\nduration = \"3s\"\n\
+         [[stamps]]\nname = \"a-1\"\nregion = \"a\"\n[[stamps]]\nname = \"b-1\"\nregion = \"b\"\n\
+         [proxy]\nconfig = \"before.toml\"\n[load]\nrate = 200\n\
+         [[load.requests]]\npath = \"/catalogservice/api/1.0/catalogitem?limit=1\"\n\
+         [[timeline]]\nat = \"1s\"\nadmin = \"reload\"\nconfig = \"after.toml\"\n\
+         [expect]\nmax_errors = 0\n",
+    )
+    .unwrap();
+    let scenario = Scenario::load(&file).unwrap();
+    let out = dir.path().join("out");
+    let report = drill::run(&scenario, &out, false)
+        .await
+        .expect("the drill runs");
+    assert!(report.passed, "{}", report.summary());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let seconds = json["seconds"].as_array().unwrap();
+    let a_in = |i: usize| seconds[i]["by_stamp"]["a-1"].as_u64().unwrap_or(0);
+    assert!(a_in(0) > 0, "a-1 served before the reload: {}", seconds[0]);
+    assert_eq!(a_in(2), 0, "a-1 left with the new config: {}", seconds[2]);
+}
