@@ -388,9 +388,12 @@ async fn existing_proxy_and_stamps_are_driven_through_their_urls() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    assert!(stdout.contains("(h2c)"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let drain_shift = json["faults"][0]["shift_ms"].as_f64();
     assert!(
-        stdout.contains("(h2c)") || stdout.contains("HTTP/2"),
-        "{stdout}"
+        drain_shift.is_some_and(|ms| ms <= 500.0),
+        "traffic left the drained stamp at once: {drain_shift:?}"
     );
     assert_eq!(
         b.fault().latency_ms,
