@@ -211,7 +211,7 @@ pub struct InFlight {
     /// The body ended cleanly.
     complete: bool,
     /// The access log line, when this request is logged.
-    log: Option<Box<(Entry, AccessLog)>>,
+    log: Option<(Box<Entry>, AccessLog)>,
 }
 
 impl InFlight {
@@ -272,8 +272,7 @@ impl Drop for InFlight {
         if let Some(route) = &self.route {
             route.observe(total);
         }
-        if let Some(log) = self.log.take() {
-            let (mut entry, sink) = *log;
+        if let Some((mut entry, sink)) = self.log.take() {
             entry.total = total;
             entry.bytes = self.bytes;
             entry.aborted = !self.complete;
@@ -329,10 +328,10 @@ impl Gateway {
         if let (Some(sample), Some(head)) = (table.access_log, head)
             && (status >= 500 || sample >= 1.0 || (sample > 0.0 && fastrand::f64() < sample))
         {
-            guard.log = Some(Box::new((
-                self.log_entry(&table, head, &guard, status, request_id, error, conn),
+            guard.log = Some((
+                Box::new(self.log_entry(&table, head, &guard, status, request_id, error, conn)),
                 self.access_log.clone(),
-            )));
+            ));
         }
         if resp.body().is_end_stream() {
             guard.completed();
