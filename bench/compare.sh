@@ -25,18 +25,25 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--raw FILE] [--keep]
+usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--same-headers]
+                        [--raw FILE] [--keep]
 
   --quick      one short round (3 s runs, 1,000 held connections): smoke test
   --rounds N   rounds of every load test (default 3)
   --profile    callgrind instead of load runs: instructions per request
   --only PROXY with --profile: profile only stampgate, haproxy or nginx
                (a quicker before/after check of one proxy)
+  --same-headers
+               HAProxy and nginx also do the header work stampgate does by
+               default: X-Forwarded-For/-Proto/-Host, Via, X-Request-Id made
+               when absent and echoed on the response, and the serving
+               stamp's name on the response (by default they add nothing)
   --raw FILE   also write every per-run measurement (TSV) to FILE
   --keep       keep the temporary directory (configs, logs, profiles)
 
 Environment: PROXY_CPU (default 0), LOAD_CPU (default 1), CARGO_TARGET_DIR,
-PROFILE_REQUESTS (default 20000).
+PROFILE_REQUESTS (default 20000), CALLGRIND_ARGS (extra callgrind options),
+SG_BIN (a prebuilt stampgate binary to measure instead of building one).
 EOF
 }
 
@@ -46,6 +53,7 @@ PROFILE=0
 ONLY=""
 RAW_OUT=""
 KEEP=0
+SAME_HEADERS=0
 while (($#)); do
     case $1 in
         --quick) QUICK=1; ROUNDS=1 ;;
@@ -54,6 +62,7 @@ while (($#)); do
         --only) ONLY=$2; shift ;;
         --raw) RAW_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
+        --same-headers) SAME_HEADERS=1 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -328,6 +337,7 @@ defaults
 frontend bench
     bind 127.0.0.1:$P_HA
     bind 127.0.0.1:$P_HA_TLS ssl crt $WORK/tls/combined.pem alpn h2,http/1.1
+$(haproxy_same_headers)
     default_backend origin
 
 backend origin
@@ -341,6 +351,50 @@ EOF
     H1[haproxy]=http://127.0.0.1:$P_HA/
     H2C[haproxy]=http://127.0.0.1:$P_HA/
     TLS[haproxy]=https://localhost:$P_HA_TLS/
+}
+
+# --same-headers: HAProxy does what stampgate's header rules do by default
+# (proxy::headers): X-Forwarded-For/-Proto/-Host and Via on the request, an
+# X-Request-Id made when the client sent none and echoed on the response,
+# and the serving server's name on the response.
+haproxy_same_headers() {
+    ((SAME_HEADERS)) || return 0
+    cat <<'EOF'
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http unless { ssl_fc }
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request add-header Via "1.1 stampgate"
+    unique-id-format %[uuid()]
+    http-request set-header X-Request-Id %[unique-id] unless { req.hdr(x-request-id) -m found }
+    http-request set-var(txn.rid) req.hdr(x-request-id)
+    http-response set-header X-Request-Id %[var(txn.rid)]
+    http-response set-header x-stampgate-stamp %s
+EOF
+}
+
+# The same for nginx ($request_id is its random 32-hex id).
+nginx_same_headers() {
+    ((SAME_HEADERS)) || return 0
+    cat <<'EOF'
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Via "1.1 stampgate";
+            proxy_set_header X-Request-Id $rid;
+            add_header X-Request-Id $rid;
+            add_header x-stampgate-stamp origin-1;
+EOF
+}
+
+nginx_same_headers_map() {
+    ((SAME_HEADERS)) || return 0
+    cat <<'EOF'
+    map $http_x_request_id $rid {
+        default $http_x_request_id;
+        "" $request_id;
+    }
+EOF
 }
 
 start_nginx() {
@@ -361,6 +415,7 @@ http {
 $(nginx_temp_paths "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 60s;
+$(nginx_same_headers_map)
     upstream origin {
         server 127.0.0.1:$P_ORIGIN;
         keepalive 64;
@@ -379,6 +434,7 @@ $(nginx_temp_paths "$dir")
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+$(nginx_same_headers)
         }
     }
 }
@@ -580,7 +636,9 @@ profile_run() {
 }
 
 run_profile() {
-    WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/callgrind.%p.out")
+    # CALLGRIND_ARGS: extra options, e.g. "--cache-sim=yes" for cache misses.
+    # shellcheck disable=SC2206
+    WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/callgrind.%p.out" ${CALLGRIND_ARGS:-})
     start_origin
     local p
     for p in "${PROXIES[@]}"; do
@@ -631,9 +689,13 @@ HA_MAXCONN=$((HOLD_CONNS + 2000))
 ((PROFILE)) && HA_MAXCONN=4000
 ((NOFILE_CONNS > HOLD_CONNS)) || log "warning: ulimit -n $NOFILE is too low for $HOLD_CONNS connections"
 
-log "building stampgate (release)"
-(cd "$ROOT" && cargo build --release --quiet)
-SG_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/stampgate
+if [[ -n ${SG_BIN:-} ]]; then
+    log "using the prebuilt stampgate at $SG_BIN"
+else
+    log "building stampgate (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    SG_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/stampgate
+fi
 [[ -x $SG_BIN ]] || die "no binary at $SG_BIN"
 
 read -r P_ORIGIN P_SG P_SG_TLS P_SG_ADMIN P_HA P_HA_TLS P_NG P_NG_H2C P_NG_TLS < <(free_ports 9)
@@ -657,6 +719,11 @@ versions=(
     printf ', %s' "${versions[@]:1}"
     echo
     echo "pinning: proxy on CPU $PROXY_CPU; load generator and origin on CPU $LOAD_CPU"
+    if ((SAME_HEADERS)); then
+        echo "headers: HAProxy and nginx add stampgate's default headers too (--same-headers)"
+    else
+        echo "headers: stampgate adds its default headers; HAProxy and nginx add none"
+    fi
 } >"$WORK/header.txt"
 
 if ((PROFILE)); then
@@ -682,6 +749,13 @@ for p in "${PROXIES[@]}"; do
     h2load -n 10 -c 1 "${H2C[$p]}" 2>&1 | grep -q '10 succeeded' ||
         die "$p does not serve h2c at ${H2C[$p]}"
 done
+# --same-headers must really be in effect: every proxy echoes a request id.
+if ((SAME_HEADERS)); then
+    for p in "${PROXIES[@]}"; do
+        curl -s -o /dev/null -D - "${H1[$p]}" | grep -qi '^x-request-id: .' ||
+            die "$p answers without X-Request-Id under --same-headers"
+    done
+fi
 # The TLS each proxy negotiates with wrk's OpenSSL client.
 for p in "${PROXIES[@]}"; do
     hostport=${TLS[$p]#https://}
