@@ -919,3 +919,6 @@ impl Body for H1Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,7 +37,7 @@ pub struct IdleQueue {
 }
 
 impl IdleQueue {
-    fn new(idle_timeout: Duration) -> IdleQueue {
+    pub(crate) fn new(idle_timeout: Duration) -> IdleQueue {
         IdleQueue {
             idle_timeout,
             conns: Mutex::new(VecDeque::new()),

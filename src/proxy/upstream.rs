@@ -447,3 +447,151 @@ fn chain_text(err: &(dyn StdError + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn plain_upstream() -> Upstream {
+        let mut tcp = HttpConnector::new_with_resolver(CacheResolver::new(DnsCache::new()));
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp.clone());
+        Upstream {
+            connector,
+            http: tcp,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            conns: ConnPool::new(POOL_IDLE_TIMEOUT),
+            scheme: Scheme::HTTP,
+            version: http::Version::HTTP_11,
+        }
+    }
+
+    /// A stamp on 127.0.0.1 that serves its n-th connection by `plans[n]`:
+    /// for each request read, answer it (`true`) or close the connection
+    /// without a word (`false`); the connection is closed when its plan
+    /// ends. Returns the request lines seen, per connection, once every
+    /// plan has run.
+    async fn scripted_stamp(
+        plans: Vec<Vec<bool>>,
+    ) -> (String, tokio::task::JoinHandle<Vec<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for plan in plans {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut lines = Vec::new();
+                for answer in plan {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if sock.read(&mut byte).await.unwrap() == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    lines.push(text.lines().next().unwrap_or_default().to_owned());
+                    if !answer {
+                        break;
+                    }
+                    sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+                seen.push(lines);
+                drop(sock);
+            }
+            seen
+        });
+        (format!("http://{addr}/x"), task)
+    }
+
+    fn request(method: Method, uri: &str) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::full(Bytes::new()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.parse().unwrap();
+        req
+    }
+
+    async fn ok(up: &Upstream, method: Method, uri: &str) -> Result<Bytes, ProxyError> {
+        let resp = up.send("a", request(method, uri)).await?;
+        Ok(resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn keep_alive_connection_is_reused() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true, true, true]]).await;
+        let up = plain_upstream();
+        for _ in 0..3 {
+            assert_eq!(ok(&up, Method::GET, &uri).await.unwrap(), "ok");
+        }
+        drop(up);
+        let seen = stamp.await.unwrap();
+        assert_eq!(seen, vec![vec!["GET /x HTTP/1.1"; 3]], "one connection");
+    }
+
+    /// The stamp closes an idle connection just as the next request goes
+    /// out on it (its keep-alive timeout racing our reuse): a GET goes on
+    /// a new connection and the client sees no error.
+    #[tokio::test]
+    async fn get_on_a_connection_the_stamp_closed_is_sent_again() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true, false], vec![true]]).await;
+        let up = plain_upstream();
+        assert_eq!(ok(&up, Method::GET, &uri).await.unwrap(), "ok");
+        assert_eq!(ok(&up, Method::GET, &uri).await.unwrap(), "ok");
+        let seen = stamp.await.unwrap();
+        assert_eq!(seen[0], ["GET /x HTTP/1.1", "GET /x HTTP/1.1"]);
+        assert_eq!(seen[1], ["GET /x HTTP/1.1"]);
+    }
+
+    /// The same race for a POST: the stamp may have acted on it before
+    /// closing, so it is not sent again.
+    #[tokio::test]
+    async fn post_on_a_connection_the_stamp_closed_is_not_sent_again() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true, false]]).await;
+        let up = plain_upstream();
+        assert_eq!(ok(&up, Method::POST, &uri).await.unwrap(), "ok");
+        let err = ok(&up, Method::POST, &uri).await.unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamReset { .. }), "{err:?}");
+        assert_eq!(stamp.await.unwrap().len(), 1);
+    }
+
+    /// A connection the stamp closed while it sat idle is noticed at
+    /// checkout and never written to.
+    #[tokio::test]
+    async fn connection_closed_while_idle_is_skipped() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true], vec![true]]).await;
+        let up = plain_upstream();
+        assert_eq!(ok(&up, Method::POST, &uri).await.unwrap(), "ok");
+        // The first plan ends after one request: the stamp closes it.
+        // Wait for the close to reach us before the next request.
+        let key: Authority = uri.parse::<Uri>().unwrap().authority().unwrap().clone();
+        let mut conn = up.conns.h1(&key).checkout().unwrap();
+        let mut polls = 0;
+        while conn.still_open().await {
+            polls += 1;
+            assert!(polls < 10_000, "the stamp's close was never seen");
+            tokio::task::yield_now().await;
+        }
+        up.conns.h1(&key).checkin(conn);
+        // Even a POST is fine: nothing was written on the closed one.
+        assert_eq!(ok(&up, Method::POST, &uri).await.unwrap(), "ok");
+        assert_eq!(stamp.await.unwrap().len(), 2);
+    }
+}
