@@ -174,8 +174,12 @@ impl Upstream {
             if !conn.still_open().await {
                 continue;
             }
-            let sent = conn
-                .send(
+            // Boxed: the exchange's future is about 1 KiB; inline, it
+            // would be copied with this future into `timeout` and
+            // `select!` on every request, and a box of that size comes
+            // from the allocator's thread cache.
+            let sent = Box::pin(
+                conn.send(
                     &parts.method,
                     target,
                     key.as_str(),
@@ -183,8 +187,9 @@ impl Upstream {
                     body.take()
                         .unwrap_or_else(|| UpstreamBody::full(Default::default())),
                     &queue,
-                )
-                .await;
+                ),
+            )
+            .await;
             match sent {
                 Ok(resp) => return Ok(resp),
                 // Closed by the stamp while idle (it raced our check): the
@@ -208,14 +213,14 @@ impl Upstream {
         // otherwise size every request's future.
         let conn = Box::pin(self.connect_h1(stamp, &parts.uri)).await?;
         let body = body.unwrap_or_else(|| UpstreamBody::full(Default::default()));
-        conn.send(
+        Box::pin(conn.send(
             &parts.method,
             target,
             key.as_str(),
             &parts.headers,
             body,
             &queue,
-        )
+        ))
         .await
         .map_err(|e| classify_h1(stamp, e, false))
     }
