@@ -65,6 +65,15 @@ pub enum ProxyError {
         /// The underlying cause, for logs.
         detail: String,
     },
+    /// The stamp's response was not valid HTTP (or used an unsupported
+    /// feature such as `101 Switching Protocols`).
+    #[error("stamp {stamp} sent an invalid response: {detail}")]
+    UpstreamProtocol {
+        /// Stamp name.
+        stamp: String,
+        /// What was wrong, for logs.
+        detail: String,
+    },
     /// An operator's drain deadline passed while the request was at the stamp.
     #[error("stamp {stamp} was drained by an operator and its deadline passed")]
     DrainDeadline {
@@ -93,6 +102,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTimeout { .. } => Blame::Stamp,
         }
     }
@@ -107,6 +117,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. } => true,
             ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::DrainDeadline { .. } => false,
             ProxyError::NoRoute
@@ -123,6 +134,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::DrainDeadline { .. } => true,
             ProxyError::NoRoute
@@ -143,7 +155,8 @@ impl ProxyError {
             }
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectFailed { .. }
-            | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -162,6 +175,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => "upstream-connect-timeout",
             ProxyError::ConnectFailed { .. } => "upstream-connect-failed",
             ProxyError::UpstreamReset { .. } => "upstream-reset",
+            ProxyError::UpstreamProtocol { .. } => "upstream-protocol-error",
             ProxyError::UpstreamTimeout { .. } => "upstream-timeout",
         }
     }

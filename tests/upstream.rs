@@ -59,7 +59,7 @@ fn request(addr: SocketAddr) -> http::Request<UpstreamBody> {
         .unwrap()
 }
 
-async fn body_of(resp: http::Response<hyper::body::Incoming>) -> Bytes {
+async fn body_of(resp: http::Response<stampgate::proxy::body::StampBody>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::forward::InFlight;
+use super::h1::H1Body;
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,45 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A response body as it comes from a stamp: from our own HTTP/1.1 client
+/// or from hyper's HTTP/2 one.
+#[derive(Debug)]
+pub enum StampBody {
+    /// Over an HTTP/1.1 connection ([`super::h1`]).
+    H1(H1Body),
+    /// Over an HTTP/2 connection.
+    H2(Incoming),
+}
+
+impl Body for StampBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            StampBody::H1(b) => Pin::new(b).poll_frame(cx),
+            StampBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            StampBody::H1(b) => b.is_end_stream(),
+            StampBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            StampBody::H1(b) => b.size_hint(),
+            StampBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 pin_project! {
     /// The body sent back to the client.
     #[allow(missing_docs)] // fields are described on their variants
@@ -123,7 +163,7 @@ pin_project! {
         /// Streamed from the stamp; `guard` ends in-flight accounting on drop;
         /// `cut` ends the body when an operator's drain deadline passes.
         Upstream {
-            #[pin] inner: Incoming,
+            #[pin] inner: StampBody,
             guard: Option<InFlight>,
             #[pin] cut: WaitForCancellationFutureOwned,
         },
@@ -182,7 +222,7 @@ impl Body for ResponseBody {
                         _ => {}
                     }
                 }
-                polled.map_err(Into::into)
+                polled
             }
             ResponseBodyProj::Local { data, guard } => {
                 let frame = data.take();

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::access_log::{AccessLog, Entry};
-use super::body::{ResponseBody, UpstreamBody};
+use super::body::{ResponseBody, StampBody, UpstreamBody};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
 };
@@ -553,7 +553,7 @@ impl Gateway {
 
 /// The stamp's response, on its way to the client.
 fn respond(
-    resp: Response<Incoming>,
+    resp: Response<StampBody>,
     stamp: &StampView,
     request_id: &HeaderValue,
     stamp_header: bool,
@@ -580,7 +580,7 @@ fn respond(
 /// kind of connect failure. Relaxed atomics only.
 fn observe(
     stats: &StampStats,
-    sent: &Result<Result<Response<Incoming>, ProxyError>, tokio::time::error::Elapsed>,
+    sent: &Result<Result<Response<StampBody>, ProxyError>, tokio::time::error::Elapsed>,
     elapsed: std::time::Duration,
 ) {
     match sent {
@@ -605,10 +605,10 @@ fn observe(
 /// How a try at a stamp failed.
 enum Failure {
     /// The stamp answered 502/503/504.
-    Status(Response<Incoming>),
+    Status(Response<StampBody>),
     /// The application answered another 5xx (retried when allowed; not
     /// the stamp's gateway failing).
-    ServerError(Response<Incoming>),
+    ServerError(Response<StampBody>),
     /// No usable answer.
     Error(ProxyError),
 }

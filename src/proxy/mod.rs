@@ -20,6 +20,7 @@ pub mod access_log;
 pub mod body;
 pub mod budget;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod server;

@@ -1,7 +1,8 @@
 //! Connections to stamps: one connection pool per stamp pool ([`ConnPool`],
-//! keyed by stamp), plain or TLS, HTTP/1.1 or HTTP/2, connected through
-//! hyper-rustls over the DNS cache. Failures are classified here into
-//! [`ProxyError`]s that say whether the stamp acted.
+//! keyed by stamp), plain or TLS, HTTP/1.1 (our own client, [`super::h1`])
+//! or HTTP/2 (hyper's, connected through hyper-rustls), over the DNS cache.
+//! Failures are classified here into [`ProxyError`]s that say whether the
+//! stamp acted.
 
 use std::error::Error as StdError;
 use std::fs;
@@ -9,17 +10,18 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use super::body::{BodyError, UpstreamBody};
-use super::pool::{ConnPool, Http1Sender, Http2Sender};
+use super::body::{BodyError, StampBody, UpstreamBody};
+use super::forward::is_idempotent;
+use super::h1::{H1Conn, H1Error, Io};
+use super::pool::{ConnPool, Http2Sender};
 use crate::config::PoolConfig;
 use crate::discovery::{CacheResolver, DnsCache};
 use crate::error::ProxyError;
@@ -59,12 +61,25 @@ type Connector = HttpsConnector<HttpConnector<CacheResolver>>;
 
 /// The client for one pool's stamps. Replaced as a whole (with its
 /// connections) when the pool's addresses change or a stamp is drained.
-#[derive(Debug)]
 pub struct Upstream {
+    /// HTTP/2: hyper's client over hyper-rustls.
     connector: Connector,
+    /// HTTP/1.1: TCP from the same connector settings, TLS on top here.
+    http: HttpConnector<CacheResolver>,
+    tls: tokio_rustls::TlsConnector,
     conns: ConnPool,
     scheme: Scheme,
     version: http::Version,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("conns", &self.conns)
+            .field("scheme", &self.scheme)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
@@ -77,16 +92,20 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(pool.connect_timeout));
         let tls = client_tls(pool)?;
+        // ALPN stays empty for HTTP/1.1, as hyper-rustls leaves it.
+        let h1_tls = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
         let connector = if pool.upstream_http2 {
-            builder.enable_http2().wrap_connector(http)
+            builder.enable_http2().wrap_connector(http.clone())
         } else {
-            builder.enable_http1().wrap_connector(http)
+            builder.enable_http1().wrap_connector(http.clone())
         };
         Ok(Upstream {
             connector,
+            http,
+            tls: h1_tls,
             conns: ConnPool::new(POOL_IDLE_TIMEOUT),
             scheme: if pool.upstream_tls {
                 Scheme::HTTPS
@@ -114,13 +133,13 @@ impl Upstream {
     /// Send one request (its URI is absolute and names the stamp) and wait
     /// for the response head. The body streams afterwards.
     ///
-    /// A pooled connection that turns out closed before the request was
-    /// written is replaced by a new one, once: the stamp saw nothing.
+    /// A pooled connection that turns out closed before the stamp answered
+    /// is replaced by a new one, once, when the request can be sent again.
     pub async fn send(
         &self,
         stamp: &str,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<StampBody>, ProxyError> {
         let Some(key) = req.uri().authority().cloned() else {
             return Err(ProxyError::ConnectFailed {
                 stamp: stamp.to_owned(),
@@ -128,9 +147,11 @@ impl Upstream {
             });
         };
         if self.version == http::Version::HTTP_2 {
-            self.send_h2(stamp, key, req).await
+            let resp = self.send_h2(stamp, key, req).await?;
+            Ok(resp.map(StampBody::H2))
         } else {
-            self.send_h1(stamp, key, req).await
+            let resp = self.send_h1(stamp, key, req).await?;
+            Ok(resp.map(StampBody::H1))
         }
     }
 
@@ -138,29 +159,70 @@ impl Upstream {
         &self,
         stamp: &str,
         key: Authority,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let target = std::mem::take(req.uri_mut());
-        *req.uri_mut() = request_target(req.method(), &target);
-        if let Some(mut tx) = self.conns.checkout_h1(&key) {
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    self.conns.checkin_h1(&key, tx);
-                    return Ok(resp);
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<super::h1::H1Body>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let target = request_target(&parts.method, &parts.uri);
+        let queue = self.conns.h1(&key);
+        // A `Full` body can be written again on a new connection.
+        let replay = match &body {
+            UpstreamBody::Full { data } => Some(data.clone().unwrap_or_default()),
+            UpstreamBody::Streaming { .. } => None,
+        };
+        let mut body = Some(body);
+        while let Some(mut conn) = queue.checkout() {
+            if !conn.still_open().await {
+                continue;
+            }
+            // Boxed: the exchange's future is about 1 KiB; inline, it
+            // would be copied with this future into `timeout` and
+            // `select!` on every request, and a box of that size comes
+            // from the allocator's thread cache.
+            let sent = Box::pin(
+                conn.send(
+                    &parts.method,
+                    target,
+                    key.as_str(),
+                    &parts.headers,
+                    body.take()
+                        .unwrap_or_else(|| UpstreamBody::full(Default::default())),
+                    &queue,
+                ),
+            )
+            .await;
+            match sent {
+                Ok(resp) => return Ok(resp),
+                // Closed by the stamp while idle (it raced our check): the
+                // stamp answered nothing, so a request that can be sent
+                // again goes on a new connection. If part of it was
+                // written, only an idempotent one: the stamp may have
+                // acted on it before closing.
+                Err(e)
+                    if e.closed_quietly()
+                        && replay.is_some()
+                        && (e.unsent() || is_idempotent(&parts.method, &parts.headers)) =>
+                {
+                    tracing::debug!(stamp, error = %e, "pooled connection was closed; reconnecting");
+                    body = replay.clone().map(UpstreamBody::full);
+                    break;
                 }
-                Err(e) => req = unsent(stamp, e)?,
+                Err(e) => return Err(classify_h1(stamp, e, true)),
             }
         }
-        // Boxed: connecting is rare, and its future (connector, TLS,
-        // handshake) would otherwise size every request's future, which
-        // hyper copies into place per request.
-        let mut tx = Box::pin(self.connect_h1(stamp, &target)).await?;
-        let resp = tx
-            .send_request(req)
-            .await
-            .map_err(|e| classify(stamp, &e))?;
-        self.conns.checkin_h1(&key, tx);
-        Ok(resp)
+        // Boxed: connecting is rare, and its future (connector, TLS) would
+        // otherwise size every request's future.
+        let conn = Box::pin(self.connect_h1(stamp, &parts.uri)).await?;
+        let body = body.unwrap_or_else(|| UpstreamBody::full(Default::default()));
+        Box::pin(conn.send(
+            &parts.method,
+            target,
+            key.as_str(),
+            &parts.headers,
+            body,
+            &queue,
+        ))
+        .await
+        .map_err(|e| classify_h1(stamp, e, false))
     }
 
     async fn send_h2(
@@ -168,7 +230,7 @@ impl Upstream {
         stamp: &str,
         key: Authority,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         if let Some(mut tx) = self.conns.h2(&key) {
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
@@ -196,13 +258,38 @@ impl Upstream {
             .map_err(|e| classify_connect(stamp, &*e))
     }
 
-    async fn connect_h1(&self, stamp: &str, target: &Uri) -> Result<Http1Sender, ProxyError> {
-        let io = self.connect(stamp, target).await?;
-        let (tx, conn) = http1::handshake(io)
+    /// TCP (with the connector's timeout, `TCP_NODELAY` and DNS cache),
+    /// then TLS with SNI from the URI's host for `https`.
+    async fn connect_h1(&self, stamp: &str, target: &Uri) -> Result<H1Conn, ProxyError> {
+        let mut http = self.http.clone();
+        std::future::poll_fn(|cx| http.poll_ready(cx))
             .await
-            .map_err(|e| handshake_failed(stamp, &e))?;
-        drive(conn);
-        Ok(tx)
+            .map_err(|e| classify_connect(stamp, &e))?;
+        let tcp = http
+            .call(target.clone())
+            .await
+            .map_err(|e| classify_connect(stamp, &e))?
+            .into_inner();
+        if target.scheme() != Some(&Scheme::HTTPS) {
+            return Ok(H1Conn::new(Io::Plain(tcp)));
+        }
+        let failed = |detail: String| ProxyError::ConnectFailed {
+            stamp: stamp.to_owned(),
+            detail,
+        };
+        let host = target.host().unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| failed(format!("invalid TLS server name {host:?}: {e}")))?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed(format!("TLS handshake: {}", chain_text(&e))))?;
+        Ok(H1Conn::new(Io::Tls(Box::new(tls))))
     }
 
     async fn connect_h2(&self, stamp: &str, target: &Uri) -> Result<Http2Sender, ProxyError> {
@@ -241,18 +328,33 @@ fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
 
 /// The HTTP/1.1 request target for an absolute URI: origin-form
 /// (`/path?query`), or authority-form for `CONNECT` (RFC 9112 §3.2).
-fn request_target(method: &Method, uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
+fn request_target<'a>(method: &Method, uri: &'a Uri) -> &'a str {
     if method == Method::CONNECT {
-        parts.authority = uri.authority().cloned();
+        uri.authority().map_or("", Authority::as_str)
     } else {
-        parts.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        uri.path_and_query().map_or("/", |pq| pq.as_str())
     }
-    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// What a failed HTTP/1.1 exchange means. On a new connection, a failure
+/// before one byte of the request was written is a failed connection: the
+/// stamp saw nothing.
+fn classify_h1(stamp: &str, err: H1Error, reused: bool) -> ProxyError {
+    let stamp = stamp.to_owned();
+    match err {
+        H1Error::Body(BodyError::TooLarge { limit }) => ProxyError::BodyTooLarge { limit },
+        H1Error::Body(BodyError::Client(e)) => ProxyError::ClientBody(e.to_string()),
+        H1Error::BodyLength => ProxyError::ClientBody(err.to_string()),
+        H1Error::Protocol(detail) => ProxyError::UpstreamProtocol { stamp, detail },
+        H1Error::Closed { .. } if err.unsent() && !reused => ProxyError::ConnectFailed {
+            stamp,
+            detail: err.to_string(),
+        },
+        H1Error::Closed { .. } => ProxyError::UpstreamReset {
+            stamp,
+            detail: err.to_string(),
+        },
+    }
 }
 
 fn client_tls(pool: &PoolConfig) -> Result<rustls::ClientConfig, UpstreamSetupError> {
@@ -320,8 +422,8 @@ fn classify_connect(stamp: &str, err: &(dyn StdError + Send + Sync + 'static)) -
     }
 }
 
-/// The connection was made but the HTTP handshake on it failed (for
-/// HTTP/2, the preface or settings exchange): no request was sent.
+/// The connection was made but the HTTP/2 handshake on it failed (the
+/// preface or settings exchange): no request was sent.
 fn handshake_failed(stamp: &str, err: &hyper::Error) -> ProxyError {
     ProxyError::ConnectFailed {
         stamp: stamp.to_owned(),
@@ -349,4 +451,152 @@ fn chain_text(err: &(dyn StdError + 'static)) -> String {
         cur = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn plain_upstream() -> Upstream {
+        let mut tcp = HttpConnector::new_with_resolver(CacheResolver::new(DnsCache::new()));
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp.clone());
+        Upstream {
+            connector,
+            http: tcp,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            conns: ConnPool::new(POOL_IDLE_TIMEOUT),
+            scheme: Scheme::HTTP,
+            version: http::Version::HTTP_11,
+        }
+    }
+
+    /// A stamp on 127.0.0.1 that serves its n-th connection by `plans[n]`:
+    /// for each request read, answer it (`true`) or close the connection
+    /// without a word (`false`); the connection is closed when its plan
+    /// ends. Returns the request lines seen, per connection, once every
+    /// plan has run.
+    async fn scripted_stamp(
+        plans: Vec<Vec<bool>>,
+    ) -> (String, tokio::task::JoinHandle<Vec<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for plan in plans {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut lines = Vec::new();
+                for answer in plan {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if sock.read(&mut byte).await.unwrap() == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    lines.push(text.lines().next().unwrap_or_default().to_owned());
+                    if !answer {
+                        break;
+                    }
+                    sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+                seen.push(lines);
+                drop(sock);
+            }
+            seen
+        });
+        (format!("http://{addr}/x"), task)
+    }
+
+    fn request(method: Method, uri: &str) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::full(Bytes::new()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.parse().unwrap();
+        req
+    }
+
+    async fn ok(up: &Upstream, method: Method, uri: &str) -> Result<Bytes, ProxyError> {
+        let resp = up.send("a", request(method, uri)).await?;
+        Ok(resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn keep_alive_connection_is_reused() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true, true, true]]).await;
+        let up = plain_upstream();
+        for _ in 0..3 {
+            assert_eq!(ok(&up, Method::GET, &uri).await.unwrap(), "ok");
+        }
+        drop(up);
+        let seen = stamp.await.unwrap();
+        assert_eq!(seen, vec![vec!["GET /x HTTP/1.1"; 3]], "one connection");
+    }
+
+    /// The stamp closes an idle connection just as the next request goes
+    /// out on it (its keep-alive timeout racing our reuse): a GET goes on
+    /// a new connection and the client sees no error.
+    #[tokio::test]
+    async fn get_on_a_connection_the_stamp_closed_is_sent_again() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true, false], vec![true]]).await;
+        let up = plain_upstream();
+        assert_eq!(ok(&up, Method::GET, &uri).await.unwrap(), "ok");
+        assert_eq!(ok(&up, Method::GET, &uri).await.unwrap(), "ok");
+        let seen = stamp.await.unwrap();
+        assert_eq!(seen[0], ["GET /x HTTP/1.1", "GET /x HTTP/1.1"]);
+        assert_eq!(seen[1], ["GET /x HTTP/1.1"]);
+    }
+
+    /// The same race for a POST: the stamp may have acted on it before
+    /// closing, so it is not sent again.
+    #[tokio::test]
+    async fn post_on_a_connection_the_stamp_closed_is_not_sent_again() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true, false]]).await;
+        let up = plain_upstream();
+        assert_eq!(ok(&up, Method::POST, &uri).await.unwrap(), "ok");
+        let err = ok(&up, Method::POST, &uri).await.unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamReset { .. }), "{err:?}");
+        assert_eq!(stamp.await.unwrap().len(), 1);
+    }
+
+    /// A connection the stamp closed while it sat idle is noticed at
+    /// checkout and never written to.
+    #[tokio::test]
+    async fn connection_closed_while_idle_is_skipped() {
+        let (uri, stamp) = scripted_stamp(vec![vec![true], vec![true]]).await;
+        let up = plain_upstream();
+        assert_eq!(ok(&up, Method::POST, &uri).await.unwrap(), "ok");
+        // The first plan ends after one request: the stamp closes it.
+        // Wait for the close to reach us before the next request.
+        let key: Authority = uri.parse::<Uri>().unwrap().authority().unwrap().clone();
+        let mut conn = up.conns.h1(&key).checkout().unwrap();
+        let mut polls = 0;
+        while conn.still_open().await {
+            polls += 1;
+            assert!(polls < 10_000, "the stamp's close was never seen");
+            tokio::task::yield_now().await;
+        }
+        up.conns.h1(&key).checkin(conn);
+        // Even a POST is fine: nothing was written on the closed one.
+        assert_eq!(ok(&up, Method::POST, &uri).await.unwrap(), "ok");
+        assert_eq!(stamp.await.unwrap().len(), 2);
+    }
 }
