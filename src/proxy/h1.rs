@@ -298,8 +298,21 @@ impl H1Conn {
         let declared = headers.contains_key(header::CONTENT_LENGTH);
         let framing = ReqFraming::of(method, declared, &body);
         encode_head(&mut self.head, method, target, host, headers, framing);
-        self.write_request(body, framing).await?;
-        self.read_response(*method == Method::HEAD, queue).await
+        let head_request = *method == Method::HEAD;
+        match self.write_request(body, framing).await {
+            Ok(()) => self.read_response(head_request, queue, true).await,
+            // A stamp may answer before it has read the whole body (413,
+            // 401) and close: the client should see that answer, not the
+            // reset our next write ran into. Only a response already on
+            // its way counts, and the connection is not reused after it.
+            Err(err @ H1Error::Closed { unsent: false, .. }) => {
+                match self.read_response(head_request, queue, false).await {
+                    Ok(resp) => Ok(resp),
+                    Err(_) => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        }
     }
 
     async fn write_request(
@@ -359,10 +372,13 @@ impl H1Conn {
         self.io.flush().await.map_err(|e| closed(e, written))
     }
 
+    /// Read the response head; `reusable` is false when the request was
+    /// not written completely (the connection is then single-use).
     async fn read_response(
         mut self,
         head_request: bool,
         queue: &Arc<IdleQueue>,
+        reusable: bool,
     ) -> Result<Response<H1Body>, H1Error> {
         let mut received = false;
         loop {
@@ -370,6 +386,7 @@ impl H1Conn {
                 match parse_head(&mut self.read, head_request)? {
                     Some(Parsed::Informational) => continue,
                     Some(Parsed::Final(head, framing, reuse)) => {
+                        let reuse = reuse && reusable;
                         let mut resp = Response::new(H1Body::new(self, framing, reuse, queue));
                         *resp.status_mut() = head.status;
                         *resp.version_mut() = head.version;

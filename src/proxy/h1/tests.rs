@@ -518,3 +518,41 @@ async fn a_closed_idle_connection_is_noticed_before_use() {
     server.write_all(b"unasked").await.unwrap();
     assert!(!conn.still_open().await);
 }
+
+#[tokio::test]
+async fn an_early_answer_beats_the_reset_of_an_unfinished_upload() {
+    // A small pipe: the body cannot be written before the stamp answers.
+    let (client, mut server) = tokio::io::duplex(4 * 1024);
+    let conn = H1Conn::new(Io::Mem(client));
+    let q = queue();
+    let stamp = tokio::spawn(async move {
+        let mut buf = vec![0u8; 1024];
+        let n = server.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the request head arrives");
+        server
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+            .await
+            .unwrap();
+        // Closes without reading the body.
+    });
+    let body = UpstreamBody::full(Bytes::from(vec![b'x'; 1024 * 1024]));
+    let resp = conn
+        .send(
+            &Method::PUT,
+            "/upload",
+            "stamp:80",
+            &HeaderMap::new(),
+            body,
+            &q,
+        )
+        .await
+        .expect("the stamp's answer, not the write error");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body_of(resp).await, "big!");
+    assert_eq!(
+        q.len(),
+        0,
+        "a connection with an unfinished request is not reused"
+    );
+    stamp.await.unwrap();
+}
