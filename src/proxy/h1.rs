@@ -128,9 +128,10 @@ impl AsyncWrite for Io {
 }
 
 /// Why an exchange on a connection failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum H1Error {
     /// The connection failed or closed.
+    #[error("connection: {err}")]
     Closed {
         /// The I/O error (`UnexpectedEof` for a close).
         err: io::Error,
@@ -140,10 +141,13 @@ pub enum H1Error {
         quiet: bool,
     },
     /// The stamp's response is not valid HTTP/1.1 (or is unsupported).
+    #[error("invalid response: {0}")]
     Protocol(String),
     /// The client's request body failed or exceeded the limit.
+    #[error(transparent)]
     Body(BodyError),
     /// The request body's length differs from the length it declared.
+    #[error("request body length differs from Content-Length")]
     BodyLength,
 }
 
@@ -179,19 +183,6 @@ impl H1Error {
         }
     }
 }
-
-impl std::fmt::Display for H1Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            H1Error::Closed { err, .. } => write!(f, "connection: {err}"),
-            H1Error::Protocol(why) => write!(f, "invalid response: {why}"),
-            H1Error::Body(e) => e.fmt(f),
-            H1Error::BodyLength => f.write_str("request body length differs from Content-Length"),
-        }
-    }
-}
-
-impl std::error::Error for H1Error {}
 
 fn protocol(why: impl Into<String>) -> H1Error {
     H1Error::Protocol(why.into())
