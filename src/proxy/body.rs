@@ -31,6 +31,26 @@ pub enum BodyError {
     Client(#[source] hyper::Error),
 }
 
+/// A client's request body as the request path receives it.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// No body: a request the HTTP/1.1 fast path ([`super::h1_server`])
+    /// served, which takes only requests without one.
+    Empty,
+    /// From hyper's server (HTTP/2, and HTTP/1.1 requests with a body).
+    Hyper(Incoming),
+}
+
+impl ClientBody {
+    /// Whether there is nothing (more) to read.
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+}
+
 pin_project! {
     /// The body sent to a stamp.
     #[allow(missing_docs)] // fields are described on their variants

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::access_log::{AccessLog, Entry};
-use super::body::{ResponseBody, StampBody, UpstreamBody};
+use super::body::{ClientBody, ResponseBody, StampBody, UpstreamBody};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
 };
@@ -144,6 +144,14 @@ impl ConnActivity {
         }
     }
 
+    /// Mark the connection busy until the returned guard is dropped: the
+    /// HTTP/1.1 fast path holds it from a complete request head until the
+    /// response is written, so neither timer cuts the exchange.
+    pub fn busy(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
+    }
+
     fn touch(&self) {
         self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
     }
@@ -156,6 +164,17 @@ impl ConnActivity {
         }
         let last = self.last_active_ms.load(Ordering::Relaxed);
         Some(self.born + std::time::Duration::from_millis(last) + idle)
+    }
+}
+
+/// See [`ConnActivity::busy`].
+#[derive(Debug)]
+pub struct Busy<'a>(&'a ConnActivity);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -293,7 +312,11 @@ struct RequestHead {
 
 impl Gateway {
     /// Serve one client request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<ClientBody>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
         let mut guard = InFlight::begin(&conn.activity, req.version());
         let table = self.routing.load_full();
         let client_id = req.headers().get(&X_REQUEST_ID).cloned();
@@ -384,7 +407,7 @@ impl Gateway {
     /// guard, which [`Gateway::handle`] attaches.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: &ConnInfo,
         table: &RoutingTable,
         guard: &mut InFlight,
@@ -642,13 +665,20 @@ impl RequestBody {
     /// idempotent, the route allows retries, and the body is empty or its
     /// declared length is within the replay limit. Everything else streams.
     async fn new(
-        body: Incoming,
+        body: ClientBody,
         parts: &http::request::Parts,
         length: Option<u64>,
         route: &RouteEntry,
         max_body: u64,
     ) -> Result<RequestBody, ProxyError> {
         let retryable = route.retry.attempts > 1 && is_idempotent(&parts.method, &parts.headers);
+        let body = match body {
+            ClientBody::Hyper(body) => body,
+            // Sent as an empty body either way; only a retryable request
+            // may go to a second stamp.
+            ClientBody::Empty if retryable => return Ok(RequestBody::Replay(Bytes::new())),
+            ClientBody::Empty => return Ok(RequestBody::Streaming(None)),
+        };
         if !retryable {
             return Ok(RequestBody::Streaming(Some((body, max_body))));
         }

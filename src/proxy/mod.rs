@@ -21,6 +21,7 @@ pub mod body;
 pub mod budget;
 pub mod forward;
 pub mod h1;
+pub mod h1_server;
 pub mod headers;
 pub mod pool;
 pub mod server;

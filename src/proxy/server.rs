@@ -1,13 +1,16 @@
 //! Listeners and client connections: accept, TLS handshake (bounded by the
-//! header read timeout), one hyper connection per client serving HTTP/1.1
-//! and HTTP/2 on the same port, the idle timeout, and graceful shutdown.
+//! header read timeout), then the HTTP/1.1 fast path ([`super::h1_server`])
+//! and, from the first request it does not take, one hyper connection
+//! serving HTTP/1.1 and HTTP/2 on the same port; the header and idle
+//! timeouts, and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 
 use hyper::service::service_fn;
@@ -19,7 +22,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::body::ClientBody;
 use super::forward::{ConnActivity, ConnInfo, Gateway};
+use super::h1_server::{self, Served};
 use super::headers;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
@@ -182,30 +187,38 @@ impl Acceptor {
     {
         let listener = usize::from(tls);
         let activity = Arc::new(ConnActivity::counted(self.gateway.stats.clone(), listener));
-        let io = TokioIo::new(Watched {
+        let io = Watched {
             inner: io,
             activity: activity.clone(),
-        });
+        };
         let info = ConnInfo {
             remote,
             client_ip: headers::client_ip_value(remote.ip()),
             tls,
             activity: activity.clone(),
         };
+        // Requests without a body are served by the fast path; the first
+        // request it does not take hands the connection to hyper for good.
+        let fast = h1_server::serve(io, &self.gateway, &info, &self.shutdown);
+        let io = match self.timed(fast, &activity, remote).await {
+            Some(Served::Handoff(io)) => TokioIo::new(io),
+            Some(Served::Closed) | None => return,
+        };
+
         let gateway = self.gateway.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let gateway = gateway.clone();
             let info = info.clone();
             // Boxed per request: hyper keeps a slot the size of this future
             // for the connection's whole life, idle or not.
-            Box::pin(
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) },
-            )
+            Box::pin(async move {
+                let req = req.map(ClientBody::Hyper);
+                Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await)
+            })
         });
         let conn = self.http.serve_connection(io, service);
         tokio::pin!(conn);
-        let idle = self.limits.idle_timeout;
-        let head = self.limits.header_read_timeout;
+        let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
         let timer = tokio::time::sleep(head.min(idle));
         tokio::pin!(timer);
         let mut closing = false;
@@ -221,28 +234,72 @@ impl Acceptor {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = &mut timer, if !closing => {
-                    let now = tokio::time::Instant::now();
-                    match activity.head_deadline(head) {
-                        // Slowloris: drop the connection, not a graceful
-                        // close that would wait for the head to finish.
-                        Some(late) if late <= now => {
-                            tracing::debug!(%remote, "request head not received within header_read_timeout");
-                            break;
-                        }
-                        Some(late) => timer.as_mut().reset(late),
-                        None => match activity.idle_deadline(idle) {
-                            Some(deadline) if deadline <= now => {
-                                conn.as_mut().graceful_shutdown();
-                                closing = true;
-                            }
-                            Some(deadline) => timer.as_mut().reset(deadline.min(now + head)),
-                            // Busy: look again soon (a head may start after it).
-                            None => timer.as_mut().reset(now + head.min(idle)),
-                        },
+                () = &mut timer, if !closing => match self.limits.check(&activity, remote) {
+                    // Slowloris: drop the connection, not a graceful close
+                    // that would wait for the head to finish.
+                    Timers::HeadLate => break,
+                    Timers::Idle => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
                     }
-                }
+                    Timers::Wait(at) => timer.as_mut().reset(at),
+                },
             }
+        }
+    }
+
+    /// Run `serving` under the connection's timers: `None` when a request
+    /// head was late or the connection idle too long. Only for a future
+    /// that may be dropped whenever the connection has nothing in flight
+    /// (see [`ConnActivity::busy`]).
+    async fn timed<F: Future>(
+        &self,
+        serving: F,
+        activity: &ConnActivity,
+        remote: SocketAddr,
+    ) -> Option<F::Output> {
+        let mut serving = pin!(serving);
+        let limits = self.limits;
+        let timer = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                out = serving.as_mut() => return Some(out),
+                () = &mut timer => match limits.check(activity, remote) {
+                    Timers::HeadLate | Timers::Idle => return None,
+                    Timers::Wait(at) => timer.as_mut().reset(at),
+                },
+            }
+        }
+    }
+}
+
+/// What the connection's timers say when one fires.
+enum Timers {
+    /// A request head did not arrive within `header_read_timeout`.
+    HeadLate,
+    /// Nothing in flight for `idle_timeout`.
+    Idle,
+    /// Look again then.
+    Wait(tokio::time::Instant),
+}
+
+impl ConnLimits {
+    fn check(&self, activity: &ConnActivity, remote: SocketAddr) -> Timers {
+        let (head, idle) = (self.header_read_timeout, self.idle_timeout);
+        let now = tokio::time::Instant::now();
+        match activity.head_deadline(head) {
+            Some(late) if late <= now => {
+                tracing::debug!(%remote, "request head not received within header_read_timeout");
+                Timers::HeadLate
+            }
+            Some(late) => Timers::Wait(late),
+            None => match activity.idle_deadline(idle) {
+                Some(deadline) if deadline <= now => Timers::Idle,
+                Some(deadline) => Timers::Wait(deadline.min(now + head)),
+                // Busy: look again soon (a head may start after it).
+                None => Timers::Wait(now + head.min(idle)),
+            },
         }
     }
 }
