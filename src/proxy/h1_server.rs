@@ -259,8 +259,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
     }
 
-    /// Write what is queued, then take the next body frame, until the body
-    /// has ended and everything is written and flushed.
+    /// Take the body's frames as they come and write them, until the body
+    /// has ended and everything is written and flushed. What the body has
+    /// ready is gathered first, so a head and a small body leave in one
+    /// write.
     fn poll_pump(
         &mut self,
         cx: &mut Context<'_>,
@@ -268,39 +270,43 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         pump: &mut Pump,
     ) -> Poll<Result<(), PumpError>> {
         loop {
-            ready!(self.poll_write_queued(cx, pump))?;
+            while !pump.done && pump.data.is_empty() && self.out.len() < COPY_LIMIT {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            pump.queue(&mut self.out, data, self.io.is_write_vectored());
+                        }
+                        if body.is_end_stream() {
+                            pump.done = true;
+                            pump.finish(&mut self.out);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        pump.done = true;
+                        pump.finish(&mut self.out);
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "response body failed; closing the client connection");
+                        return Poll::Ready(Err(PumpError::Body));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if pump.pos < self.out.len() + pump.data.len() + pump.tail.len() {
+                ready!(self.poll_write_queued(cx, pump))?;
+                continue;
+            }
             if pump.done {
                 return Pin::new(&mut self.io)
                     .poll_flush(cx)
                     .map_err(|_| PumpError::Client);
             }
-            match body.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        pump.queue(&mut self.out, data, self.io.is_write_vectored());
-                    }
-                    if body.is_end_stream() {
-                        pump.done = true;
-                        pump.finish(&mut self.out);
-                    }
-                }
-                Poll::Ready(None) => {
-                    pump.done = true;
-                    pump.finish(&mut self.out);
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "response body failed; closing the client connection");
-                    return Poll::Ready(Err(PumpError::Body));
-                }
-                Poll::Pending => {
-                    // Waiting for the stamp: notice meanwhile if the client
-                    // goes away, as hyper does.
-                    ready!(self.poll_read_ahead(cx));
-                    return Poll::Ready(Err(PumpError::Client));
-                }
-            }
+            // Everything written and the stamp has sent nothing more yet:
+            // notice meanwhile if the client goes away, as hyper does.
+            ready!(self.poll_read_ahead(cx));
+            return Poll::Ready(Err(PumpError::Client));
         }
     }
 
