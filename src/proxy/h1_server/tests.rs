@@ -87,7 +87,10 @@ fn bodies_framing_and_protocol_switches_go_to_hyper() {
     ] {
         assert!(is_handoff(text), "{text:?}");
     }
-    let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1));
+    let many = format!(
+        "GET / HTTP/1.1\r\n{}\r\n",
+        "X: y\r\n".repeat(MAX_HEADERS + 1)
+    );
     assert!(is_handoff(&many));
 }
 
@@ -103,7 +106,14 @@ fn head_of(resp: Response<ResponseBody>, head_request: bool, close: bool) -> (St
     let mut out = Vec::new();
     let (parts, body) = resp.into_parts();
     let bodiless = head_request || parts.status == StatusCode::NO_CONTENT;
-    let framing = encode_head(&mut out, parts.status, &parts.headers, &body, bodiless, close);
+    let framing = encode_head(
+        &mut out,
+        parts.status,
+        &parts.headers,
+        &body,
+        bodiless,
+        close,
+    );
     (String::from_utf8(out).unwrap(), framing)
 }
 
@@ -126,13 +136,28 @@ fn response_heads_are_framed_like_hypers() {
     *resp.status_mut() = StatusCode::from_u16(599).unwrap();
     let h = resp.headers_mut();
     h.insert("content-length", HeaderValue::from_static("42"));
-    h.insert("date", HeaderValue::from_static("Sun, 29 Nov 2026 05:00:00 GMT"));
+    h.insert(
+        "date",
+        HeaderValue::from_static("Sun, 29 Nov 2026 05:00:00 GMT"),
+    );
     let (head, framing) = head_of(resp, true, true);
     assert!(head.starts_with("HTTP/1.1 599 \r\n"), "{head}");
     assert!(head.contains("\r\ncontent-length: 42\r\n"), "{head}");
     assert_eq!(head.matches("date: ").count(), 1, "{head}");
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     assert_eq!(framing, Framing::None);
+}
+
+#[test]
+fn a_head_answer_announces_its_bodys_length_and_a_204_none() {
+    let (head, framing) = head_of(Response::new(ResponseBody::local("hello")), true, false);
+    assert!(head.contains("\r\ncontent-length: 5\r\n"), "{head}");
+    assert_eq!(framing, Framing::None);
+
+    let mut resp = Response::new(ResponseBody::local("hello"));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let (head, _) = head_of(resp, true, false);
+    assert!(!head.contains("content-length"), "{head}");
 }
 
 #[test]
@@ -180,7 +205,9 @@ fn a_body_longer_than_its_length_is_cut_at_the_length() {
 async fn prefixed_reads_the_prefix_first() {
     use tokio::io::AsyncReadExt;
     let (mut a, b) = tokio::io::duplex(64);
-    tokio::io::AsyncWriteExt::write_all(&mut a, b" world").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut a, b" world")
+        .await
+        .unwrap();
     drop(a);
     let mut io = Prefixed {
         prefix: Bytes::from_static(b"hello"),
