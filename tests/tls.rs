@@ -1,5 +1,6 @@
 //! TLS termination: certificates made by an rcgen CA, SNI picks the right
-//! one, ALPN negotiates h2 or http/1.1, requests reach the stamp.
+//! one, ALPN negotiates h2 or http/1.1, requests reach the stamp, and the
+//! HTTP/1.1 fast path hands a TLS connection to hyper mid-way.
 
 mod support;
 
@@ -9,6 +10,7 @@ use http::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::raw::{RawClient, post, request};
 use support::*;
 
 struct Pki {
@@ -163,6 +165,26 @@ async fn http1_over_tls_and_unknown_sni_gets_the_default_certificate() {
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn get_then_post_on_one_tls_connection() {
+    let pki = make_pki(&["catalog.test"]);
+    let s = stamp("s1", "r1").await;
+    let p = tls_setup(&pki, &s).start().await;
+    let tls = connect(&pki, p.handle.tls_listen[0], "catalog.test", &[b"http/1.1"]).await;
+    let mut c = RawClient::new(tls);
+    // In one write: the fast path serves the GET with the POST already
+    // read, then hands the TLS stream and those bytes to hyper.
+    let headers = "/catalogservice/api/1.0/headers";
+    c.send(request("GET", headers, "") + &post("/catalogservice/api/1.0/echo", "over tls"))
+        .await;
+    let got = c.response().await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.json()["headers"]["x-forwarded-proto"], "https");
+    let echoed = c.response().await;
+    assert_eq!((echoed.status, echoed.text().as_str()), (200, "over tls"));
+    assert_eq!(s.requests_served(), 2);
 }
 
 /// A TLS "stamp": a hyper server behind tokio-rustls answering with the

@@ -496,15 +496,23 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // 1xx, 204 and 304 never carry a length; of the other bodiless
+    // answers, those to HEAD, hyper announces the length the body has.
+    let no_length = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
+        if length.is_none()
+            && !no_length
+            && let Some(n) = body.size_hint().exact().filter(|&n| n > 0)
+        {
+            put_length(out, n);
+        }
         Framing::None
     } else if let Some(n) = length {
         Framing::Length(n)
     } else if let Some(n) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        let mut digits = itoa_buf();
-        out.extend_from_slice(itoa(&mut digits, n));
-        out.extend_from_slice(b"\r\n");
+        put_length(out, n);
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -520,6 +528,14 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// A `content-length` line into `out`.
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    let mut digits = itoa_buf();
+    out.extend_from_slice(itoa(&mut digits, n));
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether the response itself says the connection ends after it.

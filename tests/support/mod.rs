@@ -1,6 +1,9 @@
 //! Test support: simulated stamps on port 0, a proxy-under-test built from a
-//! TOML snippet, and small HTTP clients (HTTP/1.1, h2c, TLS).
+//! TOML snippet, and small HTTP clients (HTTP/1.1, h2c, TLS, and [`raw`]
+//! for exact bytes).
 #![allow(dead_code, missing_docs)] // each test binary uses a different part
+
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::path::Path;

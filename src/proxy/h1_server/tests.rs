@@ -149,6 +149,18 @@ fn response_heads_are_framed_like_hypers() {
 }
 
 #[test]
+fn a_head_answer_announces_its_bodys_length_and_a_204_none() {
+    let (head, framing) = head_of(Response::new(ResponseBody::local("hello")), true, false);
+    assert!(head.contains("\r\ncontent-length: 5\r\n"), "{head}");
+    assert_eq!(framing, Framing::None);
+
+    let mut resp = Response::new(ResponseBody::local("hello"));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let (head, _) = head_of(resp, true, false);
+    assert!(!head.contains("content-length"), "{head}");
+}
+
+#[test]
 fn chunked_data_and_the_last_chunk_are_queued_behind_the_head() {
     let mut out = b"HEAD".to_vec();
     let mut pump = Pump {
