@@ -48,9 +48,9 @@ const MAX_READ_AHEAD: usize = 64 * 1024;
 /// Body data up to this size is copied behind the head or chunk line so a
 /// response leaves in one write; larger data is written from its own buffer.
 const COPY_LIMIT: usize = 16 * 1024;
-/// Headers `prepare_request` adds: room for them at parse time saves
-/// growing the map on the request path.
-const ROOM_FOR_ADDED: usize = 6;
+/// Room for the headers `prepare_request` adds, made at parse time so the
+/// map does not grow on the request path.
+const ROOM_FOR_ADDED: usize = super::headers::ADDED_REQUEST_HEADERS;
 
 /// How the fast path let go of a connection.
 pub enum Served<I> {
@@ -91,7 +91,7 @@ where
         };
         // Busy from here until the response is written: the connection's
         // idle timer must not close it in between.
-        let _busy = info.activity.busy();
+        let busy = info.activity.busy();
         let head_request = req.method() == Method::HEAD;
         // Boxed: the connection's future would otherwise hold a slot the
         // size of the handler's future while it waits for the next request.
@@ -117,10 +117,14 @@ where
             }
             Err(Gone) => return Served::Closed,
         }
+        drop(busy);
         // A buffer with nothing in it is released: an idle keep-alive
-        // connection holds no read buffer.
+        // connection holds no read buffer. Part of the next head read
+        // ahead starts that head's timer now, as its first byte would have.
         if conn.read.is_empty() {
             conn.read = BytesMut::new();
+        } else {
+            info.activity.bytes_read();
         }
         if conn.out.capacity() > COPY_LIMIT {
             conn.out = Vec::new();
