@@ -299,8 +299,8 @@ pub struct FaultFigures {
     /// End of the fault until the first bucket with at least 1% of its
     /// requests answered by the faulty stamps again; `None`: never.
     pub recovery_ms: Option<f64>,
-    /// Falls of its stamps after each one's first fall in the run (see
-    /// [`flaps`]): 0 for a clean outage and recovery.
+    /// Falls of its stamps after each one's first fall in the run (counted
+    /// by the module's `flaps`): 0 for a clean outage and recovery.
     pub flaps: u64,
     /// The faulty stamps' share of the answers in the second before the
     /// fault: a check that they had traffic to lose.

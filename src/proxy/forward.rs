@@ -70,7 +70,7 @@ pub struct ConnActivity {
     /// settings), so only the idle timer applies once it is known.
     h2: AtomicBool,
     born: Instant,
-    /// Index of [`PROTOCOLS`] this connection is counted under, and the
+    /// Index of [`crate::metrics::PROTOCOLS`] this connection is counted under, and the
     /// counters (none in unit tests).
     protocol: AtomicU8,
     gauge: Option<(Arc<ProxyStats>, usize)>,
@@ -91,7 +91,7 @@ impl ConnActivity {
         }
     }
 
-    /// A fresh connection on `listener` (index of [`LISTENERS`]), counted
+    /// A fresh connection on `listener` (index of [`crate::metrics::LISTENERS`]), counted
     /// as open in `stats` until dropped.
     pub fn counted(stats: Arc<ProxyStats>, listener: usize) -> ConnActivity {
         stats.accepted[listener].fetch_add(1, Ordering::Relaxed);

@@ -109,7 +109,13 @@ where
             return Served::Closed;
         };
         let close = close || shutdown.is_cancelled();
-        match conn.write_response(resp, head_request, close).await {
+        // Only the body and its progress live across the writes: the
+        // response head is encoded and dropped before the first one, so
+        // the connection's future does not hold it.
+        let (body, mut pump) = conn.start_response(resp, head_request, close);
+        let mut body = pin!(body);
+        let written = std::future::poll_fn(|cx| conn.poll_pump(cx, body.as_mut(), &mut pump)).await;
+        match conn.end_response(written, &pump) {
             Ok(true) if !shutdown.is_cancelled() => {}
             Ok(_) => {
                 conn.close().await;
@@ -125,9 +131,6 @@ where
             conn.read = BytesMut::new();
         } else {
             info.activity.bytes_read();
-        }
-        if conn.out.capacity() > COPY_LIMIT {
-            conn.out = Vec::new();
         }
     }
 }
@@ -206,16 +209,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         Poll::Pending
     }
 
-    /// Write the response; `Ok(true)` when the connection may serve
-    /// another request.
-    async fn write_response(
+    /// Encode the response head into the write buffer; the body and its
+    /// framing are what is left to write.
+    fn start_response(
         &mut self,
         resp: Response<ResponseBody>,
         head_request: bool,
         close: bool,
-    ) -> Result<bool, Gone> {
+    ) -> (ResponseBody, Pump) {
         let (parts, body) = resp.into_parts();
         let status = parts.status;
+        self.out = buffers::take();
         let bodiless = head_request
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -228,8 +232,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             bodiless,
             close,
         );
-        let mut keep = !close && !closes(&parts.headers);
-        let mut body = pin!(body);
         let mut pump = Pump {
             framing,
             sent: 0,
@@ -237,25 +239,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             tail: &[],
             pos: 0,
             done: bodiless || body.is_end_stream(),
+            keep: !close && !closes(&parts.headers),
+            bodiless,
         };
         if pump.done {
             pump.finish(&mut self.out);
         }
-        let result = std::future::poll_fn(|cx| self.poll_pump(cx, body.as_mut(), &mut pump)).await;
-        self.out.clear();
-        match result {
-            Ok(()) => {
-                if let Framing::Length(n) = pump.framing
-                    && pump.sent != n
-                    && !bodiless
-                {
-                    // The body was shorter than its Content-Length: the
-                    // client waits for bytes that never come unless the
-                    // connection ends.
-                    keep = false;
-                }
-                Ok(keep)
-            }
+        (body, pump)
+    }
+
+    /// After the response is written (or failed): `Ok(true)` when the
+    /// connection may serve another request.
+    fn end_response(&mut self, written: Result<(), PumpError>, pump: &Pump) -> Result<bool, Gone> {
+        buffers::give(std::mem::take(&mut self.out));
+        match written {
+            // A body shorter than its Content-Length leaves the client
+            // waiting for bytes that never come unless the connection ends.
+            Ok(()) => Ok(pump.keep
+                && (pump.bodiless
+                    || !matches!(pump.framing, Framing::Length(n) if pump.sent != n))),
             Err(PumpError::Client) => Err(Gone),
             // A body that fails midway (the stamp reset, a drain cut) cannot
             // be ended cleanly: closing tells the client it is incomplete.
@@ -411,6 +413,10 @@ struct Pump {
     pos: usize,
     /// The body has ended; its end is queued.
     done: bool,
+    /// The connection may serve another request after this response.
+    keep: bool,
+    /// No body is sent (HEAD, 204, 304).
+    bodiless: bool,
 }
 
 impl Pump {
@@ -732,6 +738,45 @@ impl<I: AsyncWrite> AsyncWrite for Prefixed<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Write buffers shared by one thread's connections. A connection holds
+/// one only while it writes a response, so an idle connection costs none
+/// (one kept per connection was 1.9 KiB each of 10,000 held ones), and a
+/// busy thread keeps reusing a few warm ones.
+mod buffers {
+    use std::cell::RefCell;
+
+    /// Buffers kept per thread.
+    const KEEP: usize = 32;
+    /// A new buffer's size: a typical head and small body.
+    const INITIAL: usize = 4 * 1024;
+    /// A buffer grown past this is freed rather than kept.
+    const LARGEST_KEPT: usize = 64 * 1024;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer.
+    pub fn take() -> Vec<u8> {
+        FREE.with(|free| free.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(INITIAL))
+    }
+
+    /// Return a buffer for reuse.
+    pub fn give(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > LARGEST_KEPT {
+            return;
+        }
+        buf.clear();
+        FREE.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < KEEP {
+                free.push(buf);
+            }
+        });
     }
 }
 

@@ -201,10 +201,22 @@ impl Acceptor {
         // request it does not take hands the connection to hyper for good.
         let fast = h1_server::serve(io, &self.gateway, &info, &self.shutdown);
         let io = match self.timed(fast, &activity, remote).await {
-            Some(Served::Handoff(io)) => TokioIo::new(io),
+            Some(Served::Handoff(io)) => io,
             Some(Served::Closed) | None => return,
         };
+        // Boxed: hyper's connection state would otherwise size the task of
+        // every connection, most of which never leave the fast path.
+        Box::pin(self.serve_hyper(io, info, &activity)).await;
+    }
 
+    /// Serve the rest of a connection with hyper (HTTP/1.1 with bodies,
+    /// HTTP/2), under the same timers and graceful shutdown.
+    async fn serve_hyper<I>(&self, io: I, info: ConnInfo, activity: &ConnActivity)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let remote = info.remote;
+        let io = TokioIo::new(io);
         let gateway = self.gateway.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let gateway = gateway.clone();
@@ -234,7 +246,7 @@ impl Acceptor {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = &mut timer, if !closing => match self.limits.check(&activity, remote) {
+                () = &mut timer, if !closing => match self.limits.check(activity, remote) {
                     // Slowloris: drop the connection, not a graceful close
                     // that would wait for the head to finish.
                     Timers::HeadLate => break,

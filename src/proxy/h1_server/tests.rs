@@ -170,6 +170,8 @@ fn chunked_data_and_the_last_chunk_are_queued_behind_the_head() {
         tail: &[],
         pos: 0,
         done: false,
+        keep: true,
+        bodiless: false,
     };
     pump.queue(&mut out, Bytes::from_static(b"hello world"), true);
     pump.finish(&mut out);
@@ -195,6 +197,8 @@ fn a_body_longer_than_its_length_is_cut_at_the_length() {
         tail: &[],
         pos: 0,
         done: false,
+        keep: true,
+        bodiless: false,
     };
     pump.queue(&mut out, Bytes::from_static(b"abcdef"), false);
     assert_eq!(&out[..], b"abc");
