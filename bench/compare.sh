@@ -661,7 +661,7 @@ run_profile() {
     [[ -n ${SG_H1_PROFILE:-} ]] || return 0
     echo "stampgate, HTTP/1.1: hottest functions (self instructions):"
     echo
-    callgrind_annotate --inclusive=no --threshold=100 "$SG_H1_PROFILE" 2>/dev/null |
+    callgrind_annotate --inclusive=no --threshold=100 --show=Ir "$SG_H1_PROFILE" 2>/dev/null |
         python3 "$BENCH/summarize.py" --top "$PROFILE_REQUESTS"
 }
 

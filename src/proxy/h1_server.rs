@@ -612,15 +612,18 @@ enum Parsed {
 /// anything hyper treats specially is taken; the head is then split off
 /// and frozen, and the URI and header values are slices of it.
 fn parse(buf: &mut BytesMut) -> Parsed {
-    // Where each header's name and value lie in the head.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // Where each header's name and value lie in the head (offsets fit 16
+    // bits: a head is at most MAX_HEAD here).
+    let mut spans = [[0u16; 4]; MAX_HEADERS];
     let (len, method, path, count, close) = {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(buf, &mut headers) {
-            Ok(httparse::Status::Complete(len)) => len,
+            // A longer head (read ahead behind a request in flight) is
+            // hyper's, as one that arrives slowly is.
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+            Ok(httparse::Status::Complete(_)) | Err(_) => return Parsed::Handoff,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Handoff,
         };
         if req.version != Some(1) {
             return Parsed::Handoff;
@@ -652,12 +655,12 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             }
             let n = h.name.as_ptr() as usize - base;
             let v = h.value.as_ptr() as usize - base;
-            *span = (
-                n as u32,
-                (n + h.name.len()) as u32,
-                v as u32,
-                (v + h.value.len()) as u32,
-            );
+            *span = [
+                n as u16,
+                (n + h.name.len()) as u16,
+                v as u16,
+                (v + h.value.len()) as u16,
+            ];
         }
         let p = path.as_ptr() as usize - base;
         (len, method, (p, p + path.len()), req.headers.len(), close)
@@ -667,7 +670,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::HandoffSplit(head);
     };
     let mut headers = HeaderMap::with_capacity(count + ROOM_FOR_ADDED);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    for &[ns, ne, vs, ve] in &spans[..count] {
         let Ok(name) = HeaderName::from_bytes(&head[ns as usize..ne as usize]) else {
             return Parsed::HandoffSplit(head);
         };

@@ -92,6 +92,9 @@ fn bodies_framing_and_protocol_switches_go_to_hyper() {
         "X: y\r\n".repeat(MAX_HEADERS + 1)
     );
     assert!(is_handoff(&many));
+    // Complete but longer than the fast path takes (read ahead at once).
+    let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(MAX_HEAD));
+    assert!(is_handoff(&long));
 }
 
 #[test]
