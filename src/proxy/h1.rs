@@ -415,17 +415,7 @@ async fn write_slices(io: &mut Io, parts: [&[u8]; 3], written: &mut u64) -> io::
     let mut done = 0;
     while done < total {
         let mut slices = [IoSlice::new(&[]); 3];
-        let mut k = 0;
-        let mut skip = done;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            slices[k] = IoSlice::new(&part[skip..]);
-            skip = 0;
-            k += 1;
-        }
+        let k = unwritten(parts, done, &mut slices);
         let n = io.write_vectored(&slices[..k]).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -436,8 +426,29 @@ async fn write_slices(io: &mut Io, parts: [&[u8]; 3], written: &mut u64) -> io::
     Ok(())
 }
 
+/// The parts of `parts` not yet written when `done` bytes of them are,
+/// into `slices`; returns how many slices are filled.
+pub(super) fn unwritten<'a>(
+    parts: [&'a [u8]; 3],
+    done: usize,
+    slices: &mut [IoSlice<'a>; 3],
+) -> usize {
+    let mut k = 0;
+    let mut skip = done;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        slices[k] = IoSlice::new(&part[skip..]);
+        skip = 0;
+        k += 1;
+    }
+    k
+}
+
 /// `{size:x}\r\n` into `buf`, without formatting machinery.
-fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
+pub(super) fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
     for i in 0..digits {
@@ -482,22 +493,26 @@ fn encode_head(
         ReqFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
             let mut digits = [0u8; 20];
-            let mut i = digits.len();
-            let mut n = n;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            out.extend_from_slice(&digits[i..]);
+            out.extend_from_slice(decimal(&mut digits, n));
             out.extend_from_slice(b"\r\n");
         }
         ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, into the end of `buf`, without formatting machinery.
+pub(super) fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
 }
 
 /// A parsed final response head.
@@ -647,7 +662,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
 
 /// The comma-separated tokens of a header value, trimmed, empty ones
 /// skipped.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+pub(super) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|&b| b == b',')

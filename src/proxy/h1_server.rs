@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{ClientBody, ResponseBody};
 use super::forward::{ConnInfo, Gateway};
+use super::h1::{chunk_size_line, decimal, tokens, unwritten};
 
 /// Most header fields a request head may have on the fast path; a longer
 /// head goes to hyper, which applies its own limit (also 100).
@@ -232,16 +233,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             bodiless,
             close,
         );
-        let mut pump = Pump {
-            framing,
-            sent: 0,
-            data: Bytes::new(),
-            tail: &[],
-            pos: 0,
-            done: bodiless || body.is_end_stream(),
-            keep: !close && !closes(&parts.headers),
-            bodiless,
-        };
+        let mut pump = Pump::new(framing);
+        pump.done = bodiless || body.is_end_stream();
+        pump.keep = !close && !closes(&parts.headers);
+        pump.bodiless = bodiless;
         if pump.done {
             pump.finish(&mut self.out);
         }
@@ -333,17 +328,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 return Poll::Ready(Ok(()));
             }
             let mut slices = [IoSlice::new(&[]); 3];
-            let mut k = 0;
-            let mut skip = pump.pos;
-            for part in parts {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[k] = IoSlice::new(&part[skip..]);
-                skip = 0;
-                k += 1;
-            }
+            let k = unwritten(parts, pump.pos, &mut slices);
             let io = Pin::new(&mut self.io);
             let written = if k == 1 {
                 io.poll_write(cx, &slices[0])
@@ -420,6 +405,20 @@ struct Pump {
 }
 
 impl Pump {
+    /// Nothing queued or written yet; the connection kept unless told.
+    fn new(framing: Framing) -> Pump {
+        Pump {
+            framing,
+            sent: 0,
+            data: Bytes::new(),
+            tail: &[],
+            pos: 0,
+            done: false,
+            keep: true,
+            bodiless: false,
+        }
+    }
+
     /// Queue one data frame behind what `out` holds.
     fn queue(&mut self, out: &mut Vec<u8>, data: Bytes, vectored: bool) {
         let mut data = data;
@@ -543,8 +542,8 @@ fn encode_head(
 /// A `content-length` line into `out`.
 fn put_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    let mut digits = itoa_buf();
-    out.extend_from_slice(itoa(&mut digits, n));
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal(&mut digits, n));
     out.extend_from_slice(b"\r\n");
 }
 
@@ -553,44 +552,7 @@ fn closes(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .any(|v| has_token(v, b"close"))
-}
-
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `n` in decimal, into the end of `buf`.
-fn itoa(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
-/// `{size:x}\r\n` into `buf`.
-fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
-        buf[digits - 1 - i] = HEX[(size >> (4 * i)) & 0xf];
-    }
-    buf[digits] = b'\r';
-    buf[digits + 1] = b'\n';
-    &buf[..digits + 2]
+        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"close")))
 }
 
 /// The outcome of parsing the start of the read buffer.

@@ -166,16 +166,7 @@ fn a_head_answer_announces_its_bodys_length_and_a_204_none() {
 #[test]
 fn chunked_data_and_the_last_chunk_are_queued_behind_the_head() {
     let mut out = b"HEAD".to_vec();
-    let mut pump = Pump {
-        framing: Framing::Chunked,
-        sent: 0,
-        data: Bytes::new(),
-        tail: &[],
-        pos: 0,
-        done: false,
-        keep: true,
-        bodiless: false,
-    };
+    let mut pump = Pump::new(Framing::Chunked);
     pump.queue(&mut out, Bytes::from_static(b"hello world"), true);
     pump.finish(&mut out);
     assert_eq!(&out[..], b"HEADb\r\nhello world\r\n0\r\n\r\n");
@@ -193,16 +184,7 @@ fn chunked_data_and_the_last_chunk_are_queued_behind_the_head() {
 #[test]
 fn a_body_longer_than_its_length_is_cut_at_the_length() {
     let mut out = Vec::new();
-    let mut pump = Pump {
-        framing: Framing::Length(3),
-        sent: 0,
-        data: Bytes::new(),
-        tail: &[],
-        pos: 0,
-        done: false,
-        keep: true,
-        bodiless: false,
-    };
+    let mut pump = Pump::new(Framing::Length(3));
     pump.queue(&mut out, Bytes::from_static(b"abcdef"), false);
     assert_eq!(&out[..], b"abc");
     assert_eq!(pump.sent, 3);
