@@ -417,3 +417,28 @@ async fn a_client_leaving_cancels_its_request_and_the_proxy_serves_on() {
     c.send(tagged("fresh")).await;
     assert_answers(&c.response().await, "fresh");
 }
+
+/// Part of the next head, read ahead while a request is at the stamp,
+/// starts that head's `header_read_timeout` when the exchange ends: the
+/// connection is cut then, not only after the (long) idle timeout.
+#[tokio::test]
+async fn a_head_begun_during_an_exchange_is_timed_from_its_end() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .proxy("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"")
+        .start()
+        .await;
+    s.set_fault(Fault {
+        latency_ms: Some(400),
+        ..Fault::default()
+    });
+    let mut c = client(&p).await;
+    // The first request, then the start of a second that never completes.
+    c.send(format!("{}GET {HEADERS} HTTP/1.1\r\nHo", tagged("first")))
+        .await;
+    assert_answers(&c.response().await, "first");
+    // Within the raw client's read timeout, far below the idle timeout.
+    c.expect_closed().await;
+    assert_eq!(s.requests_served(), 1);
+}

@@ -113,9 +113,15 @@ where
         // Only the body and its progress live across the writes: the
         // response head is encoded and dropped before the first one, so
         // the connection's future does not hold it.
-        let (body, mut pump) = conn.start_response(resp, head_request, close);
-        let mut body = pin!(body);
-        let written = std::future::poll_fn(|cx| conn.poll_pump(cx, body.as_mut(), &mut pump)).await;
+        // The body (and the request's in-flight guard in it) ends with this
+        // block, before the connection counts as idle below.
+        let (written, pump) = {
+            let (body, mut pump) = conn.start_response(resp, head_request, close);
+            let mut body = pin!(body);
+            let written =
+                std::future::poll_fn(|cx| conn.poll_pump(cx, body.as_mut(), &mut pump)).await;
+            (written, pump)
+        };
         match conn.end_response(written, &pump) {
             Ok(true) if !shutdown.is_cancelled() => {}
             Ok(_) => {
