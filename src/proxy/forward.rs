@@ -69,6 +69,9 @@ pub struct ConnActivity {
     /// An HTTP/2 connection: frames arrive between requests (pings,
     /// settings), so only the idle timer applies once it is known.
     h2: AtomicBool,
+    /// Set by the connection's timer when it finds the connection idle;
+    /// see [`ConnActivity::take_resting`].
+    resting: AtomicBool,
     born: Instant,
     /// Index of [`crate::metrics::PROTOCOLS`] this connection is counted under, and the
     /// counters (none in unit tests).
@@ -85,6 +88,7 @@ impl ConnActivity {
             // A new connection owes its first request head at once.
             head_started_ms: AtomicU64::new(1),
             h2: AtomicBool::new(false),
+            resting: AtomicBool::new(false),
             born: Instant::now(),
             protocol: AtomicU8::new(0),
             gauge: None,
@@ -153,6 +157,26 @@ impl ConnActivity {
     pub fn busy(&self) -> Busy<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self)
+    }
+
+    /// A complete request head arrived: its header timer stops.
+    pub(crate) fn head_arrived(&self) {
+        if self.head_started_ms.load(Ordering::Relaxed) != 0 {
+            self.head_started_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by the connection's timer when nothing is in flight and no
+    /// request head is pending.
+    pub fn mark_resting(&self) {
+        self.resting.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection's timer found it idle since the last call:
+    /// memory kept warm for the next request (the fast path's handler
+    /// allocation) may be released.
+    pub fn take_resting(&self) -> bool {
+        self.resting.load(Ordering::Relaxed) && self.resting.swap(false, Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -239,9 +263,7 @@ pub struct InFlight {
 impl InFlight {
     fn begin(conn: &Arc<ConnActivity>, version: http::Version) -> InFlight {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
-        if conn.head_started_ms.load(Ordering::Relaxed) != 0 {
-            conn.head_started_ms.store(0, Ordering::Relaxed);
-        }
+        conn.head_arrived();
         if conn.protocol.load(Ordering::Relaxed) == 0 {
             conn.classify(version);
         }

@@ -308,10 +308,57 @@ impl ConnLimits {
             Some(late) => Timers::Wait(late),
             None => match activity.idle_deadline(idle) {
                 Some(deadline) if deadline <= now => Timers::Idle,
-                Some(deadline) => Timers::Wait(deadline.min(now + head)),
+                Some(deadline) => {
+                    activity.mark_resting();
+                    Timers::Wait(deadline.min(now + head))
+                }
                 // Busy: look again soon (a head may start after it).
                 None => Timers::Wait(now + head.min(idle)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn remote() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    /// Only a connection with nothing in flight and no head pending is
+    /// told to rest (release memory kept for the next request).
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_marks_only_an_idle_connection_resting() {
+        let activity = ConnActivity::new();
+        // A new connection owes its first head.
+        assert!(matches!(
+            limits().check(&activity, remote()),
+            Timers::Wait(_)
+        ));
+        assert!(!activity.take_resting());
+
+        activity.head_arrived();
+        let busy = activity.busy();
+        assert!(matches!(
+            limits().check(&activity, remote()),
+            Timers::Wait(_)
+        ));
+        assert!(!activity.take_resting(), "busy: not resting");
+        drop(busy);
+
+        assert!(matches!(
+            limits().check(&activity, remote()),
+            Timers::Wait(_)
+        ));
+        assert!(activity.take_resting());
     }
 }

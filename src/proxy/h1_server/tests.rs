@@ -206,3 +206,37 @@ async fn prefixed_reads_the_prefix_first() {
     io.read_to_string(&mut all).await.unwrap();
     assert_eq!(all, "hello world");
 }
+
+/// The connection's timer finding it idle makes the head read return, so
+/// the connection lets go of the handler's allocation; a head begun is
+/// not interrupted, and the mark is taken once.
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_lets_go_when_its_timer_finds_it_idle() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let (mut client, server) = tokio::io::duplex(1024);
+    let mut conn = Conn {
+        io: server,
+        read: BytesMut::new(),
+        out: Vec::new(),
+    };
+    let shutdown = CancellationToken::new();
+    let activity = ConnActivity::new();
+    let wait = Duration::from_secs(1);
+
+    let unmarked = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    assert!(unmarked.is_err(), "no head and no mark: still waiting");
+
+    activity.mark_resting();
+    let marked = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    assert!(matches!(marked, Ok(Ok(Head::Rest))));
+    assert!(!activity.take_resting(), "the mark is taken by the read");
+
+    client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    activity.mark_resting();
+    let begun = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    assert!(begun.is_err(), "a head begun waits for its end");
+    client.write_all(b"st: a\r\n\r\n").await.unwrap();
+    let done = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    assert!(matches!(done, Ok(Ok(Head::Request(..)))));
+}
