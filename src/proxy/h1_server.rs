@@ -104,18 +104,14 @@ where
         let busy = info.activity.busy();
         let head_request = req.method() == Method::HEAD;
         // Boxed, not inline: the connection's future would otherwise hold a
-        // slot the size of the handler's future for its whole life. A new
-        // box is written in place (`Box::write`) rather than moved into.
+        // slot the size of the handler's future for its whole life.
         let handling = match &mut handler {
             Some(slot) => {
                 let slot: &mut Pin<Box<Option<_>>> = slot;
                 slot.set(Some(gateway.handle(req, info)));
                 slot
             }
-            None => handler.insert(Box::into_pin(Box::write(
-                Box::new_uninit(),
-                Some(gateway.handle(req, info)),
-            ))),
+            None => handler.insert(super::boxed_in_place(|| Some(gateway.handle(req, info)))),
         };
         let resp = std::future::poll_fn(|cx| {
             let handle = handling.as_mut().as_pin_mut().expect("set just above");

@@ -31,6 +31,15 @@ pub mod upstream;
 use forward::Gateway;
 use server::{Acceptor, ConnLimits};
 
+/// Box the future `make` returns, built in its box: the allocation comes
+/// first, so the compiler writes the future there instead of building it
+/// on the stack and copying it in, as `Box::pin(make())` does (a copy of
+/// 1 to 4 KiB per request on the request path).
+#[inline(always)]
+pub(crate) fn boxed_in_place<F>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -33,7 +33,7 @@ pub struct IdleQueue {
     /// Oldest first. Checkout takes the newest: the one least likely to
     /// have been closed by the stamp, and it leaves the old ones to expire
     /// when fewer connections are needed than are open.
-    conns: Mutex<VecDeque<(Instant, H1Conn)>>,
+    conns: Mutex<VecDeque<(Instant, Box<H1Conn>)>>,
 }
 
 impl IdleQueue {
@@ -46,7 +46,7 @@ impl IdleQueue {
 
     /// The most recently used idle connection, if any. Idle-expired ones
     /// are dropped (which closes them) on the way.
-    pub fn checkout(&self) -> Option<H1Conn> {
+    pub fn checkout(&self) -> Option<Box<H1Conn>> {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         self.expire(&mut conns, now);
@@ -54,7 +54,7 @@ impl IdleQueue {
     }
 
     /// An idle connection, ready for the next request.
-    pub fn checkin(&self, mut conn: H1Conn) {
+    pub fn checkin(&self, mut conn: Box<H1Conn>) {
         conn.park();
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
@@ -62,7 +62,7 @@ impl IdleQueue {
         conns.push_back((now, conn));
     }
 
-    fn expire(&self, conns: &mut VecDeque<(Instant, H1Conn)>, now: Instant) {
+    fn expire(&self, conns: &mut VecDeque<(Instant, Box<H1Conn>)>, now: Instant) {
         while conns
             .front()
             .is_some_and(|(since, _)| now.saturating_duration_since(*since) >= self.idle_timeout)

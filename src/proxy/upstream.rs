@@ -178,7 +178,7 @@ impl Upstream {
             // would be copied with this future into `timeout` and
             // `select!` on every request, and a box of that size comes
             // from the allocator's thread cache.
-            let sent = Box::pin(
+            let sent = super::boxed_in_place(|| {
                 conn.send(
                     &parts.method,
                     target,
@@ -187,8 +187,8 @@ impl Upstream {
                     body.take()
                         .unwrap_or_else(|| UpstreamBody::full(Default::default())),
                     &queue,
-                ),
-            )
+                )
+            })
             .await;
             match sent {
                 Ok(resp) => return Ok(resp),
@@ -260,7 +260,7 @@ impl Upstream {
 
     /// TCP (with the connector's timeout, `TCP_NODELAY` and DNS cache),
     /// then TLS with SNI from the URI's host for `https`.
-    async fn connect_h1(&self, stamp: &str, target: &Uri) -> Result<H1Conn, ProxyError> {
+    async fn connect_h1(&self, stamp: &str, target: &Uri) -> Result<Box<H1Conn>, ProxyError> {
         let mut http = self.http.clone();
         std::future::poll_fn(|cx| http.poll_ready(cx))
             .await

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::*;
 use crate::proxy::pool::IdleQueue;
 
-fn pair() -> (H1Conn, DuplexStream) {
+fn pair() -> (Box<H1Conn>, DuplexStream) {
     let (client, server) = tokio::io::duplex(256 * 1024);
     (H1Conn::new(Io::Mem(client)), server)
 }
@@ -30,7 +30,7 @@ fn empty() -> UpstreamBody {
 
 /// Send `method` on `conn` with the stamp's `response` already waiting.
 async fn exchange_on(
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     server: &mut DuplexStream,
     method: Method,
     response: &[u8],
