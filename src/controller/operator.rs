@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use crate::proxy::tripwire::Tripwire;
 
 use super::admin::{AdminError, AdminState, Command, Target};
 use super::events::{EventKind, NewEvent};
@@ -230,8 +231,8 @@ impl Controller {
             if let Some(at) = e.drain_deadline.filter(|&at| at <= now) {
                 e.drain_deadline = None;
                 if in_flight > 0 {
-                    let old = e.stats.cut.swap(Arc::new(CancellationToken::new()));
-                    old.cancel();
+                    let old = e.stats.cut.swap(Arc::new(Tripwire::new()));
+                    old.trip();
                     let _ = at;
                     self.events.push(NewEvent {
                         kind: EventKind::Operator,

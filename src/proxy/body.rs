@@ -12,7 +12,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::future::Future;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::forward::InFlight;
 use super::h1::H1Body;
@@ -185,7 +184,7 @@ pin_project! {
         Upstream {
             #[pin] inner: StampBody,
             guard: Option<InFlight>,
-            #[pin] cut: WaitForCancellationFutureOwned,
+            #[pin] cut: super::tripwire::TrippedOwned,
         },
         /// Made by the proxy (errors, 404).
         Local {

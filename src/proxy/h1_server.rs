@@ -30,11 +30,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 use super::body::{ClientBody, ResponseBody};
 use super::forward::{ConnActivity, ConnInfo, Gateway};
 use super::h1::{chunk_size_line, decimal, tokens, unwritten};
+use super::tripwire::{Tripped, Tripwire};
 
 /// Most header fields a request head may have on the fast path; a longer
 /// head goes to hyper, which applies its own limit (also 100).
@@ -65,12 +65,7 @@ pub enum Served<I> {
 
 /// Serve `io` until it closes, or until a request the fast path does not
 /// take arrives.
-pub async fn serve<I>(
-    io: I,
-    gateway: &Gateway,
-    info: &ConnInfo,
-    shutdown: &CancellationToken,
-) -> Served<I>
+pub async fn serve<I>(io: I, gateway: &Gateway, info: &ConnInfo, shutdown: &Tripwire) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -84,8 +79,10 @@ where
     // cache and showed as a tenth of the proxy's user time in the profile.
     // The connection's timer lets go of it while the connection is idle.
     let mut handler = None;
+    // One shutdown waiter for the connection's life, not one per request.
+    let mut closing = pin!(shutdown.tripped());
     loop {
-        let (req, close) = match conn.read_head(shutdown, &info.activity).await {
+        let (req, close) = match conn.read_head(closing.as_mut(), &info.activity).await {
             Ok(Head::Request(req, close)) => (req, close),
             Ok(Head::Rest) => {
                 handler = None;
@@ -127,7 +124,7 @@ where
             // The client left: dropping the handler cancels the request.
             return Served::Closed;
         };
-        let close = close || shutdown.is_cancelled();
+        let close = close || shutdown.is_tripped();
         // Only the body and its progress live across the writes: the
         // response head is encoded and dropped before the first one, so
         // the connection's future does not hold it.
@@ -141,7 +138,7 @@ where
             (written, pump)
         };
         match conn.end_response(written, &pump) {
-            Ok(true) if !shutdown.is_cancelled() => {}
+            Ok(true) if !shutdown.is_tripped() => {}
             Ok(_) => {
                 conn.close().await;
                 return Served::Closed;
@@ -190,7 +187,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     /// connection only between requests, with nothing of the next one read.
     async fn read_head(
         &mut self,
-        shutdown: &CancellationToken,
+        mut closing: Pin<&mut Tripped<'_>>,
         activity: &ConnActivity,
     ) -> Result<Head, Gone> {
         loop {
@@ -215,7 +212,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 tokio::select! {
                     biased;
                     n = read => n,
-                    () = shutdown.cancelled() => return Err(Gone),
+                    () = closing.as_mut() => return Err(Gone),
                     // Polled again whenever the connection's timer fires.
                     () = std::future::poll_fn(|_| {
                         if activity.take_resting() { Poll::Ready(()) } else { Poll::Pending }

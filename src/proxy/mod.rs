@@ -26,6 +26,7 @@ pub mod headers;
 pub mod pool;
 pub mod server;
 pub mod tls;
+pub mod tripwire;
 pub mod upstream;
 
 use forward::Gateway;
@@ -75,6 +76,8 @@ pub struct ProxyHandle {
     /// The control plane (events, signals).
     pub controller: ControllerHandle,
     shutdown: CancellationToken,
+    /// The data path's view of `shutdown`, read on every request.
+    closing: Arc<tripwire::Tripwire>,
     tracker: TaskTracker,
     grace: Duration,
 }
@@ -93,6 +96,7 @@ impl ProxyHandle {
     /// period, then return.
     pub async fn shutdown(self) -> ShutdownOutcome {
         self.shutdown.cancel();
+        self.closing.trip();
         self.tracker.close();
         match tokio::time::timeout(self.grace, self.tracker.wait()).await {
             Ok(()) => ShutdownOutcome::Drained,
@@ -131,7 +135,7 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
         }),
         limits,
         http: Arc::new(server::http_builder()),
-        shutdown,
+        shutdown: Arc::new(tripwire::Tripwire::new()),
         tracker: TaskTracker::new(),
     };
 
@@ -149,7 +153,8 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
         tls_listen,
         routing: controller.routing.clone(),
         controller,
-        shutdown: acceptor.shutdown,
+        shutdown,
+        closing: acceptor.shutdown,
         tracker: acceptor.tracker,
         grace: config.proxy.shutdown_grace,
     })

@@ -19,13 +19,13 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::ClientBody;
 use super::forward::{ConnActivity, ConnInfo, Gateway};
 use super::h1_server::{self, Served};
 use super::headers;
+use super::tripwire::Tripwire;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
 /// before accepting again, so the loop does not spin while the process is
@@ -50,8 +50,8 @@ pub struct Acceptor {
     pub limits: ConnLimits,
     /// hyper's HTTP/1 + HTTP/2 server settings.
     pub http: Arc<auto::Builder<TokioExecutor>>,
-    /// Cancelled on shutdown: stop accepting, finish in-flight requests.
-    pub shutdown: CancellationToken,
+    /// Tripped on shutdown: stop accepting, finish in-flight requests.
+    pub shutdown: Arc<Tripwire>,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
@@ -132,7 +132,7 @@ impl Acceptor {
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
-                () = self.shutdown.cancelled() => break,
+                () = self.shutdown.tripped() => break,
             };
             match accepted {
                 Ok((stream, remote)) => {
@@ -233,6 +233,8 @@ impl Acceptor {
         let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
         let timer = tokio::time::sleep(head.min(idle));
         tokio::pin!(timer);
+        let stop = self.shutdown.tripped();
+        tokio::pin!(stop);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -242,7 +244,7 @@ impl Acceptor {
                     }
                     break;
                 }
-                () = self.shutdown.cancelled(), if !closing => {
+                () = &mut stop, if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

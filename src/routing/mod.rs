@@ -43,9 +43,9 @@ pub struct StampStats {
     /// stamp, cleared by the controller: one message per episode, not one
     /// per failed request.
     pub ejection_requested: AtomicBool,
-    /// Cancelled when a drain deadline passes: requests still in flight to
-    /// the stamp are cut. Replaced by a fresh token after each cut.
-    pub cut: arc_swap::ArcSwap<tokio_util::sync::CancellationToken>,
+    /// Tripped when a drain deadline passes: requests still in flight to
+    /// the stamp are cut. Replaced by a fresh wire after each cut.
+    pub cut: arc_swap::ArcSwap<crate::proxy::tripwire::Tripwire>,
     /// Answers by status class (index 0 = 1xx ... 4 = 5xx), for metrics.
     pub responses: [AtomicU64; 5],
     /// Connect failures by kind (refused, timeout, other), for metrics.

@@ -220,23 +220,24 @@ async fn an_idle_connection_lets_go_when_its_timer_finds_it_idle() {
         read: BytesMut::new(),
         out: Vec::new(),
     };
-    let shutdown = CancellationToken::new();
+    let shutdown = Tripwire::new();
+    let mut closing = pin!(shutdown.tripped());
     let activity = ConnActivity::new();
     let wait = Duration::from_secs(1);
 
-    let unmarked = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    let unmarked = tokio::time::timeout(wait, conn.read_head(closing.as_mut(), &activity)).await;
     assert!(unmarked.is_err(), "no head and no mark: still waiting");
 
     activity.mark_resting();
-    let marked = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    let marked = tokio::time::timeout(wait, conn.read_head(closing.as_mut(), &activity)).await;
     assert!(matches!(marked, Ok(Ok(Head::Rest))));
     assert!(!activity.take_resting(), "the mark is taken by the read");
 
     client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     activity.mark_resting();
-    let begun = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    let begun = tokio::time::timeout(wait, conn.read_head(closing.as_mut(), &activity)).await;
     assert!(begun.is_err(), "a head begun waits for its end");
     client.write_all(b"st: a\r\n\r\n").await.unwrap();
-    let done = tokio::time::timeout(wait, conn.read_head(&shutdown, &activity)).await;
+    let done = tokio::time::timeout(wait, conn.read_head(closing.as_mut(), &activity)).await;
     assert!(matches!(done, Ok(Ok(Head::Request(..)))));
 }
