@@ -222,10 +222,18 @@ impl Body for ResponseBody {
                 cut,
                 guard,
             } => {
-                if cut.poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err("cut: the stamp's drain deadline passed".into())));
+                let cut_off =
+                    || Poll::Ready(Some(Err("cut: the stamp's drain deadline passed".into())));
+                if cut.is_tripped() {
+                    return cut_off();
                 }
                 let polled = inner.as_mut().poll_frame(cx);
+                // Only a body that waits registers for the cut: most small
+                // bodies are ready at once, and registering takes the
+                // stamp-wide waiter list's lock twice.
+                if polled.is_pending() && cut.poll(cx).is_ready() {
+                    return cut_off();
+                }
                 if let Some(guard) = guard {
                     // hyper stops polling once `is_end_stream` says so, so
                     // the end is noticed after the last frame, not only at

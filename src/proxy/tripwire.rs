@@ -118,6 +118,13 @@ impl Future for Tripped<'_> {
     }
 }
 
+impl TrippedOwned {
+    /// Whether the wire was tripped (no registration).
+    pub fn is_tripped(&self) -> bool {
+        self.wire.is_tripped()
+    }
+}
+
 impl Future for TrippedOwned {
     type Output = ();
 
