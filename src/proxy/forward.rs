@@ -536,7 +536,7 @@ impl Gateway {
             // which would copy the send future (about 1.6 KiB) again.
             let sent = {
                 let mut send = pin!(pool.upstream.send(&stamp.name, upstream_req));
-                let mut expiry = pin!(tokio::time::sleep(try_timeout));
+                let mut expiry = pin!(tokio::time::sleep_until(try_start + try_timeout));
                 let mut cut_off = pin!(cut.tripped());
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = send.as_mut().poll(cx) {
