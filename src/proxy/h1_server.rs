@@ -23,6 +23,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -77,8 +78,11 @@ where
     // The handler's future (about 4 KiB) lives in one allocation reused
     // by each request: a new one per request missed the allocator's thread
     // cache and showed as a tenth of the proxy's user time in the profile.
-    // The connection's timer lets go of it while the connection is idle.
+    // Only connections holding a permit keep it between requests (so many
+    // idle connections do not each hold 4 KiB), and the connection's timer
+    // lets go of it while the connection is idle.
     let mut handler = None;
+    let mut keep: Option<KeepPermit> = None;
     // One shutdown waiter for the connection's life, not one per request.
     let mut closing = pin!(shutdown.tripped());
     loop {
@@ -86,6 +90,7 @@ where
             Ok(Head::Request(req, close)) => (req, close),
             Ok(Head::Rest) => {
                 handler = None;
+                keep = None;
                 continue;
             }
             Ok(Head::Handoff(bytes)) => {
@@ -120,6 +125,12 @@ where
         .await;
         // Ends the handler's borrows (and, if the client left, the request).
         handling.set(None);
+        if keep.is_none() {
+            keep = KeepPermit::take(&KEPT_HANDLERS, MAX_KEPT_HANDLERS);
+            if keep.is_none() {
+                handler = None;
+            }
+        }
         let Ok(resp) = resp else {
             // The client left: dropping the handler cancels the request.
             return Served::Closed;
@@ -154,6 +165,37 @@ where
         } else {
             info.activity.bytes_read();
         }
+    }
+}
+
+/// Most connections that keep their handler's allocation between requests,
+/// process-wide (4 KiB each): enough for every busy connection of a
+/// loaded proxy, few enough that idle connections cost little.
+const MAX_KEPT_HANDLERS: usize = 1024;
+static KEPT_HANDLERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection's right to keep its handler's allocation between
+/// requests; see [`MAX_KEPT_HANDLERS`]. Given back on drop.
+struct KeepPermit<'a>(&'a AtomicUsize);
+
+impl KeepPermit<'_> {
+    fn take(count: &AtomicUsize, max: usize) -> Option<KeepPermit<'_>> {
+        // Checked first: past the limit, a request costs one load, not
+        // two writes to a line every worker thread shares.
+        if count.load(Ordering::Relaxed) >= max {
+            return None;
+        }
+        if count.fetch_add(1, Ordering::Relaxed) >= max {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(KeepPermit(count))
+    }
+}
+
+impl Drop for KeepPermit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -207,6 +207,23 @@ async fn prefixed_reads_the_prefix_first() {
     assert_eq!(all, "hello world");
 }
 
+#[test]
+fn handler_allocations_are_kept_by_a_bounded_number_of_connections() {
+    let count = AtomicUsize::new(0);
+    let first = KeepPermit::take(&count, 2).expect("room for two");
+    let second = KeepPermit::take(&count, 2).expect("room for two");
+    assert!(KeepPermit::take(&count, 2).is_none(), "full");
+    assert_eq!(
+        count.load(Ordering::Relaxed),
+        2,
+        "a refused take leaves no trace"
+    );
+    drop(first);
+    let third = KeepPermit::take(&count, 2).expect("a permit given back is free again");
+    drop((second, third));
+    assert_eq!(count.load(Ordering::Relaxed), 0);
+}
+
 /// The connection's timer finding it idle makes the head read return, so
 /// the connection lets go of the handler's allocation; a head begun is
 /// not interrupted, and the mark is taken once.
