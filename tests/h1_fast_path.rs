@@ -442,3 +442,45 @@ async fn a_head_begun_during_an_exchange_is_timed_from_its_end() {
     c.expect_closed().await;
     assert_eq!(s.requests_served(), 1);
 }
+
+/// A connection keeps one try timer across its requests and moves it for
+/// each: a request after a quick one still times out at its own deadline,
+/// and the request after a timeout is timed afresh.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_own_try_deadline() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .route("timeout = \"400ms\"")
+        .route("retry = { attempts = 1, per_try_timeout = \"400ms\" }")
+        .start()
+        .await;
+    let mut c = client(&p).await;
+    c.send(tagged("quick")).await;
+    assert_answers(&c.response().await, "quick");
+
+    // The first request armed the timer for 400 ms after its start; this
+    // one must be cut 400 ms after its own, well within the raw client's
+    // read timeout and long before the stamp would answer.
+    s.set_fault(Fault {
+        hang: Some(true),
+        ..Fault::default()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = std::time::Instant::now();
+    c.send(tagged("hanging")).await;
+    let cut = c.response().await;
+    assert_eq!(cut.status, 504, "{cut:?}");
+    // A lower bound only (timers never fire early): the first request's
+    // deadline would have cut this one after about 200 ms.
+    assert!(
+        sent.elapsed() >= Duration::from_millis(380),
+        "cut after {:?}, before its own deadline",
+        sent.elapsed()
+    );
+    assert_eq!(cut.header("x-stampgate-error"), Some("upstream-timeout"));
+
+    s.clear_fault();
+    c.send(tagged("after")).await;
+    assert_answers(&c.response().await, "after");
+}

@@ -33,7 +33,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::{ClientBody, ResponseBody};
-use super::forward::{ConnActivity, ConnInfo, Gateway};
+use super::forward::{ConnActivity, ConnInfo, Gateway, TryTimer};
 use super::h1::{chunk_size_line, decimal, tokens, unwritten};
 use super::tripwire::{Tripped, Tripwire};
 
@@ -81,6 +81,7 @@ where
     // Only connections holding a permit keep it between requests (so many
     // idle connections do not each hold 4 KiB), and the connection's timer
     // lets go of it while the connection is idle.
+    let try_timer = TryTimer::default();
     let mut handler = None;
     let mut keep: Option<KeepPermit> = None;
     // One shutdown waiter for the connection's life, not one per request.
@@ -91,6 +92,7 @@ where
             Ok(Head::Rest) => {
                 handler = None;
                 keep = None;
+                try_timer.release();
                 continue;
             }
             Ok(Head::Handoff(bytes)) => {
@@ -110,10 +112,12 @@ where
         let handling = match &mut handler {
             Some(slot) => {
                 let slot: &mut Pin<Box<Option<_>>> = slot;
-                slot.set(Some(gateway.handle(req, info)));
+                slot.set(Some(gateway.handle(req, info, Some(&try_timer))));
                 slot
             }
-            None => handler.insert(super::boxed_in_place(|| Some(gateway.handle(req, info)))),
+            None => handler.insert(super::boxed_in_place(|| {
+                Some(gateway.handle(req, info, Some(&try_timer)))
+            })),
         };
         let resp = std::future::poll_fn(|cx| {
             let handle = handling.as_mut().as_pin_mut().expect("set just above");

@@ -225,7 +225,7 @@ impl Acceptor {
             // for the connection's whole life, idle or not.
             Box::pin(async move {
                 let req = req.map(ClientBody::Hyper);
-                Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await)
+                Ok::<_, std::convert::Infallible>(gateway.handle(req, &info, None).await)
             })
         });
         let conn = self.http.serve_connection(io, service);
