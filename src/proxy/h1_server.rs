@@ -75,13 +75,14 @@ where
         read: BytesMut::new(),
         out: Vec::new(),
     };
+    // One try timer for the connection's requests, moved for each.
+    let try_timer = TryTimer::default();
     // The handler's future (about 4 KiB) lives in one allocation reused
     // by each request: a new one per request missed the allocator's thread
     // cache and showed as a tenth of the proxy's user time in the profile.
     // Only connections holding a permit keep it between requests (so many
     // idle connections do not each hold 4 KiB), and the connection's timer
-    // lets go of it while the connection is idle.
-    let try_timer = TryTimer::default();
+    // lets go of it (and of the try timer) while the connection is idle.
     let mut handler = None;
     let mut keep: Option<KeepPermit> = None;
     // One shutdown waiter for the connection's life, not one per request.
