@@ -332,6 +332,53 @@ async fn a_body_of_unknown_length_is_sent_chunked() {
     }
 }
 
+/// The fast path's parsers keep the hop-by-hop headers whose meaning they
+/// take out of the message (a `Connection` of only `close`/`keep-alive`,
+/// `Keep-Alive`); what else `Connection` names must still be stripped.
+#[tokio::test]
+async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
+    let (_s, p) = stamp_and_proxy().await;
+    let mut c = client(&p).await;
+    for (connection, named) in [("keep-alive", false), ("Keep-Alive, X-Hop", true)] {
+        c.send(format!(
+            "GET {HEADERS} HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\
+             Keep-Alive: timeout=5\r\nX-Hop: secret\r\n\r\n"
+        ))
+        .await;
+        let resp = c.response().await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let seen = resp.json();
+        let h = &seen["headers"];
+        assert!(h.get("connection").is_none(), "{connection}: {seen}");
+        assert!(h.get("keep-alive").is_none(), "{connection}: {seen}");
+        assert_eq!(h.get("x-hop").is_none(), named, "{connection}: {seen}");
+    }
+
+    for (connection, named) in [("keep-alive", false), ("keep-alive, x-hop", true)] {
+        let origin = raw_origin(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: {connection}\r\n\
+             Keep-Alive: timeout=5, max=100\r\nX-Hop: secret\r\n\r\nok"
+        ))
+        .await;
+        let p = Setup::new()
+            .address("raw", "r1", &origin.to_string())
+            .start()
+            .await;
+        let mut c = client(&p).await;
+        c.send(get("/catalogservice/anything")).await;
+        let resp = c.response().await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), "ok");
+        assert_eq!(resp.header("connection"), None, "{connection}: {resp:?}");
+        assert_eq!(resp.header("keep-alive"), None, "{connection}: {resp:?}");
+        assert_eq!(
+            resp.header("x-hop").is_none(),
+            named,
+            "{connection}: {resp:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn http_1_0_is_answered() {
     let (s, p) = stamp_and_proxy().await;

@@ -629,7 +629,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        headers.append(name, value);
+        if !super::headers::consumed_by_parser(&name, value.as_bytes()) {
+            headers.append(name, value);
+        }
     }
 
     let mut reuse = !close && (version == Version::HTTP_11 || keep_alive);

@@ -718,7 +718,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
             return Parsed::HandoffSplit(head);
         };
-        headers.append(name, value);
+        if !super::headers::consumed_by_parser(&name, value.as_bytes()) {
+            headers.append(name, value);
+        }
     }
     let mut req = Request::new(ClientBody::Empty);
     *req.method_mut() = method;
