@@ -25,8 +25,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--same-headers]
-                        [--raw FILE] [--keep]
+usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY]
+                        [--same-headers | --no-added-headers] [--raw FILE] [--keep]
 
   --quick      one short round (3 s runs, 1,000 held connections): smoke test
   --rounds N   rounds of every load test (default 3)
@@ -38,6 +38,9 @@ usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--sam
                default: X-Forwarded-For/-Proto/-Host, Via, X-Request-Id made
                when absent and echoed on the response, and the serving
                stamp's name on the response (by default they add nothing)
+  --no-added-headers
+               equal work the other way: stampgate adds no headers either
+               (proxy.forwarded_headers, request_id and stamp_header off)
   --raw FILE   also write every per-run measurement (TSV) to FILE
   --keep       keep the temporary directory (configs, logs, profiles)
 
@@ -54,6 +57,7 @@ ONLY=""
 RAW_OUT=""
 KEEP=0
 SAME_HEADERS=0
+NO_ADDED_HEADERS=0
 while (($#)); do
     case $1 in
         --quick) QUICK=1; ROUNDS=1 ;;
@@ -63,11 +67,13 @@ while (($#)); do
         --raw) RAW_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
         --same-headers) SAME_HEADERS=1 ;;
+        --no-added-headers) NO_ADDED_HEADERS=1 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
     shift
 done
+((SAME_HEADERS && NO_ADDED_HEADERS)) && { usage >&2; exit 2; }
 
 # Durations in seconds: saturated HTTP/1.1, fixed-rate latency, h2c, TLS
 # keep-alive, TLS handshakes, idle-connection hold.
@@ -261,6 +267,9 @@ start_stampgate() {
 [proxy]
 listen = ["127.0.0.1:$P_SG"]
 tls_listen = ["127.0.0.1:$P_SG_TLS"]
+$( ((NO_ADDED_HEADERS)) && printf '%s\n' \
+    '# --no-added-headers: as little header work as HAProxy and nginx do.' \
+    'forwarded_headers = false' 'request_id = false' 'stamp_header = false')
 
 [[proxy.certificates]]
 server_names = ["localhost"]
@@ -721,6 +730,8 @@ versions=(
     echo "pinning: proxy on CPU $PROXY_CPU; load generator and origin on CPU $LOAD_CPU"
     if ((SAME_HEADERS)); then
         echo "headers: HAProxy and nginx add stampgate's default headers too (--same-headers)"
+    elif ((NO_ADDED_HEADERS)); then
+        echo "headers: none of the proxies adds any (--no-added-headers)"
     else
         echo "headers: stampgate adds its default headers; HAProxy and nginx add none"
     fi
@@ -755,6 +766,11 @@ if ((SAME_HEADERS)); then
         curl -s -o /dev/null -D - "${H1[$p]}" | grep -qi '^x-request-id: .' ||
             die "$p answers without X-Request-Id under --same-headers"
     done
+fi
+# --no-added-headers must really be in effect: stampgate adds no request id.
+if ((NO_ADDED_HEADERS)); then
+    curl -s -o /dev/null -D - "${H1[stampgate]}" | grep -qi '^x-request-id:' &&
+        die "stampgate adds X-Request-Id under --no-added-headers"
 fi
 # The TLS each proxy negotiates with wrk's OpenSSL client.
 for p in "${PROXIES[@]}"; do

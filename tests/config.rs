@@ -644,6 +644,8 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(proxy.idle_timeout, Duration::from_secs(60));
     assert_eq!(proxy.shutdown_grace, Duration::from_secs(10));
     assert!(proxy.stamp_header);
+    assert!(proxy.forwarded_headers);
+    assert!(proxy.request_id);
     assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(
         (
@@ -744,6 +746,7 @@ fn dependent_defaults_follow_the_values_they_depend_on() {
 fn explicit_values_are_kept_and_normalised() {
     let cfg = parse(concat!(
         "[proxy]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nmax_request_body = \"1kB\"\nstamp_header = false\n",
+        "forwarded_headers = false\nrequest_id = false\n",
         "[[routes]]\nname = \"r\"\nhosts = [\"Catalog.Example.COM\", \"*\"]\npath_prefix = \"/api/\"\npool = \"p\"\n",
         "retry = { attempts = 1, budget_percent = 0, replay_limit = \"0\" }\n",
         "[pools.p]\nmethod = \"priority\"\nall_unhealthy = \"fail-closed\"\nslow_start = \"0s\"\nhost_header = \"catalog.internal:8443\"\n",
@@ -754,6 +757,8 @@ fn explicit_values_are_kept_and_normalised() {
     assert_eq!(cfg.proxy.listen.len(), 2);
     assert_eq!(cfg.proxy.max_request_body, 1000);
     assert!(!cfg.proxy.stamp_header);
+    assert!(!cfg.proxy.forwarded_headers);
+    assert!(!cfg.proxy.request_id);
     assert_eq!(cfg.routes[0].hosts, ["catalog.example.com", "*"]);
     assert_eq!(cfg.routes[0].retry.attempts, 1);
     let pool = &cfg.pools[0];

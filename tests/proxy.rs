@@ -131,6 +131,58 @@ async fn stamp_header_can_be_turned_off() {
     assert!(a.headers.get("x-stampgate-stamp").is_none());
 }
 
+/// With every added header off, a request reaches the stamp with only
+/// what the client sent (less hop-by-hop headers), on the HTTP/1.1 fast
+/// path and through hyper (h2c) alike; errors made by the proxy still
+/// carry an id.
+#[tokio::test]
+async fn forwarded_headers_and_request_ids_can_be_turned_off() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .proxy("forwarded_headers = false\nrequest_id = false\nstamp_header = false")
+        .start()
+        .await;
+    for (c, how) in [(http1_client(), "HTTP/1.1"), (h2c_client(), "h2c")] {
+        let a = get(&c, &p.url(HEADERS)).await;
+        assert_eq!(a.status, StatusCode::OK, "{how}: {}", a.text());
+        let seen = a.json();
+        for added in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "via",
+            "x-request-id",
+        ] {
+            assert!(
+                seen["headers"].get(added).is_none(),
+                "{how}: {added} in {seen}"
+            );
+        }
+        assert!(a.headers.get("x-request-id").is_none(), "{how}");
+        assert!(a.headers.get("x-stampgate-stamp").is_none(), "{how}");
+
+        let req = Request::get(p.url(HEADERS))
+            .header("x-request-id", "client-chosen-8")
+            .body(empty())
+            .unwrap();
+        let a = send(&c, req).await;
+        assert_eq!(
+            a.json()["headers"]["x-request-id"],
+            "client-chosen-8",
+            "{how}"
+        );
+
+        let a = get(&c, &p.url("/elsewhere")).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{how}");
+        assert_eq!(
+            a.header("x-request-id").len(),
+            32,
+            "{how}: errors keep an id"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_route_is_404_with_a_clear_body() {
     let s = stamp("s1", "r1").await;

@@ -23,6 +23,13 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// On: seeing which stamp served a response is the first thing an operator
 /// needs during a failover, and the header reveals nothing sensitive.
 pub const DEFAULT_STAMP_HEADER: bool = true;
+/// On: stamps behind a proxy need the client's address and scheme (the
+/// de-facto `X-Forwarded-*` headers, as HAProxy's `option forwardfor` and
+/// Envoy add them); off for stamps that must not learn client addresses.
+pub const DEFAULT_FORWARDED_HEADERS: bool = true;
+/// On: one id in the client's answer, our access log and the stamp's logs
+/// is what ties a complaint to a request (Envoy's `generate_request_id`).
+pub const DEFAULT_REQUEST_ID: bool = true;
 
 // ---- [access_log] --------------------------------------------------------
 

@@ -82,6 +82,11 @@ pub struct ProxySettings {
     pub certificates: Vec<CertificateConfig>,
     /// Add `x-stampgate-stamp` to responses (naming the serving stamp).
     pub stamp_header: bool,
+    /// Set `X-Forwarded-For/-Proto/-Host` and `Via` on requests to stamps.
+    pub forwarded_headers: bool,
+    /// Make an `X-Request-Id` for a request that has none, send it to the
+    /// stamp and return it on the response.
+    pub request_id: bool,
 }
 
 /// One `[[proxy.certificates]]` entry, already loaded from disk and checked

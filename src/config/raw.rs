@@ -75,6 +75,10 @@ pub struct RawProxy {
     pub shutdown_grace: Option<String>,
     /// Add the `x-stampgate-stamp` response header.
     pub stamp_header: Option<bool>,
+    /// Set `X-Forwarded-For/-Proto/-Host` and `Via` on requests.
+    pub forwarded_headers: Option<bool>,
+    /// Make an `X-Request-Id` when the client sent none, and return it.
+    pub request_id: Option<bool>,
     /// `[[proxy.certificates]]`
     pub certificates: Option<Vec<RawCertificate>>,
 }

@@ -409,6 +409,8 @@ impl<'a> Ctx<'a> {
             )?,
             certificates,
             stamp_header: raw.stamp_header.unwrap_or(DEFAULT_STAMP_HEADER),
+            forwarded_headers: raw.forwarded_headers.unwrap_or(DEFAULT_FORWARDED_HEADERS),
+            request_id: raw.request_id.unwrap_or(DEFAULT_REQUEST_ID),
         })
     }
 

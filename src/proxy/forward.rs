@@ -411,7 +411,8 @@ impl Gateway {
             .forward(req, conn, timer, &table, &mut guard)
             .await
         {
-            Ok((resp, id)) => (resp, Some(id), None),
+            // Without request ids of our own, the log keeps the client's.
+            Ok((resp, id)) => (resp, id.or(client_id), None),
             Err((err, id)) => {
                 let id = id.or(client_id).unwrap_or_else(headers::new_request_id);
                 match err.blame() {
@@ -494,7 +495,8 @@ impl Gateway {
         timer: Option<&TryTimer>,
         table: &RoutingTable,
         guard: &mut InFlight,
-    ) -> Result<(Response<ResponseBody>, HeaderValue), (ProxyError, Option<HeaderValue>)> {
+    ) -> Result<(Response<ResponseBody>, Option<HeaderValue>), (ProxyError, Option<HeaderValue>)>
+    {
         let (mut parts, body) = req.into_parts();
 
         let host = client_host(&parts);
@@ -522,9 +524,13 @@ impl Gateway {
             version: parts.version,
             host: host.as_ref(),
         };
-        let request_id =
-            headers::prepare_request(&mut parts.headers, &client, pool.host_header.as_ref());
-        let fail = |e: ProxyError| (e, Some(request_id.clone()));
+        let request_id = headers::prepare_request(
+            &mut parts.headers,
+            &client,
+            pool.host_header.as_ref(),
+            table.header_rules,
+        );
+        let fail = |e: ProxyError| (e, request_id.clone());
 
         // The route's timeout runs from the request's arrival.
         let start = guard.start;
@@ -631,7 +637,7 @@ impl Gateway {
                         Outcome::Answered
                     };
                     stamp.stats.record(outcome);
-                    let resp = respond(resp, stamp, &request_id, table.stamp_header);
+                    let resp = respond(resp, stamp, request_id.as_ref(), table.stamp_header);
                     return Ok((resp, request_id));
                 }
                 Ok(Ok(resp)) => Failure::Status(resp),
@@ -655,7 +661,7 @@ impl Gateway {
             }
             return match failure {
                 Failure::Status(resp) | Failure::ServerError(resp) => {
-                    let resp = respond(resp, stamp, &request_id, table.stamp_header);
+                    let resp = respond(resp, stamp, request_id.as_ref(), table.stamp_header);
                     Ok((resp, request_id))
                 }
                 Failure::Error(e) => Err(fail(e)),
@@ -690,7 +696,7 @@ impl Gateway {
 fn respond(
     resp: Response<StampBody>,
     stamp: &StampView,
-    request_id: &HeaderValue,
+    request_id: Option<&HeaderValue>,
     stamp_header: bool,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();

@@ -122,6 +122,26 @@ pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
+/// Which headers the proxy adds on the way to a stamp and back
+/// (`proxy.forwarded_headers`, `proxy.request_id`); both on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// `X-Forwarded-For/-Proto/-Host` and `Via` on requests.
+    pub forwarded: bool,
+    /// An `X-Request-Id` made for a request without one, and returned on
+    /// its response.
+    pub request_id: bool,
+}
+
+impl Default for HeaderRules {
+    fn default() -> HeaderRules {
+        HeaderRules {
+            forwarded: true,
+            request_id: true,
+        }
+    }
+}
+
 /// Headers [`prepare_request`] adds to an HTTP/1.1 request:
 /// `X-Forwarded-Host`, `X-Forwarded-For`, `X-Forwarded-Proto`, `Via`,
 /// `X-Request-Id` (`Host` too when absent, as from HTTP/2, which then costs
@@ -131,18 +151,22 @@ pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
 pub const ADDED_REQUEST_HEADERS: usize = 5;
 
 /// Rewrite request headers for the stamp. Returns the request id (sent by
-/// the client or made here) so the response can carry it too.
+/// the client or made here) so the response can carry it too; `None` when
+/// `rules` make no request ids.
 pub fn prepare_request(
     headers: &mut HeaderMap,
     client: &ClientSide<'_>,
     host_override: Option<&HeaderValue>,
-) -> HeaderValue {
+    rules: HeaderRules,
+) -> Option<HeaderValue> {
     strip_hop_by_hop(headers);
     // hyper sizes the map for the headers it parsed: grow it once here
     // rather than on several of the inserts below.
     headers.reserve(ADDED_REQUEST_HEADERS);
 
-    if let Some(host) = client.host {
+    if rules.forwarded
+        && let Some(host) = client.host
+    {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     // Keep the Host the client sent unless the pool names one; an HTTP/2
@@ -157,15 +181,20 @@ pub fn prepare_request(
         (None, None) => {}
     }
 
-    append_forwarded_for(headers, client.ip);
-    // We are the edge: a client-supplied proto is not to be trusted.
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
-    );
-    append_via(headers, client.version);
+    if rules.forwarded {
+        append_forwarded_for(headers, client.ip);
+        // We are the edge: a client-supplied proto is not to be trusted.
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+        );
+        append_via(headers, client.version);
+    }
 
-    match headers.entry(&X_REQUEST_ID) {
+    if !rules.request_id {
+        return None;
+    }
+    Some(match headers.entry(&X_REQUEST_ID) {
         Entry::Occupied(e) if !e.get().is_empty() => e.get().clone(),
         Entry::Occupied(mut e) => {
             let id = new_request_id();
@@ -173,15 +202,15 @@ pub fn prepare_request(
             id
         }
         Entry::Vacant(e) => e.insert(new_request_id()).clone(),
-    }
+    })
 }
 
 /// Rewrite response headers from the stamp for the client.
-pub fn prepare_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
+pub fn prepare_response(headers: &mut HeaderMap, request_id: Option<&HeaderValue>) {
     strip_hop_by_hop(headers);
-    headers
-        .entry(&X_REQUEST_ID)
-        .or_insert_with(|| request_id.clone());
+    if let Some(id) = request_id {
+        headers.entry(&X_REQUEST_ID).or_insert_with(|| id.clone());
+    }
 }
 
 /// Append the client to `X-Forwarded-For`, or start the list with it.
@@ -316,7 +345,8 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         h.insert(header::VIA, HeaderValue::from_static("1.1 cdn"));
-        let id = prepare_request(&mut h, &client(Some(&host)), None);
+        let id =
+            prepare_request(&mut h, &client(Some(&host)), None, HeaderRules::default()).unwrap();
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "shop.example.com");
@@ -332,10 +362,57 @@ mod tests {
         let over = HeaderValue::from_static("internal.example.net");
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        let id = prepare_request(&mut h, &client(Some(&host)), Some(&over));
-        assert_eq!(id, "abc-123");
+        let id = prepare_request(
+            &mut h,
+            &client(Some(&host)),
+            Some(&over),
+            HeaderRules::default(),
+        );
+        assert_eq!(id.unwrap(), "abc-123");
         assert_eq!(h[header::HOST], "internal.example.net");
         assert_eq!(h["x-forwarded-host"], "shop.example.com");
+    }
+
+    #[test]
+    fn rules_turn_off_forwarded_headers_and_request_ids() {
+        let host = HeaderValue::from_static("shop.example.com");
+        let over = HeaderValue::from_static("internal.example.net");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        let rules = HeaderRules {
+            forwarded: false,
+            request_id: false,
+        };
+        let id = prepare_request(&mut h, &client(Some(&host)), Some(&over), rules);
+        assert_eq!(id, None);
+        // The pool's Host still applies; a client's headers pass as sent.
+        assert_eq!(h[header::HOST], "internal.example.net");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(h["x-request-id"], "abc-123");
+        for added in ["x-forwarded-proto", "x-forwarded-host", "via"] {
+            assert!(h.get(added).is_none(), "{added} added: {h:?}");
+        }
+        // Each rule alone.
+        let mut h = HeaderMap::new();
+        let only_ids = HeaderRules {
+            forwarded: false,
+            request_id: true,
+        };
+        let id = prepare_request(&mut h, &client(Some(&host)), None, only_ids);
+        assert_eq!(h["x-request-id"], id.unwrap());
+        assert!(h.get("x-forwarded-for").is_none());
+        let mut h = HeaderMap::new();
+        let only_forwarded = HeaderRules {
+            forwarded: true,
+            request_id: false,
+        };
+        assert_eq!(
+            prepare_request(&mut h, &client(Some(&host)), None, only_forwarded),
+            None
+        );
+        assert!(h.get("x-request-id").is_none());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
     }
 
     #[test]
@@ -348,12 +425,18 @@ mod tests {
         assert!(new_request_id().is_sensitive());
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        let kept = prepare_request(&mut h, &client(None), None);
+        let kept = prepare_request(&mut h, &client(None), None, HeaderRules::default()).unwrap();
         assert!(
             !kept.is_sensitive(),
             "a client's id repeats and may be indexed"
         );
-        let made = prepare_request(&mut HeaderMap::new(), &client(None), None);
+        let made = prepare_request(
+            &mut HeaderMap::new(),
+            &client(None),
+            None,
+            HeaderRules::default(),
+        )
+        .unwrap();
         assert!(made.is_sensitive());
     }
 }

@@ -15,6 +15,7 @@ use crate::config::{
     AllUnhealthy, Config, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
 };
 use crate::proxy::budget::RetryBudget;
+use crate::proxy::headers::HeaderRules;
 use crate::proxy::upstream::Upstream;
 
 pub mod selector;
@@ -262,6 +263,8 @@ pub struct RoutingTable {
     pub max_request_body: u64,
     /// `proxy.stamp_header`: responses name the serving stamp.
     pub stamp_header: bool,
+    /// `proxy.forwarded_headers` and `proxy.request_id`.
+    pub header_rules: HeaderRules,
     /// `access_log.sample` when the access log is on: the share of
     /// answers below 500 that are logged (5xx always are).
     pub access_log: Option<f64>,
@@ -321,6 +324,10 @@ impl RoutingTable {
             pools,
             max_request_body: config.proxy.max_request_body,
             stamp_header: config.proxy.stamp_header,
+            header_rules: HeaderRules {
+                forwarded: config.proxy.forwarded_headers,
+                request_id: config.proxy.request_id,
+            },
             access_log: config
                 .access_log
                 .enabled
@@ -347,6 +354,7 @@ impl RoutingTable {
             pools: Vec::new(),
             max_request_body: 0,
             stamp_header: false,
+            header_rules: HeaderRules::default(),
             access_log: None,
         }
     }
