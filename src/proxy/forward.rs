@@ -388,7 +388,6 @@ struct RequestHead {
 }
 
 impl Gateway {
-    /// Serve one client request.
     /// Serve one client request. `timer`: the connection's [`TryTimer`],
     /// when it serves one request at a time.
     pub async fn handle(
