@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::defaults::{DEFAULT_FORWARDED_HEADERS, DEFAULT_REQUEST_ID};
+
 /// `X-Request-Id`: correlates the client's view, our logs and the stamp's.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the stamp that served a response.
@@ -134,10 +136,11 @@ pub struct HeaderRules {
 }
 
 impl Default for HeaderRules {
+    /// The config's defaults, stated once in [`crate::config::defaults`].
     fn default() -> HeaderRules {
         HeaderRules {
-            forwarded: true,
-            request_id: true,
+            forwarded: DEFAULT_FORWARDED_HEADERS,
+            request_id: DEFAULT_REQUEST_ID,
         }
     }
 }
