@@ -25,7 +25,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY]
+usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--pgo]
                         [--same-headers | --no-added-headers] [--raw FILE] [--keep]
 
   --quick      one short round (3 s runs, 1,000 held connections): smoke test
@@ -41,6 +41,8 @@ usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY]
   --no-added-headers
                equal work the other way: stampgate adds no headers either
                (proxy.forwarded_headers, request_id and stamp_header off)
+  --pgo        measure the profile-guided release build (bench/pgo.sh,
+               about 9 more minutes the first time) instead of the plain one
   --raw FILE   also write every per-run measurement (TSV) to FILE
   --keep       keep the temporary directory (configs, logs, profiles)
 
@@ -58,6 +60,7 @@ RAW_OUT=""
 KEEP=0
 SAME_HEADERS=0
 NO_ADDED_HEADERS=0
+PGO=0
 while (($#)); do
     case $1 in
         --quick) QUICK=1; ROUNDS=1 ;;
@@ -66,6 +69,7 @@ while (($#)); do
         --only) ONLY=$2; shift ;;
         --raw) RAW_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
+        --pgo) PGO=1 ;;
         --same-headers) SAME_HEADERS=1 ;;
         --no-added-headers) NO_ADDED_HEADERS=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -74,6 +78,7 @@ while (($#)); do
     shift
 done
 ((SAME_HEADERS && NO_ADDED_HEADERS)) && { usage >&2; exit 2; }
+[[ -n ${SG_BIN:-} ]] && ((PGO)) && { echo "--pgo and SG_BIN exclude each other" >&2; exit 2; }
 
 # Durations in seconds: saturated HTTP/1.1, fixed-rate latency, h2c, TLS
 # keep-alive, TLS handshakes, idle-connection hold.
@@ -700,6 +705,9 @@ HA_MAXCONN=$((HOLD_CONNS + 2000))
 
 if [[ -n ${SG_BIN:-} ]]; then
     log "using the prebuilt stampgate at $SG_BIN"
+elif ((PGO)); then
+    log "building stampgate (release, profile-guided: bench/pgo.sh)"
+    SG_BIN=$(bash "$BENCH/pgo.sh" | tail -1)
 else
     log "building stampgate (release)"
     (cd "$ROOT" && cargo build --release --quiet)
@@ -714,7 +722,7 @@ make_cert
 cpu_model=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 memory=$(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)
 versions=(
-    "$("$SG_BIN" --version) (git $(git -C "$ROOT" rev-parse --short HEAD))"
+    "$("$SG_BIN" --version) (git $(git -C "$ROOT" rev-parse --short HEAD)$( ((PGO)) && echo ", profile-guided build"))"
     "$(haproxy -v | head -1 | cut -d' ' -f1,3)"
     "$(nginx -v 2>&1 | cut -d' ' -f3)"
     "wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
