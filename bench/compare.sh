@@ -177,27 +177,13 @@ rss_kib() {
     echo "$total"
 }
 
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# Wait until URL answers 200 (the proxy is up and its route works).
-wait_ok() {
-    local url=$1 what=$2 code=none tries=100
-    ((PROFILE)) && tries=600   # valgrind starts slowly
-    for _ in $(seq 1 "$tries"); do
-        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$what did not answer 200 at $url (last: $code); logs in $WORK (use --keep)"
-}
+# free_ports, wait_ok
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
+LOGS_HINT="; logs in $WORK (use --keep)"
+# valgrind starts slowly.
+WAIT_TRIES=100
+((PROFILE)) && WAIT_TRIES=600
 
 mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
 
@@ -259,7 +245,7 @@ EOF
     taskset -c "$LOAD_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
     PID[origin]=$!
     STARTED+=("${PID[origin]}")
-    wait_ok "http://127.0.0.1:$P_ORIGIN/" origin
+    wait_ok "http://127.0.0.1:$P_ORIGIN/" origin "$WAIT_TRIES"
 }
 
 # TLS URLs use the name "localhost" (in the certificate): an IP address is
@@ -659,7 +645,7 @@ run_profile() {
         "start_$p"
     done
     for p in "${PROXIES[@]}"; do
-        wait_ok "${H1[$p]}" "$p"
+        wait_ok "${H1[$p]}" "$p" "$WAIT_TRIES"
     done
     for p in "${PROXIES[@]}"; do
         profile_run "$p" h1 --h1 "${H1[$p]}"
@@ -760,8 +746,8 @@ start_stampgate
 start_haproxy
 start_nginx
 for p in "${PROXIES[@]}"; do
-    wait_ok "${H1[$p]}" "$p"
-    wait_ok "${TLS[$p]}" "$p (TLS)"
+    wait_ok "${H1[$p]}" "$p" "$WAIT_TRIES"
+    wait_ok "${TLS[$p]}" "$p (TLS)" "$WAIT_TRIES"
 done
 # h2c prior knowledge must really work on each proxy's h2c URL.
 for p in "${PROXIES[@]}"; do

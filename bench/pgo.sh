@@ -87,25 +87,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-wait_ok() {
-    local url=$1 code=none
-    for _ in $(seq 1 100); do
-        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$url did not answer 200 (last: $code); logs in $WORK"
-}
+# free_ports, wait_ok
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+LOGS_HINT="; logs in $WORK"
 
 # cargo_build DIR FLAGS: a release build for $HOST in $TARGET/DIR. The
 # explicit --target keeps the flags off build scripts and proc macros.
@@ -182,11 +167,11 @@ PROXY=$!
 STARTED+=("$PROXY")
 
 API=/catalogservice/api/1.0/catalogitem
-wait_ok "http://127.0.0.1:$P_PROXY$API?limit=1"
+wait_ok "http://127.0.0.1:$P_PROXY$API?limit=1" "the instrumented proxy"
 ITEM=$(curl -s --max-time 5 "http://127.0.0.1:$P_PROXY$API?limit=1" |
     grep -o '"id": *"[^"]*"' | head -1 | sed 's/.*"\([^"]*\)"$/\1/')
 [[ -n $ITEM ]] || die "no catalog item in the stamps' listing"
-wait_ok "https://localhost:$P_TLS$API/$ITEM"
+wait_ok "https://localhost:$P_TLS$API/$ITEM" "the instrumented proxy (TLS)"
 
 TRAINING_LOG=$TARGET/pgo/training.log
 : >"$TRAINING_LOG"
