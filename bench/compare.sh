@@ -177,7 +177,7 @@ rss_kib() {
     echo "$total"
 }
 
-# free_ports, wait_ok
+# free_ports, wait_ok, make_cert
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
 LOGS_HINT="; logs in $WORK (use --keep)"
@@ -192,15 +192,6 @@ mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
 declare -A PID H1 H2C TLS
 # Prefix for the proxies' command lines: valgrind in --profile mode.
 WRAP=()
-
-make_cert() {
-    mkdir -p "$WORK/tls"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" -days 2 \
-        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-        2>/dev/null
-    cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >"$WORK/tls/combined.pem"
-}
 
 # nginx needs writable paths for its pid, logs and temp files.
 nginx_prelude() {
@@ -702,7 +693,7 @@ fi
 [[ -x $SG_BIN ]] || die "no binary at $SG_BIN"
 
 read -r P_ORIGIN P_SG P_SG_TLS P_SG_ADMIN P_HA P_HA_TLS P_NG P_NG_H2C P_NG_TLS < <(free_ports 9)
-make_cert
+make_cert "$WORK/tls"
 : >"$RESULTS"
 
 cpu_model=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)

@@ -24,3 +24,14 @@ wait_ok() {
     done
     die "$what did not answer 200 at $url (last: $code)${LOGS_HINT:-}"
 }
+
+# make_cert DIR: a self-signed ECDSA P-256 certificate for localhost and
+# 127.0.0.1 in DIR: cert.pem, key.pem, and combined.pem for HAProxy.
+make_cert() {
+    mkdir -p "$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$1/key.pem" -out "$1/cert.pem" -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        2>/dev/null
+    cat "$1/cert.pem" "$1/key.pem" >"$1/combined.pem"
+}

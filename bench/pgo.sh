@@ -87,7 +87,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_ports, wait_ok
+# free_ports, wait_ok, make_cert
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 LOGS_HINT="; logs in $WORK"
@@ -113,9 +113,7 @@ GEN_BIN=$(cargo_build pgo-generate "-Cprofile-generate=$RAW")
 # ---- 2. training run ------------------------------------------------------------
 
 read -r P_PROXY P_TLS P_ADMIN P_EAST P_EAST_C P_WEST P_WEST_C < <(free_ports 7)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 \
-    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+make_cert "$WORK"
 cat >"$WORK/stampgate.toml" <<EOF
 [proxy]
 listen = ["127.0.0.1:$P_PROXY"]
