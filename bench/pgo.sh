@@ -5,6 +5,7 @@
 #   bash bench/pgo.sh            # about 9 minutes: two release builds and a
 #                                # 30-second training run
 #   SG_BIN=$(bash bench/pgo.sh)  # the last line printed is the binary's path
+#   TRAIN_SECS=10 bash bench/pgo.sh   # longer training loads (default 5 s)
 #
 # Why: stampgate's request path executes fewer instructions than HAProxy's
 # but its code (tokio, http, httparse, rustls and our state machines) is
@@ -32,10 +33,21 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-# Test-sized: the profile's shape settles in a few seconds per protocol.
+# Seconds of the main training loads (the others run about half as
+# long): the profile's proportions settle within a few seconds each.
 TRAIN_SECS=${TRAIN_SECS:-5}
 log() { printf '[pgo %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+case ${1:-} in
+    "") ;;
+    -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: bench/pgo.sh (no arguments; TRAIN_SECS and CARGO_TARGET_DIR from the environment)" >&2; exit 2 ;;
+esac
+[[ $TRAIN_SECS =~ ^[1-9][0-9]{0,2}$ ]] || die "TRAIN_SECS must be a whole number of seconds from 1 to 999, not '$TRAIN_SECS'"
+# The proxy on one core, load and stamps on the other, as in compare.sh.
+PROXY_CPU=0 LOAD_CPU=1
+(($(nproc) >= 2)) || LOAD_CPU=0
 
 # ---- tools ------------------------------------------------------------------
 
@@ -153,13 +165,13 @@ EOF
 # away so that the stamp's server code is not laid out as hot.
 for s in "east $P_EAST $P_EAST_C" "west $P_WEST $P_WEST_C"; do
     read -r region port control <<<"$s"
-    LLVM_PROFILE_FILE=$WORK/discard/%p.profraw taskset -c 1 "$GEN_BIN" --log-level warn \
+    LLVM_PROFILE_FILE=$WORK/discard/%p.profraw taskset -c "$LOAD_CPU" "$GEN_BIN" --log-level warn \
         stamp --name "$region-1" --region "$region" --listen "127.0.0.1:$port" \
         --control "127.0.0.1:$control" >"$WORK/$region.log" 2>&1 &
     STARTED+=($!)
 done
-# One worker on core 0, load and stamps on core 1, as in bench/compare.sh.
-LLVM_PROFILE_FILE=$RAW/proxy-%p-%m.profraw TOKIO_WORKER_THREADS=1 taskset -c 0 \
+# One worker thread, pinned.
+LLVM_PROFILE_FILE=$RAW/proxy-%p-%m.profraw TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" \
     "$GEN_BIN" --log-level warn run --config "$WORK/stampgate.toml" >"$WORK/proxy.log" 2>&1 &
 PROXY=$!
 STARTED+=("$PROXY")
@@ -180,7 +192,7 @@ load() {
     local what=$1 expect=$2 out
     shift 2
     log "training: $what"
-    out=$(timeout $((TRAIN_SECS + 30)) taskset -c 1 "$@" 2>&1) ||
+    out=$(timeout $((TRAIN_SECS + 30)) taskset -c "$LOAD_CPU" "$@" 2>&1) ||
         die "training load failed: $*: $out"
     printf '== %s\n%s\n' "$*" "$out" >>"$TRAINING_LOG"
     if [[ $expect == 2xx ]] && grep -qE 'Non-2xx|[1-9][0-9]* (failed|errored)|[1-9][0-9]* [345]xx' <<<"$out"; then
