@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
 use stampgate::config::{self, Config};
-use stampgate::proxy::budget::RetryBudget;
-use stampgate::proxy::upstream::Upstream;
+use stampgate::routing::budget::RetryBudget;
 use stampgate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, Tried};
+use stampgate::upstream::Upstream;
 
 fn config_with(stamps: usize) -> Config {
     let mut t = String::from(

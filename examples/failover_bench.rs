@@ -56,8 +56,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use stampgate::app::App;
 use stampgate::controller::events::EventKind;
-use stampgate::proxy::{self, ProxyHandle};
 use stampgate::stamp::{Fault, HEALTH_PATH, Stamp, StampOptions};
 use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
@@ -569,7 +569,7 @@ async fn wait_ready(client: &HttpClient, url: &Uri) -> Result<(), BoxError> {
 
 /// The proxy in front of the stamps.
 enum ProxyUnderTest {
-    Stampgate(ProxyHandle),
+    Stampgate(App),
     Haproxy(Haproxy),
 }
 
@@ -580,7 +580,7 @@ impl ProxyUnderTest {
                 let toml = stampgate_config(stamps);
                 let config = stampgate::config::parse_str(&toml, Path::new("failover_bench.toml"))
                     .map_err(|e| format!("generated stampgate config: {e}\n{toml}"))?;
-                let handle = proxy::start(&config)
+                let handle = App::start(&config, None)
                     .await
                     .map_err(|e| format!("stampgate cannot start: {e}"))?;
                 Ok(ProxyUnderTest::Stampgate(handle))
@@ -626,7 +626,7 @@ impl ProxyUnderTest {
 }
 
 /// stampgate's first health event for `victim` at or after `killed`.
-fn stampgate_event(handle: &ProxyHandle, victim: &str, killed: SystemTime) -> Option<String> {
+fn stampgate_event(handle: &App, victim: &str, killed: SystemTime) -> Option<String> {
     let killed_ms = killed.duration_since(UNIX_EPOCH).ok()?.as_millis();
     let event = handle.controller.events.since(0).into_iter().find(|e| {
         e.kind == EventKind::Health

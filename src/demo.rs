@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::admin::Tokens;
+use crate::app::{self, App};
 use crate::config::{self, Config};
-use crate::proxy::{self, ProxyHandle};
 use crate::stamp::{Stamp, StampOptions};
 
 /// The demo's configuration, embedded in the binary.
@@ -34,7 +35,7 @@ pub enum DemoError {
     },
     /// The proxy could not start.
     #[error(transparent)]
-    Proxy(#[from] proxy::StartError),
+    Start(#[from] app::StartError),
 }
 
 /// Where the demo binds.
@@ -50,15 +51,17 @@ pub enum DemoPorts {
 pub struct Demo {
     /// The simulated stamps.
     pub stamps: Vec<Stamp>,
-    /// The proxy in front of them.
-    pub proxy: ProxyHandle,
+    /// The proxy in front of them (with its admin API when started with
+    /// tokens).
+    pub app: App,
     /// The config the proxy runs (with the stamps' real addresses).
     pub config: Config,
 }
 
 impl Demo {
-    /// Start the stamps, then the proxy in front of them.
-    pub async fn start(ports: DemoPorts) -> Result<Demo, DemoError> {
+    /// Start the stamps, then the proxy in front of them, with the admin
+    /// API if `admin_tokens` are given.
+    pub async fn start(ports: DemoPorts, admin_tokens: Option<Tokens>) -> Result<Demo, DemoError> {
         let mut config = config::parse_str(DEMO_CONFIG, Path::new("config/demo.toml"))?;
         let mut stamps = Vec::new();
         for pool in &mut config.pools {
@@ -93,17 +96,25 @@ impl Demo {
             config.proxy.listen = vec![(std::net::Ipv4Addr::LOCALHOST, 0).into()];
             config.admin.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
         }
-        let proxy = proxy::start(&config).await?;
+        let app = match App::start(&config, admin_tokens).await {
+            Ok(app) => app,
+            Err(e) => {
+                for s in stamps {
+                    s.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        };
         Ok(Demo {
             stamps,
-            proxy,
+            app,
             config,
         })
     }
 
     /// What to print for a person: the URLs and the commands to try.
     pub fn banner(&self) -> String {
-        let proxy = self.proxy.listen.first().copied();
+        let proxy = self.app.listen.first().copied();
         let proxy = proxy.map_or_else(|| "(no listener)".to_owned(), |a| format!("http://{a}"));
         let mut text = format!("stampgate demo\n\n  proxy:  {proxy}\n");
         for s in &self.stamps {
@@ -130,7 +141,7 @@ impl Demo {
 
     /// Stop the proxy (gracefully), then the stamps.
     pub async fn shutdown(self) {
-        self.proxy.shutdown().await;
+        self.app.shutdown().await;
         for s in self.stamps {
             s.shutdown().await;
         }

@@ -42,6 +42,7 @@
 //! (typed request-path errors), [`demo`].
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod controller;
 pub mod demo;
@@ -52,4 +53,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod signals;
 pub mod stamp;
+pub mod tripwire;
+pub mod upstream;

@@ -5,18 +5,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use stampgate::admin::{self, AdminHandle, Tokens};
+use stampgate::admin::{self, Tokens};
+use stampgate::app::App;
 use stampgate::controller::ControllerHandle;
-use stampgate::controller::admin::Command as AdminCommand;
-use stampgate::{config, demo, drill, proxy, stamp};
+use stampgate::signals::command::Command as AdminCommand;
+use stampgate::{config, demo, drill, stamp};
 use tokio_util::sync::CancellationToken;
-
-/// After the proxy has stopped, admin connections get this long to finish
-/// (their answers are quick; event streams end on shutdown).
-const ADMIN_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The variable the demo takes its admin token from, if set (the same one
 /// `stampgate ctl` reads).
@@ -149,65 +145,48 @@ async fn run(command: Command) -> ExitCode {
                 std::task::Poll::Ready(stop.as_mut().poll(cx).is_ready())
             })
             .await;
-            let handle = match proxy::start(&cfg).await {
-                Ok(h) => h,
+            let app = match App::start(&cfg, Some(tokens)).await {
+                Ok(app) => app,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            let stop_admin = CancellationToken::new();
-            let controller = handle.controller.clone();
-            let started = start_admin(cfg.admin.listen, tokens, controller, &stop_admin, "");
-            let Some(admin) = started.await else {
-                handle.shutdown().await;
-                return ExitCode::FAILURE;
-            };
+            let stop_reload = CancellationToken::new();
             tokio::spawn(reload_on_sighup(
-                handle.controller.clone(),
-                stop_admin.clone(),
+                app.controller.clone(),
+                stop_reload.clone(),
             ));
             if !stopped_early {
                 stop.await;
             }
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            stop_admin.cancel();
-            let outcome = handle.shutdown().await;
-            close_admin(admin).await;
+            stop_reload.cancel();
+            let outcome = app.shutdown().await;
             tracing::info!(?outcome, "stopped");
             ExitCode::SUCCESS
         }
         Command::Demo => {
-            let demo = match demo::Demo::start(demo::DemoPorts::Fixed).await {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let stop_admin = CancellationToken::new();
             let (tokens, shown_token) = match demo_tokens() {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    demo.shutdown().await;
                     return ExitCode::FAILURE;
                 }
             };
-            let listen = demo.config.admin.listen;
-            let controller = demo.proxy.controller.clone();
-            let hint = " (is another demo running?)";
-            let started = start_admin(listen, tokens, controller, &stop_admin, hint);
-            let Some(admin) = started.await else {
-                demo.shutdown().await;
-                return ExitCode::FAILURE;
+            let demo = match demo::Demo::start(demo::DemoPorts::Fixed, Some(tokens)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e} (is another demo running?)");
+                    return ExitCode::FAILURE;
+                }
             };
             println!("{}", demo.banner());
-            println!("{}", demo_admin_banner(&admin, shown_token.as_deref()));
+            if let Some(addr) = demo.app.admin_addr() {
+                println!("{}", demo_admin_banner(addr, shown_token.as_deref()));
+            }
             shutdown_signal().await;
-            stop_admin.cancel();
             demo.shutdown().await;
-            close_admin(admin).await;
             ExitCode::SUCCESS
         }
         Command::Stamp {
@@ -252,8 +231,8 @@ fn demo_tokens() -> Result<(Tokens, Option<String>), admin::AdminStartError> {
     }
 }
 
-fn demo_admin_banner(admin: &AdminHandle, token: Option<&str>) -> String {
-    let url = format!("http://{}", admin.addr);
+fn demo_admin_banner(admin: SocketAddr, token: Option<&str>) -> String {
+    let url = format!("http://{admin}");
     // `ctl` needs no --admin for the default address.
     let ctl = if url == admin::ctl::DEFAULT_ADMIN_URL {
         "stampgate ctl".to_owned()
@@ -269,34 +248,6 @@ fn demo_admin_banner(admin: &AdminHandle, token: Option<&str>) -> String {
          Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
          {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
     )
-}
-
-/// Start the admin listener, or say on stderr why it cannot start (with
-/// `hint` appended) and return `None`; the caller stops what it started.
-async fn start_admin(
-    listen: SocketAddr,
-    tokens: Tokens,
-    controller: ControllerHandle,
-    stop: &CancellationToken,
-    hint: &str,
-) -> Option<AdminHandle> {
-    match admin::start_with_tokens(listen, tokens, controller, stop.clone()).await {
-        Ok(a) => Some(a),
-        Err(e) => {
-            eprintln!("error: {e}{hint}");
-            None
-        }
-    }
-}
-
-/// Wait for the admin listener's connections after shutdown, bounded.
-async fn close_admin(admin: AdminHandle) {
-    if tokio::time::timeout(ADMIN_CLOSE_GRACE, admin.closed())
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin connections still open after shutdown; dropping them");
-    }
 }
 
 /// SIGHUP asks the controller to reload the config file, as

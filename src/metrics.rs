@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
@@ -19,57 +18,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::routing::histogram::LatencyHistogram;
 use crate::routing::{ADMIN_STATES, HEALTH_STATES, RoutingTable, StampView};
-
-/// Upper bounds of the latency buckets, in seconds: from a same-host
-/// answer (1 ms) to the default per-try timeout (5 s) and beyond.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// A fixed-bucket latency histogram in atomics: `observe` is a handful of
-/// relaxed adds, safe from any thread.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// Record one duration.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// `(sum in seconds, count, cumulative buckets)` for encoding.
-    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
-        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(&le, n)| {
-                cumulative += n.load(Ordering::Relaxed);
-                (le, cumulative)
-            })
-            .collect();
-        let count = self.count.load(Ordering::Relaxed);
-        buckets.push((f64::INFINITY, count.max(cumulative)));
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
-    }
-}
 
 /// Proxy-wide counters: client connections, TLS handshakes, reloads, the
 /// access log. Shared by the listeners, the controller and `/metrics`.
@@ -468,22 +418,3 @@ pub fn render(registry: &Registry) -> String {
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = LatencyHistogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(30));
-        h.observe(Duration::from_secs(9));
-        let (sum, count, buckets) = h.snapshot();
-        assert_eq!(count, 3);
-        assert!((sum - 9.0305).abs() < 1e-6, "{sum}");
-        assert_eq!(buckets[0], (0.001, 1));
-        assert_eq!(buckets[5], (0.05, 2));
-        assert_eq!(buckets.last().unwrap().1, 3, "+Inf counts everything");
-    }
-}

@@ -129,7 +129,7 @@ async fn an_unwritable_log_path_stops_start_up_with_its_key() {
     let setup = Setup::new()
         .address("s1", "r1", "127.0.0.1:1")
         .access_log(&format!("path = {:?}", bad.display().to_string()));
-    let err = stampgate::proxy::start(&setup.config())
+    let err = stampgate::app::App::start(&setup.config(), None)
         .await
         .expect_err("cannot open the log");
     let message = err.to_string();

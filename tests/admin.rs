@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use stampgate::admin::{self, Tokens};
 use stampgate::config::AdminSettings;
-use stampgate::controller::admin::{AdminError, Command, Target};
+use stampgate::signals::command::{AdminError, Command, Target};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -1028,7 +1028,7 @@ async fn with_controller_reload_applies_a_valid_file_and_refuses_a_broken_one() 
     let setup = Setup::new().stamp(&eu);
     std::fs::write(&path, setup.toml()).unwrap();
     let config = stampgate::config::load(&path).unwrap();
-    let handle = stampgate::proxy::start(&config).await.unwrap();
+    let handle = stampgate::app::App::start(&config, None).await.unwrap();
     let admin = AdminApi::start(handle.controller.clone(), operators()).await;
     let c = http1_client();
     let a = call(&c, &admin, Method::POST, "/admin/reload", Some(ALICE), "").await;

@@ -132,7 +132,7 @@ fn run_and_stop(runtime: &str) {
 
 #[tokio::test]
 async fn demo_serves_from_all_three_regions() {
-    let demo = Demo::start(DemoPorts::Ephemeral)
+    let demo = Demo::start(DemoPorts::Ephemeral, None)
         .await
         .expect("demo starts");
     let banner = demo.banner();
@@ -140,7 +140,7 @@ async fn demo_serves_from_all_three_regions() {
     assert!(banner.contains("/fault"), "{banner}");
     let url = format!(
         "http://{}/catalogservice/api/1.0/catalogitem?limit=1",
-        demo.proxy.listen[0]
+        demo.app.listen[0]
     );
     let c = http1_client();
     let mut seen = std::collections::BTreeSet::new();

@@ -403,7 +403,7 @@ async fn existing_proxy_and_stamps_are_driven_through_their_urls() {
     let status = p
         .handle
         .controller
-        .command(stampgate::controller::admin::Command::Status, "test")
+        .command(stampgate::signals::command::Command::Status, "test")
         .await
         .unwrap();
     let a_admin = status["pools"][0]["stamps"]

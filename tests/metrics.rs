@@ -305,8 +305,8 @@ async fn controller_state_probes_and_reloads_are_exposed() {
     // in memory).
     let ctl = &p.handle.controller;
     ctl.command(
-        stampgate::controller::admin::Command::Drain {
-            target: stampgate::controller::admin::Target::Stamp("fine-1".into()),
+        stampgate::signals::command::Command::Drain {
+            target: stampgate::signals::command::Target::Stamp("fine-1".into()),
             deadline: None,
             dry_run: false,
             force: true,
@@ -316,7 +316,7 @@ async fn controller_state_probes_and_reloads_are_exposed() {
     .await
     .unwrap();
     assert!(
-        ctl.command(stampgate::controller::admin::Command::Reload, "test")
+        ctl.command(stampgate::signals::command::Command::Reload, "test")
             .await
             .is_err()
     );

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use serde_json::Value;
-use stampgate::controller::admin::{AdminError, Command, Target};
+use stampgate::signals::command::{AdminError, Command, Target};
 use stampgate::stamp::{Fault, Stamp};
 use support::*;
 use tokio::time::Instant;
@@ -274,7 +274,7 @@ async fn decisions_survive_a_restart_and_a_corrupt_state_file_refuses_to_start()
         .admin(&format!("state_file = \"{}\"", state.display()))
         .config();
 
-    let first = stampgate::proxy::start(&config).await.unwrap();
+    let first = stampgate::app::App::start(&config, None).await.unwrap();
     first
         .controller
         .command(drain("westeurope-1"), "test")
@@ -287,7 +287,7 @@ async fn decisions_survive_a_restart_and_a_corrupt_state_file_refuses_to_start()
     first.controller.command(weight, "test").await.unwrap();
     first.shutdown().await;
 
-    let second = stampgate::proxy::start(&config).await.unwrap();
+    let second = stampgate::app::App::start(&config, None).await.unwrap();
     let s = second
         .controller
         .command(Command::Status, "test")
@@ -306,7 +306,7 @@ async fn decisions_survive_a_restart_and_a_corrupt_state_file_refuses_to_start()
     second.shutdown().await;
 
     std::fs::write(&state, b"{ this is not json").unwrap();
-    let err = stampgate::proxy::start(&config)
+    let err = stampgate::app::App::start(&config, None)
         .await
         .unwrap_err()
         .to_string();
@@ -323,7 +323,7 @@ async fn decisions_survive_a_restart_and_a_corrupt_state_file_refuses_to_start()
         br#"{"version":1,"stamps":{"gone-1":{"admin":"disabled"},"westeurope-1":{"admin":"draining"}}}"#,
     )
     .unwrap();
-    let third = stampgate::proxy::start(&config).await.unwrap();
+    let third = stampgate::app::App::start(&config, None).await.unwrap();
     let s = third
         .controller
         .command(Command::Status, "test")
@@ -354,7 +354,7 @@ async fn reload_under_load_changes_routing_without_failed_requests() {
     let two = setup(&stamps[..2]);
     std::fs::write(&path, two.toml()).unwrap();
     let config = stampgate::config::load(&path).unwrap();
-    let handle = stampgate::proxy::start(&config).await.unwrap();
+    let handle = stampgate::app::App::start(&config, None).await.unwrap();
     let url = format!("http://{}{ITEMS}", handle.listen[0]);
     let load = tokio::spawn(async move {
         let c = http1_client();

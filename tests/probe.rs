@@ -6,11 +6,11 @@ mod support;
 use std::time::Duration;
 
 use stampgate::health::probe::{ProbeTarget, probe_once};
-use stampgate::proxy::upstream::Upstream;
 use stampgate::stamp::{Fault, HealthFault};
+use stampgate::upstream::Upstream;
 use support::*;
 
-async fn sample(probe_toml: &str) -> stampgate::health::ProbeSample {
+async fn sample(probe_toml: &str) -> stampgate::signals::ProbeSample {
     let s = stamp("s1", "r1").await;
     let config = Setup::new()
         .stamp(&s)

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use stampgate::error::ProxyError;
-use stampgate::proxy::body::UpstreamBody;
-use stampgate::proxy::upstream::Upstream;
+use stampgate::upstream::Upstream;
+use stampgate::upstream::body::UpstreamBody;
 use support::*;
 use tokio::net::TcpListener;
 
@@ -59,7 +59,7 @@ fn request(addr: SocketAddr) -> http::Request<UpstreamBody> {
         .unwrap()
 }
 
-async fn body_of(resp: http::Response<stampgate::proxy::body::StampBody>) -> Bytes {
+async fn body_of(resp: http::Response<stampgate::upstream::StampBody>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
 

@@ -3,13 +3,11 @@
 //! refusal) into a JSON response. Nothing here changes routing state
 //! itself; every change is the controller's.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +17,7 @@ use super::route::{Change, Endpoint, NoRoute, Read, route};
 use super::sse;
 use crate::config::parse_duration;
 use crate::controller::ControllerHandle;
-use crate::controller::admin::{AdminError, Command, Target};
+use crate::signals::command::{AdminError, Command, Target};
 
 /// Every admin body is a handful of fields; anything larger is a mistake
 /// (or an attack), refused before it is read.
@@ -36,7 +34,7 @@ const READER: &str = "reader";
 
 /// Response body of every admin answer: a JSON document, a text page, or
 /// the event stream.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub use super::sse::Body;
 
 /// What every request handler shares.
 #[derive(Debug)]

@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::api::Body;
 use crate::controller::events::{Event, EventLog};
+
+/// A response body of the admin API (the API names it `api::Body`): a
+/// stream of frames that cannot fail.
+pub type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 /// A comment line this often: below the 30-60 s idle timeouts of common
 /// load balancers, and the write is how a client that went away without a

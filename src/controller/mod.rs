@@ -23,20 +23,19 @@ use crate::config::{Config, PoolConfig, StampConfig};
 use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
 use crate::health::state::{
-    HealthSettings, HealthState, ProbeSample, StampHealth, Transition, max_ejected_allows,
+    HealthSettings, HealthState, StampHealth, Transition, max_ejected_allows,
 };
 use crate::metrics::ProxyStats;
-use crate::proxy::budget::RetryBudget;
-use crate::proxy::upstream::{Upstream, UpstreamSetupError};
+use crate::routing::budget::RetryBudget;
 use crate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
+use crate::upstream::{Upstream, UpstreamSetupError};
 
-pub mod admin;
 pub mod events;
 mod operator;
 pub mod state_file;
 mod status;
 
-use admin::{AdminError, AdminRequest, AdminState, Command};
+use crate::signals::{AdminError, AdminRequest, AdminState, Command, Signal};
 use events::{EventKind, EventLog, NewEvent};
 
 /// Signals queued for the controller. Sized for a burst of probe results
@@ -65,27 +64,6 @@ const FLAP_PENALTY: f64 = 1000.0;
 /// a quiet route still retry a few requests a second.
 const BUDGET_TTL: Duration = Duration::from_secs(10);
 const BUDGET_MIN_PER_SEC: u32 = 10;
-
-/// Something the controller must react to.
-#[derive(Debug)]
-pub enum Signal {
-    /// A probe finished.
-    Probe {
-        /// Stamp name.
-        stamp: Arc<str>,
-        /// The raw sample.
-        sample: ProbeSample,
-    },
-    /// The request path saw `consecutive` gateway failures in a row.
-    Outlier {
-        /// Stamp name.
-        stamp: Arc<str>,
-        /// The count that crossed the threshold.
-        consecutive: u32,
-    },
-    /// An operator command (admin API, SIGHUP).
-    Admin(AdminRequest),
-}
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]

@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::proxy::tripwire::Tripwire;
+use crate::tripwire::Tripwire;
 
-use super::admin::{AdminError, AdminState, Command, Target};
 use super::events::{EventKind, NewEvent};
 use super::{Controller, StampEntry, effective_weight, route_shared, state_file};
 use crate::config::{self, defaults::MAX_WEIGHT};
-use crate::proxy::upstream::Upstream;
 use crate::routing::RoutingTable;
+use crate::signals::{AdminError, AdminState, Command, Target};
+use crate::upstream::Upstream;
 
 impl Controller {
     pub(super) fn on_admin(

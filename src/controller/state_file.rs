@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::admin::AdminState;
+use crate::signals::AdminState;
 
 /// Format version written into the file, so a future change of shape can
 /// be told apart from corruption.

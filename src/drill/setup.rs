@@ -10,14 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Uri};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::DrillError;
 use super::admin::call;
 use super::load::HttpClient;
 use super::scenario::{ProxyConfigSource, ProxySpec, Scenario};
-use crate::admin::{self, AdminHandle, Tokens};
-use crate::proxy::{self, ProxyHandle};
+use crate::admin::{self, Tokens};
+use crate::app::App;
 use crate::stamp::{Stamp, StampOptions};
 
 /// How long a proxy may take to answer its first request.
@@ -26,9 +25,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between readiness attempts (an existing proxy sends no event
 /// when it is up).
 const READY_POLL: Duration = Duration::from_millis(20);
-
-/// The spawned proxy's admin listener gets this long to close.
-const ADMIN_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The file a spawned proxy's config is written to, in the report
 /// directory: reload re-reads it, and it documents what ran.
@@ -53,9 +49,7 @@ pub struct Environment {
 
 struct Spawned {
     stamps: Vec<Stamp>,
-    proxy: ProxyHandle,
-    admin: AdminHandle,
-    stop_admin: CancellationToken,
+    app: App,
 }
 
 /// The config of a built-in or config-less scenario: one route to one
@@ -169,39 +163,25 @@ impl Environment {
         if config.access_log.path.is_none() {
             config.access_log.enabled = false;
         }
-        let proxy = proxy::start(&config)
-            .await
-            .map_err(|e| DrillError::Setup(format!("proxy cannot start: {e}")))?;
-        let proxy_url = match proxy.listen.first() {
-            Some(addr) => base_uri(*addr),
-            None => {
-                proxy.shutdown().await;
-                return Err(DrillError::Setup(
-                    "the proxy config has no plaintext listener (proxy.listen) for the load".into(),
-                ));
-            }
-        };
         let token = admin::auth::random_token()
             .map_err(|e| DrillError::Setup(format!("cannot make an admin token: {e}")))?;
-        let stop_admin = CancellationToken::new();
-        let admin_listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
-        let admin = match admin::start_with_tokens(
-            admin_listen,
-            Tokens::single(token.clone()),
-            proxy.controller.clone(),
-            stop_admin.clone(),
-        )
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                proxy.shutdown().await;
-                return Err(DrillError::Setup(format!("admin API cannot start: {e}")));
-            }
+        // The drill talks to its own proxy's admin API on loopback,
+        // whatever the config says.
+        config.admin.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+        let app = App::start(&config, Some(Tokens::single(token.clone())))
+            .await
+            .map_err(|e| DrillError::Setup(format!("proxy cannot start: {e}")))?;
+        let (Some(listen), Some(admin_addr)) = (app.listen.first().copied(), app.admin_addr())
+        else {
+            app.shutdown().await;
+            return Err(DrillError::Setup(
+                "the proxy config has no plaintext listener (proxy.listen) for the load".into(),
+            ));
         };
+        let proxy_url = base_uri(listen);
         Ok(Environment {
             proxy_url,
-            admin_url: base_uri(admin.addr),
+            admin_url: base_uri(admin_addr),
             token: Some(token),
             controls: stamps
                 .iter()
@@ -209,12 +189,7 @@ impl Environment {
                 .collect(),
             config_path: Some(config_path),
             addresses,
-            spawned: Some(Spawned {
-                stamps,
-                proxy,
-                admin,
-                stop_admin,
-            }),
+            spawned: Some(Spawned { stamps, app }),
         })
     }
 
@@ -245,9 +220,7 @@ impl Environment {
     /// Stops what was spawned: the admin listener, the proxy, the stamps.
     pub async fn shutdown(self) {
         let Some(spawned) = self.spawned else { return };
-        spawned.stop_admin.cancel();
-        spawned.proxy.shutdown().await;
-        let _ = tokio::time::timeout(ADMIN_CLOSE_GRACE, spawned.admin.closed()).await;
+        spawned.app.shutdown().await;
         for stamp in spawned.stamps {
             stamp.shutdown().await;
         }

@@ -5,4 +5,4 @@
 pub mod probe;
 pub mod state;
 
-pub use state::{HealthState, ProbeSample, StampHealth, Transition};
+pub use state::{HealthState, StampHealth, Transition};

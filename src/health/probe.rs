@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::state::ProbeSample;
 use crate::config::{PoolConfig, StampConfig};
-use crate::controller::Signal;
-use crate::proxy::body::UpstreamBody;
-use crate::proxy::upstream::Upstream;
 use crate::routing::authority_of;
+use crate::signals::ProbeSample;
+use crate::signals::Signal;
+use crate::upstream::Upstream;
+use crate::upstream::body::UpstreamBody;
 
 /// The most of a probe response body read to look for `expect_body`: health
 /// bodies are small JSON documents; a huge one must not cost memory.

@@ -62,6 +62,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::signals::ProbeSample;
+
 /// Default probe window length: Azure Front Door's default sample size.
 const DEFAULT_SAMPLE_SIZE: u32 = 4;
 /// Default successes needed in the window: Front Door's default, so that one
@@ -229,19 +231,6 @@ impl HealthSettings {
         }
         self
     }
-}
-
-/// One active probe result, as sent by a probe task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeSample {
-    /// The probe met its expectations (status range, body).
-    pub ok: bool,
-    /// Time until the response (or until the failure).
-    pub rtt: Duration,
-    /// Response status, if there was a response.
-    pub status: Option<u16>,
-    /// Short cause for humans, e.g. `status 503` or `connect refused`.
-    pub detail: String,
 }
 
 /// A change of a stamp's health state.

@@ -1,8 +1,7 @@
-//! Bodies on the request path: the client's request body on its way to a
-//! stamp ([`UpstreamBody`], streamed with the size limit enforced as bytes
-//! pass, or replayed from memory on a retry) and the response on its way
-//! back ([`ResponseBody`], streamed from the stamp or made by the proxy).
-//! Neither buffers a streamed body.
+//! Bodies on the client side of the request path: the client's request
+//! body as it arrives ([`ClientBody`]) and the response on its way back
+//! ([`ResponseBody`], streamed from the stamp or made by the proxy, ending
+//! the request's in-flight accounting when done).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,22 +12,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::future::Future;
 
-use super::forward::InFlight;
-use super::h1::H1Body;
-
-/// Why a request body could not be forwarded.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// More bytes than `proxy.max_request_body`.
-    #[error("request body exceeds {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: u64,
-    },
-    /// The client's side of the body failed (aborted upload, bad framing).
-    #[error("client body: {0}")]
-    Client(#[source] hyper::Error),
-}
+use super::in_flight::InFlight;
+use crate::upstream::StampBody;
+use crate::upstream::body::BoxError;
 
 /// A client's request body as the request path receives it.
 #[derive(Debug)]
@@ -51,130 +37,6 @@ impl ClientBody {
 }
 
 pin_project! {
-    /// The body sent to a stamp.
-    #[allow(missing_docs)] // fields are described on their variants
-    #[project = UpstreamBodyProj]
-    pub enum UpstreamBody {
-        /// The client's body, streamed, with `remaining` bytes still allowed.
-        Streaming {
-            #[pin] inner: Incoming,
-            remaining: u64,
-            limit: u64,
-        },
-        /// A body held in memory (small enough to replay on a retry).
-        Full {
-            data: Option<Bytes>,
-        },
-    }
-}
-
-impl UpstreamBody {
-    /// Stream `inner`, failing once more than `limit` bytes were seen.
-    pub fn streaming(inner: Incoming, limit: u64) -> UpstreamBody {
-        UpstreamBody::Streaming {
-            inner,
-            remaining: limit,
-            limit,
-        }
-    }
-
-    /// A body from memory (empty `Bytes` for no body).
-    pub fn full(data: Bytes) -> UpstreamBody {
-        UpstreamBody::Full {
-            data: (!data.is_empty()).then_some(data),
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.project() {
-            UpstreamBodyProj::Streaming {
-                inner,
-                remaining,
-                limit,
-            } => match inner.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        let len = data.len() as u64;
-                        if len > *remaining {
-                            return Poll::Ready(Some(Err(BodyError::TooLarge { limit: *limit })));
-                        }
-                        *remaining -= len;
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-            UpstreamBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Streaming { inner, .. } => inner.is_end_stream(),
-            UpstreamBody::Full { data } => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Streaming { inner, .. } => inner.size_hint(),
-            UpstreamBody::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
-}
-
-/// A response body as it comes from a stamp: from our own HTTP/1.1 client
-/// or from hyper's HTTP/2 one.
-#[derive(Debug)]
-pub enum StampBody {
-    /// Over an HTTP/1.1 connection ([`super::h1`]).
-    H1(H1Body),
-    /// Over an HTTP/2 connection.
-    H2(Incoming),
-}
-
-impl Body for StampBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            StampBody::H1(b) => Pin::new(b).poll_frame(cx),
-            StampBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            StampBody::H1(b) => b.is_end_stream(),
-            StampBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            StampBody::H1(b) => b.size_hint(),
-            StampBody::H2(b) => b.size_hint(),
-        }
-    }
-}
-
-pin_project! {
     /// The body sent back to the client.
     #[allow(missing_docs)] // fields are described on their variants
     #[project = ResponseBodyProj]
@@ -184,7 +46,7 @@ pin_project! {
         Upstream {
             #[pin] inner: StampBody,
             guard: Option<InFlight>,
-            #[pin] cut: super::tripwire::TrippedOwned,
+            #[pin] cut: crate::tripwire::TrippedOwned,
         },
         /// Made by the proxy (errors, 404).
         Local {
@@ -204,9 +66,6 @@ impl ResponseBody {
         }
     }
 }
-
-/// Boxed error of a response body (the stamp's, or a drain cut).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ResponseBody {
     type Data = Bytes;

@@ -33,9 +33,10 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::{ClientBody, ResponseBody};
-use super::forward::{ConnActivity, ConnInfo, Gateway, TryTimer};
-use super::h1::{chunk_size_line, decimal, tokens, unwritten};
-use super::tripwire::{Tripped, Tripwire};
+use super::conn::{ConnActivity, ConnInfo, TryTimer};
+use super::handler::Gateway;
+use crate::tripwire::{Tripped, Tripwire};
+use crate::upstream::h1_client::{chunk_size_line, consumed_by_parser, decimal, tokens, unwritten};
 
 /// Most header fields a request head may have on the fast path; a longer
 /// head goes to hyper, which applies its own limit (also 100).
@@ -116,7 +117,7 @@ where
                 slot.set(Some(gateway.handle(req, info, Some(&try_timer))));
                 slot
             }
-            None => handler.insert(super::boxed_in_place(|| {
+            None => handler.insert(crate::upstream::boxed_in_place(|| {
                 Some(gateway.handle(req, info, Some(&try_timer)))
             })),
         };
@@ -718,7 +719,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
             return Parsed::HandoffSplit(head);
         };
-        if !super::headers::consumed_by_parser(&name, value.as_bytes()) {
+        if !consumed_by_parser(&name, value.as_bytes()) {
             headers.append(name, value);
         }
     }

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::defaults::{DEFAULT_FORWARDED_HEADERS, DEFAULT_REQUEST_ID};
+use crate::routing::header_rules::HeaderRules;
+#[cfg(test)]
+use crate::upstream::h1_client::consumed_by_parser;
 
 /// `X-Request-Id`: correlates the client's view, our logs and the stamp's.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -64,28 +66,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether a parser that has taken a hop-by-hop header's meaning may leave
-/// it out of the message's map altogether: `Keep-Alive` and
-/// `Transfer-Encoding` always (framing is each hop's own), `Connection`
-/// when its tokens are only `close` and `keep-alive`, so that it names no
-/// other header for [`strip_hop_by_hop`] to find and remove. A header left
-/// out costs no insert into the map and no removal from it: removing a
-/// stamp's `Connection: keep-alive` again was about 1,200 instructions per
-/// response. Any other `Connection` value goes into the map, and the strip
-/// removes it with the headers it names.
-pub fn consumed_by_parser(name: &HeaderName, value: &[u8]) -> bool {
-    if name == header::CONNECTION {
-        value.split(|&b| b == b',').all(|t| {
-            let t = t.trim_ascii();
-            t.is_empty()
-                || t.eq_ignore_ascii_case(b"close")
-                || t.eq_ignore_ascii_case(b"keep-alive")
-        })
-    } else {
-        name == header::TRANSFER_ENCODING || name == KEEP_ALIVE
-    }
-}
-
 /// Remove the headers that the `Connection` header's tokens name. Removing
 /// by `&str` parses the name on the stack, so no token is allocated; each
 /// value is cloned (a reference count) to let the map change meanwhile.
@@ -122,27 +102,6 @@ pub struct ClientSide<'a> {
 /// connection is accepted, so requests do not format the address each time.
 pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
-}
-
-/// Which headers the proxy adds on the way to a stamp and back
-/// (`proxy.forwarded_headers`, `proxy.request_id`); both on by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderRules {
-    /// `X-Forwarded-For/-Proto/-Host` and `Via` on requests.
-    pub forwarded: bool,
-    /// An `X-Request-Id` made for a request without one, and returned on
-    /// its response.
-    pub request_id: bool,
-}
-
-impl Default for HeaderRules {
-    /// The config's defaults, stated once in [`crate::config::defaults`].
-    fn default() -> HeaderRules {
-        HeaderRules {
-            forwarded: DEFAULT_FORWARDED_HEADERS,
-            request_id: DEFAULT_REQUEST_ID,
-        }
-    }
 }
 
 /// Headers [`prepare_request`] adds to an HTTP/1.1 request:

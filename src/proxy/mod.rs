@@ -1,6 +1,8 @@
-//! The data plane: listeners, TLS, the request handler, upstream connection
-//! pools and the header rules. [`start`] binds everything and returns a
-//! [`ProxyHandle`]; the request path itself lives in [`forward`].
+//! The data plane: client listeners, TLS, the two HTTP server paths, the
+//! request handler and the header rules. [`start`] binds the listeners with
+//! what the composition root (`app`) hands it ([`Wiring`]) and returns a
+//! [`ProxyHandle`]; the request path itself lives in [`handler`], and its
+//! way to the stamps in [`crate::upstream`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,40 +10,33 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::controller::{Controller, ControllerError, ControllerHandle};
+use crate::metrics::ProxyStats;
 use crate::routing::RoutingTable;
+use crate::signals::Signal;
+use crate::tripwire::Tripwire;
 
 pub mod access_log;
+pub mod attempts;
 pub mod body;
-pub mod budget;
-pub mod forward;
-pub mod h1;
+pub mod conn;
 pub mod h1_server;
+pub mod handler;
 pub mod headers;
-pub mod pool;
+pub mod in_flight;
+pub mod request_body;
 pub mod server;
 pub mod tls;
-pub mod tripwire;
-pub mod upstream;
 
-use forward::Gateway;
+use access_log::AccessLog;
+use handler::Gateway;
 use server::{Acceptor, ConnLimits};
 
-/// Box the future `make` returns, built in its box: the allocation comes
-/// first, so the compiler writes the future there instead of building it
-/// on the stack and copying it in, as `Box::pin(make())` does (a copy of
-/// 1 to 4 KiB per request on the request path).
-#[inline(always)]
-pub(crate) fn boxed_in_place<F>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
-
-/// Why the proxy could not start.
+/// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener address could not be bound.
@@ -56,28 +51,33 @@ pub enum StartError {
     /// The TLS listener configuration is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
-    /// The access log destination cannot be opened.
-    #[error(transparent)]
-    AccessLog(#[from] access_log::AccessLogError),
-    /// The control plane could not start (upstream clients, DNS).
-    #[error(transparent)]
-    Controller(#[from] ControllerError),
 }
 
-/// A running proxy.
+/// What the data plane is given by the composition root (`app`): the
+/// routing table it reads, the channel its passive signals go to, the
+/// access log and the proxy-wide counters. The data plane starts none of
+/// them.
+#[derive(Debug)]
+pub struct Wiring {
+    /// The routing table (stored by the controller only).
+    pub routing: Arc<ArcSwap<RoutingTable>>,
+    /// Passive health signals (`try_send` only).
+    pub signals: mpsc::Sender<Signal>,
+    /// Where finished requests are logged.
+    pub access_log: AccessLog,
+    /// Proxy-wide counters.
+    pub stats: Arc<ProxyStats>,
+}
+
+/// Running client listeners.
 #[derive(Debug)]
 pub struct ProxyHandle {
     /// Bound plaintext listener addresses (port 0 resolved).
     pub listen: Vec<SocketAddr>,
     /// Bound TLS listener addresses.
     pub tls_listen: Vec<SocketAddr>,
-    /// The routing table the request path reads.
-    pub routing: Arc<ArcSwap<RoutingTable>>,
-    /// The control plane (events, signals).
-    pub controller: ControllerHandle,
-    shutdown: CancellationToken,
-    /// The data path's view of `shutdown`, read on every request.
-    closing: Arc<tripwire::Tripwire>,
+    /// The data path's shutdown signal, read on every request.
+    closing: Arc<Tripwire>,
     tracker: TaskTracker,
     grace: Duration,
 }
@@ -95,7 +95,6 @@ impl ProxyHandle {
     /// Stop accepting, let in-flight requests finish within the grace
     /// period, then return.
     pub async fn shutdown(self) -> ShutdownOutcome {
-        self.shutdown.cancel();
         self.closing.trip();
         self.tracker.close();
         match tokio::time::timeout(self.grace, self.tracker.wait()).await {
@@ -105,9 +104,8 @@ impl ProxyHandle {
     }
 }
 
-/// Start the controller (first routing table, probes), bind the listeners
-/// and start serving `config`.
-pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
+/// Bind the listeners of `config.proxy` and serve them with `wiring`.
+pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, StartError> {
     let tls = if config.proxy.tls_listen.is_empty() {
         None
     } else {
@@ -117,25 +115,20 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
     };
     let plain = bind_all(&config.proxy.listen).await?;
     let secure = bind_all(&config.proxy.tls_listen).await?;
-
-    let stats = Arc::new(crate::metrics::ProxyStats::default());
-    let access_log = access_log::AccessLog::start(&config.access_log, stats.clone())?;
-    let shutdown = CancellationToken::new();
-    let controller = Controller::start(config.clone(), stats, shutdown.child_token())?;
     let limits = ConnLimits {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
     };
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {
-            routing: controller.routing.clone(),
-            signals: controller.signals.clone(),
-            access_log,
-            stats: controller.stats.clone(),
+            routing: wiring.routing,
+            signals: wiring.signals,
+            access_log: wiring.access_log,
+            stats: wiring.stats,
         }),
         limits,
         http: Arc::new(server::http_builder()),
-        shutdown: Arc::new(tripwire::Tripwire::new()),
+        shutdown: Arc::new(Tripwire::new()),
         tracker: TaskTracker::new(),
     };
 
@@ -151,15 +144,11 @@ pub async fn start(config: &Config) -> Result<ProxyHandle, StartError> {
     Ok(ProxyHandle {
         listen,
         tls_listen,
-        routing: controller.routing.clone(),
-        controller,
-        shutdown,
         closing: acceptor.shutdown,
         tracker: acceptor.tracker,
         grace: config.proxy.shutdown_grace,
     })
 }
-
 async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
     let mut out = Vec::with_capacity(addrs.len());
     for &addr in addrs {

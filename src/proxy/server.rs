@@ -22,10 +22,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::body::ClientBody;
-use super::forward::{ConnActivity, ConnInfo, Gateway};
+use super::conn::{ConnActivity, ConnInfo};
 use super::h1_server::{self, Served};
+use super::handler::Gateway;
 use super::headers;
-use super::tripwire::Tripwire;
+use crate::tripwire::Tripwire;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
 /// before accepting again, so the loop does not spin while the process is

@@ -14,12 +14,16 @@ use http::uri::Authority;
 use crate::config::{
     AllUnhealthy, Config, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
 };
-use crate::proxy::budget::RetryBudget;
-use crate::proxy::headers::HeaderRules;
-use crate::proxy::upstream::Upstream;
+use crate::upstream::Upstream;
 
+pub mod budget;
+pub mod header_rules;
+pub mod histogram;
 pub mod selector;
 pub mod stats;
+
+use budget::RetryBudget;
+use header_rules::HeaderRules;
 
 pub use selector::{Selector, Tier, Tried};
 pub use stats::RouteStats;
@@ -46,13 +50,13 @@ pub struct StampStats {
     pub ejection_requested: AtomicBool,
     /// Tripped when a drain deadline passes: requests still in flight to
     /// the stamp are cut. Replaced by a fresh wire after each cut.
-    pub cut: arc_swap::ArcSwap<crate::proxy::tripwire::Tripwire>,
+    pub cut: arc_swap::ArcSwap<crate::tripwire::Tripwire>,
     /// Answers by status class (index 0 = 1xx ... 4 = 5xx), for metrics.
     pub responses: [AtomicU64; 5],
     /// Connect failures by kind (refused, timeout, other), for metrics.
     pub connect_errors: [AtomicU64; 3],
     /// Time from sending a request to the stamp's response head.
-    pub upstream_latency: crate::metrics::LatencyHistogram,
+    pub upstream_latency: crate::routing::histogram::LatencyHistogram,
     /// The controller's view, mirrored for metrics (written by the
     /// controller only).
     pub control: ControlStats,
@@ -73,7 +77,7 @@ pub struct ControlStats {
     /// Probe results: passed, failed.
     pub probes: [AtomicU64; 2],
     /// Probe round-trip times (until the answer or the failure).
-    pub probe_duration: crate::metrics::LatencyHistogram,
+    pub probe_duration: crate::routing::histogram::LatencyHistogram,
 }
 
 /// Health state labels, indexed as in [`ControlStats::health`].

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::metrics::LatencyHistogram;
+use super::histogram::LatencyHistogram;
 
 /// Index of a status code's class (0 = 1xx ... 4 = 5xx); anything outside
 /// 100..=599 is counted with its nearest class.

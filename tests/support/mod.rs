@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use stampgate::app::App;
 use stampgate::config::{self, Config};
-use stampgate::proxy::{self, ProxyHandle};
 use stampgate::stamp::{Stamp, StampOptions};
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -141,7 +141,7 @@ impl Setup {
 
     pub async fn start(&self) -> Proxy {
         let config = self.config();
-        let handle = proxy::start(&config).await.expect("proxy starts");
+        let handle = App::start(&config, None).await.expect("proxy starts");
         Proxy { handle, config }
     }
 }
@@ -154,7 +154,7 @@ impl Default for Setup {
 
 /// A proxy under test.
 pub struct Proxy {
-    pub handle: ProxyHandle,
+    pub handle: App,
     pub config: Config,
 }
 
@@ -307,20 +307,20 @@ pub async fn admin_call(
 /// (generation 0) and its event log starts empty.
 pub struct FakeController {
     pub handle: stampgate::controller::ControllerHandle,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(stampgate::controller::admin::Command, String)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(stampgate::signals::command::Command, String)>>>,
 }
 
 impl FakeController {
     pub fn start<F>(mut answer: F) -> FakeController
     where
         F: FnMut(
-                &stampgate::controller::admin::Command,
-            )
-                -> Result<serde_json::Value, stampgate::controller::admin::AdminError>
+                &stampgate::signals::command::Command,
+            ) -> Result<serde_json::Value, stampgate::signals::command::AdminError>
             + Send
             + 'static,
     {
-        use stampgate::controller::{ControllerHandle, Signal};
+        use stampgate::controller::ControllerHandle;
+        use stampgate::signals::Signal;
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
@@ -345,7 +345,7 @@ impl FakeController {
     }
 
     /// The commands received so far, with who sent them.
-    pub fn commands(&self) -> Vec<(stampgate::controller::admin::Command, String)> {
+    pub fn commands(&self) -> Vec<(stampgate::signals::command::Command, String)> {
         self.seen.lock().unwrap().clone()
     }
 }

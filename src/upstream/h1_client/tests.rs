@@ -12,8 +12,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+use super::IdleQueue;
 use super::*;
-use crate::proxy::pool::IdleQueue;
 
 fn pair() -> (Box<H1Conn>, DuplexStream) {
     let (client, server) = tokio::io::duplex(256 * 1024);

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 client codec of the request path: [`super::upstream`] hands
-//! an [`H1Conn`] (new, or idle from [`super::pool`]) a request, which is
+//! The HTTP/1.1 client codec of the request path: [`super`] hands
+//! an [`H1Conn`] (new, or idle from [`super::conn_cache`]) a request, which is
 //! written and whose response head is read on the request's own task; the
 //! response body ([`H1Body`]) then streams to the client and puts the
 //! connection back into the pool once it has been read to its end.
@@ -15,11 +15,13 @@
 //! doubtful is an error or, where the message is still well defined,
 //! makes the connection single-use.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,9 +30,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::body::{BodyError, BoxError, UpstreamBody};
-use super::pool::IdleQueue;
 
 /// Most headers a response head may have (hyper's default is also 100).
 pub const MAX_HEADERS: usize = 100;
@@ -434,9 +436,31 @@ async fn write_slices(io: &mut Io, parts: [&[u8]; 3], written: &mut u64) -> io::
     Ok(())
 }
 
+/// Whether a parser that has taken a hop-by-hop header's meaning may leave
+/// it out of the message's map altogether: `Keep-Alive` and
+/// `Transfer-Encoding` always (framing is each hop's own), `Connection`
+/// when its tokens are only `close` and `keep-alive`, so that it names no
+/// other header for `proxy::headers::strip_hop_by_hop` to find and remove. A header left
+/// out costs no insert into the map and no removal from it: removing a
+/// stamp's `Connection: keep-alive` again was about 1,200 instructions per
+/// response. Any other `Connection` value goes into the map, and the strip
+/// removes it with the headers it names.
+pub fn consumed_by_parser(name: &HeaderName, value: &[u8]) -> bool {
+    if name == header::CONNECTION {
+        value.split(|&b| b == b',').all(|t| {
+            let t = t.trim_ascii();
+            t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+        })
+    } else {
+        name == header::TRANSFER_ENCODING || name.as_str() == "keep-alive"
+    }
+}
+
 /// The parts of `parts` not yet written when `done` bytes of them are,
 /// into `slices`; returns how many slices are filled.
-pub(super) fn unwritten<'a>(
+pub(crate) fn unwritten<'a>(
     parts: [&'a [u8]; 3],
     done: usize,
     slices: &mut [IoSlice<'a>; 3],
@@ -456,7 +480,7 @@ pub(super) fn unwritten<'a>(
 }
 
 /// `{size:x}\r\n` into `buf`, without formatting machinery.
-pub(super) fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
+pub(crate) fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
     for i in 0..digits {
@@ -510,7 +534,7 @@ fn encode_head(
 }
 
 /// `n` in decimal, into the end of `buf`, without formatting machinery.
-pub(super) fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+pub(crate) fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -629,7 +653,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        if !super::headers::consumed_by_parser(&name, value.as_bytes()) {
+        if !consumed_by_parser(&name, value.as_bytes()) {
             headers.append(name, value);
         }
     }
@@ -672,7 +696,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
 
 /// The comma-separated tokens of a header value, trimmed, empty ones
 /// skipped.
-pub(super) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|&b| b == b',')
@@ -955,6 +979,63 @@ impl Body for H1Body {
             }) => SizeHint::with_exact(*n),
             Some(_) => SizeHint::default(),
         }
+    }
+}
+
+/// Idle HTTP/1.1 connections to one stamp. Shared (`Arc`) with the
+/// response bodies reading on its connections, which return them here; a
+/// queue outlives its pool only until those bodies end.
+#[derive(Debug)]
+pub struct IdleQueue {
+    idle_timeout: Duration,
+    /// Oldest first. Checkout takes the newest: the one least likely to
+    /// have been closed by the stamp, and it leaves the old ones to expire
+    /// when fewer connections are needed than are open.
+    conns: Mutex<VecDeque<(Instant, Box<H1Conn>)>>,
+}
+
+impl IdleQueue {
+    pub(crate) fn new(idle_timeout: Duration) -> IdleQueue {
+        IdleQueue {
+            idle_timeout,
+            conns: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The most recently used idle connection, if any. Idle-expired ones
+    /// are dropped (which closes them) on the way.
+    pub fn checkout(&self) -> Option<Box<H1Conn>> {
+        let now = Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        self.expire(&mut conns, now);
+        conns.pop_back().map(|(_, conn)| conn)
+    }
+
+    /// An idle connection, ready for the next request.
+    pub fn checkin(&self, mut conn: Box<H1Conn>) {
+        conn.park();
+        let now = Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        self.expire(&mut conns, now);
+        conns.push_back((now, conn));
+    }
+
+    fn expire(&self, conns: &mut VecDeque<(Instant, Box<H1Conn>)>, now: Instant) {
+        while conns
+            .front()
+            .is_some_and(|(since, _)| now.saturating_duration_since(*since) >= self.idle_timeout)
+        {
+            conns.pop_front();
+        }
+    }
+
+    /// Idle connections queued.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

@@ -1,6 +1,6 @@
-//! Open connections to the stamps of one pool, kept by [`super::upstream`]
+//! Open connections to the stamps of one pool, kept by [`super`]
 //! between requests: idle HTTP/1.1 connections in a queue per stamp
-//! ([`IdleQueue`]), and one shared (multiplexed) HTTP/2 sender per stamp.
+//! ([`IdleQueue`], kept with the client codec that returns to it), and one shared (multiplexed) HTTP/2 sender per stamp.
 //!
 //! This replaces hyper-util's legacy pooled client on the request path. That
 //! client keys a `HashMap` by scheme + authority (SipHash per checkout and
@@ -10,76 +10,17 @@
 //! `Vec`, and an HTTP/1.1 connection is in the queue only while idle: the
 //! response body puts it back when it has been read to its end.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::client::conn::http2;
-use tokio::time::Instant;
 
 use super::body::UpstreamBody;
-use super::h1::H1Conn;
+use super::h1_client::IdleQueue;
 
 /// The sending half of an HTTP/2 connection to a stamp (cloneable).
 pub type Http2Sender = http2::SendRequest<UpstreamBody>;
-
-/// Idle HTTP/1.1 connections to one stamp. Shared (`Arc`) with the
-/// response bodies reading on its connections, which return them here; a
-/// queue outlives its pool only until those bodies end.
-#[derive(Debug)]
-pub struct IdleQueue {
-    idle_timeout: Duration,
-    /// Oldest first. Checkout takes the newest: the one least likely to
-    /// have been closed by the stamp, and it leaves the old ones to expire
-    /// when fewer connections are needed than are open.
-    conns: Mutex<VecDeque<(Instant, Box<H1Conn>)>>,
-}
-
-impl IdleQueue {
-    pub(crate) fn new(idle_timeout: Duration) -> IdleQueue {
-        IdleQueue {
-            idle_timeout,
-            conns: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// The most recently used idle connection, if any. Idle-expired ones
-    /// are dropped (which closes them) on the way.
-    pub fn checkout(&self) -> Option<Box<H1Conn>> {
-        let now = Instant::now();
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        self.expire(&mut conns, now);
-        conns.pop_back().map(|(_, conn)| conn)
-    }
-
-    /// An idle connection, ready for the next request.
-    pub fn checkin(&self, mut conn: Box<H1Conn>) {
-        conn.park();
-        let now = Instant::now();
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        self.expire(&mut conns, now);
-        conns.push_back((now, conn));
-    }
-
-    fn expire(&self, conns: &mut VecDeque<(Instant, Box<H1Conn>)>, now: Instant) {
-        while conns
-            .front()
-            .is_some_and(|(since, _)| now.saturating_duration_since(*since) >= self.idle_timeout)
-        {
-            conns.pop_front();
-        }
-    }
-
-    /// Idle connections queued.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
 
 /// The connections of one stamp.
 #[derive(Debug)]
@@ -94,24 +35,24 @@ struct StampConns {
 /// queue, each held only to push or pop (never across an `.await`, never
 /// while connecting). A pool has a handful of stamps, so a linear search by
 /// authority beats hashing it.
-pub struct ConnPool {
+pub struct ConnCache {
     idle_timeout: Duration,
     stamps: Mutex<Vec<(Authority, StampConns)>>,
 }
 
-impl std::fmt::Debug for ConnPool {
+impl std::fmt::Debug for ConnCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnPool")
+        f.debug_struct("ConnCache")
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl ConnPool {
+impl ConnCache {
     /// An empty pool whose HTTP/1.1 connections are not reused after
     /// `idle_timeout` without a request.
-    pub fn new(idle_timeout: Duration) -> ConnPool {
-        ConnPool {
+    pub fn new(idle_timeout: Duration) -> ConnCache {
+        ConnCache {
             idle_timeout,
             stamps: Mutex::new(Vec::new()),
         }

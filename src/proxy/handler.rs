@@ -1,0 +1,472 @@
+//! The request handler: one routing-table load, route match, stamp pick,
+//! header rewrite, forward on a pooled connection, classify the outcome into
+//! the stamp's counters, stream the response back. Errors become responses
+//! in [`error_response`] and nowhere else.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body::Body as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::access_log::{AccessLog, Entry};
+use super::attempts::{Attempts, Failure, Verdict, classify};
+use super::body::{ClientBody, ResponseBody};
+use super::conn::{ConnInfo, TryTimer};
+use super::headers::{
+    self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
+};
+use super::in_flight::InFlight;
+use super::request_body::RequestBody;
+use crate::error::{Blame, ProxyError};
+use crate::metrics::ProxyStats;
+use crate::routing::{Outcome, PoolView, RoutingTable, StampStats, StampView, host_without_port};
+use crate::signals::Signal;
+use crate::upstream::StampBody;
+
+/// Seconds a fail-closed pool asks clients to wait before trying again:
+/// about one probe interval, after which a recovered stamp is back.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// Everything the request path shares, read-only apart from atomics.
+/// Locks: none. The routing table is swapped by the controller only.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The current routing table (with the limits a reload may change).
+    pub routing: Arc<ArcSwap<RoutingTable>>,
+    /// Passive health signals to the controller (`try_send` only).
+    pub signals: mpsc::Sender<Signal>,
+    /// Where finished requests are logged (`try_send` only).
+    pub access_log: AccessLog,
+    /// Proxy-wide counters.
+    pub stats: Arc<ProxyStats>,
+}
+
+/// What the access log needs of the request, taken before the request is
+/// consumed: reference-counted clones, no copies.
+struct RequestHead {
+    time: std::time::SystemTime,
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    traceparent: Option<HeaderValue>,
+}
+
+impl Gateway {
+    /// Serve one client request. `timer`: the connection's [`TryTimer`],
+    /// when it serves one request at a time.
+    pub async fn handle(
+        &self,
+        req: Request<ClientBody>,
+        conn: &ConnInfo,
+        timer: Option<&TryTimer>,
+    ) -> Response<ResponseBody> {
+        let mut guard = InFlight::begin(&conn.activity, req.version());
+        let table = self.routing.load_full();
+        let client_id = req.headers().get(&X_REQUEST_ID).cloned();
+        let head = table.access_log.map(|_| RequestHead {
+            time: std::time::SystemTime::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            traceparent: req.headers().get(&TRACEPARENT).cloned(),
+        });
+        let (mut resp, request_id, error) = match self
+            .forward(req, conn, timer, &table, &mut guard)
+            .await
+        {
+            // Without request ids of our own, the log keeps the client's.
+            Ok((resp, id)) => (resp, id.or(client_id), None),
+            Err((err, id)) => {
+                let id = id.or(client_id).unwrap_or_else(headers::new_request_id);
+                match err.blame() {
+                    Blame::Stamp | Blame::Proxy => tracing::debug!(error = %err, "request failed"),
+                    Blame::Client => tracing::trace!(error = %err, "request refused"),
+                }
+                if matches!(err, ProxyError::NoRoute) {
+                    self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                }
+                (error_response(&err, &id), Some(id), Some(err.code()))
+            }
+        };
+        let status = resp.status().as_u16();
+        // An error answer is the proxy's own, whichever stamp was tried.
+        let served_by = guard.tried.filter(|_| error.is_none());
+        if let Some(route) = &guard.route {
+            route.count(served_by, status);
+        }
+        if let (Some(sample), Some(head)) = (table.access_log, head)
+            && (status >= 500 || sample >= 1.0 || (sample > 0.0 && fastrand::f64() < sample))
+        {
+            guard.log = Some((
+                Box::new(self.log_entry(&table, head, &guard, status, request_id, error, conn)),
+                self.access_log.clone(),
+            ));
+        }
+        if resp.body().is_end_stream() {
+            guard.completed();
+        }
+        match resp.body_mut() {
+            ResponseBody::Upstream { guard: g, .. } | ResponseBody::Local { guard: g, .. } => {
+                *g = Some(guard);
+            }
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site, all of them facts of the request
+    fn log_entry(
+        &self,
+        table: &RoutingTable,
+        head: RequestHead,
+        guard: &InFlight,
+        status: u16,
+        request_id: Option<HeaderValue>,
+        error: Option<&'static str>,
+        conn: &ConnInfo,
+    ) -> Entry {
+        let route = guard.route_index.and_then(|i| table.routes().get(i));
+        let stamp = route
+            .zip(guard.tried)
+            .and_then(|(r, i)| table.pools[r.pool].stamps.get(i));
+        Entry {
+            time: head.time,
+            client: conn.remote,
+            method: head.method,
+            uri: head.uri,
+            version: head.version,
+            status,
+            route: route.map(|r| r.name.clone()),
+            stamp: stamp.map(|s| s.name.clone()),
+            region: stamp.map(|s| s.region.clone()),
+            attempts: guard.attempts,
+            total: Default::default(),
+            upstream: guard.upstream,
+            bytes: 0,
+            request_id,
+            traceparent: head.traceparent,
+            error,
+            aborted: false,
+        }
+    }
+
+    /// Route, pick, forward and retry; the response still lacks its
+    /// guard, which [`Gateway::handle`] attaches.
+    async fn forward(
+        &self,
+        req: Request<ClientBody>,
+        conn: &ConnInfo,
+        timer: Option<&TryTimer>,
+        table: &RoutingTable,
+        guard: &mut InFlight,
+    ) -> Result<(Response<ResponseBody>, Option<HeaderValue>), (ProxyError, Option<HeaderValue>)>
+    {
+        let (mut parts, body) = req.into_parts();
+
+        let host = client_host(&parts);
+        let host_name = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(host_without_port);
+        let route_index = table
+            .route_index(host_name, parts.uri.path())
+            .ok_or((ProxyError::NoRoute, None))?;
+        let route = &table.routes()[route_index];
+        guard.route = Some(route.stats.clone());
+        guard.route_index = Some(route_index);
+        let pool = &table.pools[route.pool];
+
+        let length = content_length(&parts.headers);
+        if length.is_some_and(|len| len > table.max_request_body) {
+            let limit = table.max_request_body;
+            return Err((ProxyError::BodyTooLarge { limit }, None));
+        }
+
+        let client = ClientSide {
+            ip: &conn.client_ip,
+            tls: conn.tls,
+            version: parts.version,
+            host: host.as_ref(),
+        };
+        let request_id = headers::prepare_request(
+            &mut parts.headers,
+            &client,
+            pool.host_header.as_ref(),
+            table.header_rules,
+        );
+        let fail = |e: ProxyError| (e, request_id.clone());
+
+        // The route's timeout runs from the request's arrival.
+        let start = guard.start;
+        let deadline = start + route.timeout;
+        route.budget.deposit(start);
+        let mut body = RequestBody::new(body, &parts, length, route, table.max_request_body)
+            .await
+            .map_err(fail)?;
+        let limit = if body.replayable() {
+            route.retry.attempts as usize
+        } else {
+            1
+        };
+        let mut attempts = Attempts::new(&pool.selector, &pool.stamps, limit, deadline);
+        loop {
+            let Some(this) = attempts.next_try(&pool.stamps) else {
+                return Err(fail(ProxyError::NoHealthyStamp {
+                    pool: pool.name.to_string(),
+                }));
+            };
+            let stamp = &pool.stamps[this.stamp];
+            // Filled in place: `Request::builder` would move the parts
+            // through a `Result` at each step. The last try takes the
+            // headers: the selector never picks a tried stamp, so they need
+            // no copy.
+            let mut upstream_req = Request::new(body.for_try());
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() =
+                upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
+            *upstream_req.version_mut() = pool.upstream.version();
+            *upstream_req.headers_mut() = if this.last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+
+            let try_start = Instant::now();
+            let remaining = deadline.saturating_duration_since(try_start);
+            let try_timeout = if limit > 1 {
+                route.retry.per_try_timeout.min(remaining)
+            } else {
+                remaining
+            };
+            guard.at_stamp(this.stamp, &stamp.stats);
+            let cut = stamp.stats.cut.load_full();
+            // The try races its timeout and the stamp's drain cut. Pinned in
+            // place rather than through `timeout` and `select!`, each of
+            // which would copy the send future (about 1.6 KiB) again.
+            let sent = {
+                let mut send = pin!(pool.upstream.send(&stamp.name, upstream_req));
+                let mut own_timer = pin!(None::<tokio::time::Sleep>);
+                match timer {
+                    Some(timer) => timer.arm(try_start + try_timeout),
+                    None => own_timer.set(Some(tokio::time::sleep_until(try_start + try_timeout))),
+                }
+                let mut cut_off = pin!(cut.tripped());
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                        Poll::Ready(Ok(r))
+                    } else if cut_off.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(Ok(Err(ProxyError::DrainDeadline {
+                            stamp: stamp.name.to_string(),
+                        })))
+                    } else if match timer {
+                        Some(timer) => timer.poll_expired(cx),
+                        None => own_timer
+                            .as_mut()
+                            .as_pin_mut()
+                            .is_some_and(|t| t.poll(cx).is_ready()),
+                    } {
+                        Poll::Ready(Err(TimedOut))
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await
+            };
+            let elapsed = try_start.elapsed();
+            observe(&stamp.stats, &sent, elapsed);
+            guard.upstream = Some(elapsed);
+            let failure = match sent {
+                Ok(Ok(resp)) => {
+                    match classify(resp.status(), route.retry.on_server_error, this.last) {
+                        Verdict::Deliver(outcome) => {
+                            stamp.stats.record(outcome);
+                            let resp =
+                                respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                            return Ok((resp, request_id));
+                        }
+                        Verdict::ServerError => {
+                            stamp.stats.record(Outcome::ServerError);
+                            Failure::ServerError(resp)
+                        }
+                        Verdict::GatewayStatus => Failure::Status(resp),
+                    }
+                }
+                Ok(Err(e)) => Failure::Error(e),
+                Err(TimedOut) => Failure::Error(ProxyError::UpstreamTimeout {
+                    stamp: stamp.name.to_string(),
+                    timeout: try_timeout,
+                }),
+            };
+            if failure.blames_stamp() {
+                self.stamp_failed(pool, stamp);
+            }
+            let now = Instant::now();
+            if attempts.may_retry(
+                &this,
+                &failure,
+                &pool.selector,
+                &pool.stamps,
+                &route.budget,
+                now,
+            ) {
+                tracing::debug!(stamp = %stamp.name, attempt = this.number, "retrying on another stamp");
+                continue;
+            }
+            return match failure {
+                Failure::Status(resp) | Failure::ServerError(resp) => {
+                    let resp = respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                    Ok((resp, request_id))
+                }
+                Failure::Error(e) => Err(fail(e)),
+            };
+        }
+    }
+
+    /// Count a gateway failure; past the pool's threshold, ask the
+    /// controller (once per episode, never waiting) to eject the stamp.
+    fn stamp_failed(&self, pool: &PoolView, stamp: &StampView) {
+        let consecutive = stamp.stats.record(Outcome::GatewayFailure);
+        if consecutive < pool.outlier_threshold
+            || stamp.stats.ejection_requested.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let signal = Signal::Outlier {
+            stamp: stamp.name.clone(),
+            consecutive,
+        };
+        if self.signals.try_send(signal).is_err() {
+            // Full queue: let the next failure ask again.
+            stamp
+                .stats
+                .ejection_requested
+                .store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The stamp's response, on its way to the client.
+fn respond(
+    resp: Response<StampBody>,
+    stamp: &StampView,
+    request_id: Option<&HeaderValue>,
+    stamp_header: bool,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::prepare_response(&mut parts.headers, request_id);
+    if stamp_header {
+        parts
+            .headers
+            .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
+    }
+    let cut = stamp.stats.cut.load_full().tripped_owned();
+    Response::from_parts(
+        parts,
+        ResponseBody::Upstream {
+            inner: body,
+            guard: None,
+            cut,
+        },
+    )
+}
+
+/// Metrics of one try: the answer's status class and latency, or the
+/// kind of connect failure. Relaxed atomics only.
+fn observe(
+    stats: &StampStats,
+    sent: &Result<Result<Response<StampBody>, ProxyError>, TimedOut>,
+    elapsed: std::time::Duration,
+) {
+    match sent {
+        Ok(Ok(resp)) => {
+            let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5) - 1;
+            stats.responses[class].fetch_add(1, Ordering::Relaxed);
+            stats.upstream_latency.observe(elapsed);
+        }
+        Ok(Err(ProxyError::ConnectRefused { .. })) => {
+            stats.connect_errors[0].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(ProxyError::ConnectTimeout { .. })) => {
+            stats.connect_errors[1].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(ProxyError::ConnectFailed { .. })) => {
+            stats.connect_errors[2].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(_)) | Err(_) => {}
+    }
+}
+
+/// A try ran out of its time.
+#[derive(Debug)]
+struct TimedOut;
+
+/// The host the client asked for: the Host header (HTTP/1.1) or the URI
+/// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
+fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn upstream_uri(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+    original: &Uri,
+) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).expect("scheme, authority and path are each valid")
+}
+
+/// The one place a [`ProxyError`] becomes a response: status from the
+/// error, a short JSON body, the cause in `x-stampgate-error`.
+pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": err.code(),
+        "message": err.to_string(),
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    let mut resp = Response::new(ResponseBody::local(body.to_string()));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        X_STAMPGATE_ERROR.clone(),
+        HeaderValue::from_static(err.code()),
+    );
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if matches!(err, ProxyError::NoHealthyStamp { .. }) {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    resp
+}
