@@ -11,23 +11,25 @@ use serde_json::Value;
 use stampgate::stamp::Fault;
 use support::*;
 
+/// The log's complete lines, parsed: the writer may be half-way through
+/// the last one.
+fn written(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// The log's lines once `count` have been written (the writer thread
-/// flushes when its queue is empty), or a failure after ten seconds.
+/// flushes when its queue is empty).
 async fn lines(path: &Path, count: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.lines().count() >= count {
-            return text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "fewer than {count} lines: {:?}",
-        std::fs::read_to_string(path)
-    );
+    eventually(&format!("{count} lines in the access log"), async || {
+        written(path).len() >= count
+    })
+    .await;
+    written(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

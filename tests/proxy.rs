@@ -482,13 +482,10 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let in_flight = tokio::spawn(async move { get(&c, &url).await });
     // Wait until the request is at the stamp, then shut down.
     let stats = p.handle.routing.load().pools[0].stamps[0].stats.clone();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("the request reaches the stamp", async || {
+        stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
     })
-    .await
-    .expect("request reached the stamp");
+    .await;
     let outcome = p.handle.shutdown().await;
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, StatusCode::OK, "in-flight request finished");
