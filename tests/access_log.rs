@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 use stampgate::stamp::Fault;
@@ -104,23 +103,49 @@ async fn sampling_to_zero_still_logs_every_error() {
         .start()
         .await;
     let c = http1_client();
-    for _ in 0..20 {
-        let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;
-        assert_eq!(a.status, http::StatusCode::OK);
-    }
-    s.set_fault(Fault {
+    let url = p.url("/catalogservice/api/1.0/catalogitem?limit=1");
+    let request = async |id: &str| {
+        let req = http::Request::get(&url)
+            .header("x-request-id", id)
+            .body(empty())
+            .unwrap();
+        send(&c, req).await.status
+    };
+    let failing = || Fault {
         error_rate: Some(1.0),
         ..Fault::default()
-    });
-    for _ in 0..3 {
-        let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;
-        assert_eq!(a.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    // Successes around the errors, all sampled out.
+    for i in 0..10 {
+        assert_eq!(request(&format!("ok-{i}")).await, 200);
     }
-    let got = lines(&log, 3).await;
-    // Give a stray line time to appear before counting.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let all = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(all.lines().count(), 3, "only the errors: {all}");
+    s.set_fault(failing());
+    for i in 0..3 {
+        assert_eq!(request(&format!("error-{i}")).await, 500);
+    }
+    s.clear_fault();
+    for i in 10..20 {
+        assert_eq!(request(&format!("ok-{i}")).await, 200);
+    }
+    // One more error, certain to be logged, after all of the above had
+    // ended: the writer keeps the order lines were handed to it, so once
+    // this line is written any stray line would be there too.
+    s.set_fault(failing());
+    assert_eq!(request("barrier").await, 500);
+    eventually("the barrier's line", async || {
+        written(&log).iter().any(|l| l["request_id"] == "barrier")
+    })
+    .await;
+    let got = written(&log);
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        ids,
+        ["error-0", "error-1", "error-2", "barrier"],
+        "only the errors: {got:?}"
+    );
     assert!(got.iter().all(|l| l["status"] == 500), "{got:?}");
 }
 
