@@ -107,27 +107,9 @@ impl ProxyError {
         }
     }
 
-    /// Whether the stamp certainly did not act on the request, so that an
-    /// idempotent request may be sent to another stamp. A timeout is not in
-    /// this set: the stamp may still be working on it, which is why only
-    /// idempotent requests are retried at all.
-    pub fn stamp_did_not_act(&self) -> bool {
-        match self {
-            ProxyError::ConnectRefused { .. }
-            | ProxyError::ConnectTimeout { .. }
-            | ProxyError::ConnectFailed { .. } => true,
-            ProxyError::UpstreamReset { .. }
-            | ProxyError::UpstreamProtocol { .. }
-            | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::DrainDeadline { .. } => false,
-            ProxyError::NoRoute
-            | ProxyError::BodyTooLarge { .. }
-            | ProxyError::ClientBody(_)
-            | ProxyError::NoHealthyStamp { .. } => false,
-        }
-    }
-
     /// Whether an idempotent request may be tried again on another stamp.
+    /// A stamp that reset or timed out may still have acted on the
+    /// request, which is why only idempotent requests are retried at all.
     pub fn retryable(&self) -> bool {
         match self {
             ProxyError::ConnectRefused { .. }
@@ -184,32 +166,53 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
+    /// Every variant, with what the client and the operator see of it.
     #[test]
-    fn stamp_failures_are_retryable_and_blame_the_stamp() {
-        let e = ProxyError::ConnectRefused { stamp: "a".into() };
-        assert!(e.retryable());
-        assert!(e.stamp_did_not_act());
-        assert_eq!(e.blame(), Blame::Stamp);
-        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(e.code(), "upstream-connect-refused");
-    }
-
-    #[test]
-    fn client_failures_are_not_retryable() {
-        let e = ProxyError::BodyTooLarge { limit: 10 };
-        assert!(!e.retryable());
-        assert_eq!(e.blame(), Blame::Client);
-        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    #[test]
-    fn timeouts_are_gateway_timeouts() {
-        let e = ProxyError::UpstreamTimeout {
-            stamp: "a".into(),
-            timeout: std::time::Duration::from_secs(1),
-        };
-        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert!(!e.stamp_did_not_act());
+    fn every_error_maps_to_its_status_blame_retry_and_header() {
+        use Blame::{Client, Proxy, Stamp};
+        let stamp = || "eu-1".to_owned();
+        let detail = || "why".to_owned();
+        #[rustfmt::skip]
+        let table = [
+            // error, status, blame, retryable, x-stampgate-error
+            (ProxyError::NoRoute, 404, Client, false, "no-route"),
+            (ProxyError::BodyTooLarge { limit: 10 }, 413, Client, false, "request-body-too-large"),
+            (ProxyError::ClientBody(detail()), 400, Client, false, "client-body-error"),
+            (ProxyError::NoHealthyStamp { pool: "p".into() }, 503, Proxy, false, "no-healthy-stamp"),
+            (ProxyError::DrainDeadline { stamp: stamp() }, 503, Proxy, true, "stamp-drain-deadline"),
+            (ProxyError::ConnectRefused { stamp: stamp() }, 502, Stamp, true, "upstream-connect-refused"),
+            (ProxyError::ConnectTimeout { stamp: stamp() }, 504, Stamp, true, "upstream-connect-timeout"),
+            (ProxyError::ConnectFailed { stamp: stamp(), detail: detail() }, 502, Stamp, true, "upstream-connect-failed"),
+            (ProxyError::UpstreamReset { stamp: stamp(), detail: detail() }, 502, Stamp, true, "upstream-reset"),
+            (ProxyError::UpstreamProtocol { stamp: stamp(), detail: detail() }, 502, Stamp, true, "upstream-protocol-error"),
+            (ProxyError::UpstreamTimeout { stamp: stamp(), timeout: Duration::from_secs(1) }, 504, Stamp, true, "upstream-timeout"),
+        ];
+        let mut seen = [false; 11];
+        for (error, status, blame, retryable, code) in &table {
+            assert_eq!(error.status().as_u16(), *status, "{error:?}");
+            assert_eq!(error.blame(), *blame, "{error:?}");
+            assert_eq!(error.retryable(), *retryable, "{error:?}");
+            assert_eq!(error.code(), *code, "{error:?}");
+            // No `_` arm: a new variant stops this from compiling until it
+            // has a row above.
+            let row = match error {
+                ProxyError::NoRoute => 0,
+                ProxyError::BodyTooLarge { .. } => 1,
+                ProxyError::ClientBody(_) => 2,
+                ProxyError::NoHealthyStamp { .. } => 3,
+                ProxyError::DrainDeadline { .. } => 4,
+                ProxyError::ConnectRefused { .. } => 5,
+                ProxyError::ConnectTimeout { .. } => 6,
+                ProxyError::ConnectFailed { .. } => 7,
+                ProxyError::UpstreamReset { .. } => 8,
+                ProxyError::UpstreamProtocol { .. } => 9,
+                ProxyError::UpstreamTimeout { .. } => 10,
+            };
+            assert!(!seen[row], "{error:?} has two rows");
+            seen[row] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "a variant has no row: {seen:?}");
     }
 }

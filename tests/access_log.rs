@@ -5,29 +5,30 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 use stampgate::stamp::Fault;
 use support::*;
 
+/// The log's complete lines, parsed: the writer may be half-way through
+/// the last one.
+fn written(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// The log's lines once `count` have been written (the writer thread
-/// flushes when its queue is empty), or a failure after ten seconds.
+/// flushes when its queue is empty).
 async fn lines(path: &Path, count: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.lines().count() >= count {
-            return text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "fewer than {count} lines: {:?}",
-        std::fs::read_to_string(path)
-    );
+    eventually(&format!("{count} lines in the access log"), async || {
+        written(path).len() >= count
+    })
+    .await;
+    written(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,23 +103,49 @@ async fn sampling_to_zero_still_logs_every_error() {
         .start()
         .await;
     let c = http1_client();
-    for _ in 0..20 {
-        let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;
-        assert_eq!(a.status, http::StatusCode::OK);
-    }
-    s.set_fault(Fault {
+    let url = p.url("/catalogservice/api/1.0/catalogitem?limit=1");
+    let request = async |id: &str| {
+        let req = http::Request::get(&url)
+            .header("x-request-id", id)
+            .body(empty())
+            .unwrap();
+        send(&c, req).await.status
+    };
+    let failing = || Fault {
         error_rate: Some(1.0),
         ..Fault::default()
-    });
-    for _ in 0..3 {
-        let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;
-        assert_eq!(a.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    // Successes around the errors, all sampled out.
+    for i in 0..10 {
+        assert_eq!(request(&format!("ok-{i}")).await, 200);
     }
-    let got = lines(&log, 3).await;
-    // Give a stray line time to appear before counting.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let all = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(all.lines().count(), 3, "only the errors: {all}");
+    s.set_fault(failing());
+    for i in 0..3 {
+        assert_eq!(request(&format!("error-{i}")).await, 500);
+    }
+    s.clear_fault();
+    for i in 10..20 {
+        assert_eq!(request(&format!("ok-{i}")).await, 200);
+    }
+    // One more error, certain to be logged, after all of the above had
+    // ended: the writer keeps the order lines were handed to it, so once
+    // this line is written any stray line would be there too.
+    s.set_fault(failing());
+    assert_eq!(request("barrier").await, 500);
+    eventually("the barrier's line", async || {
+        written(&log).iter().any(|l| l["request_id"] == "barrier")
+    })
+    .await;
+    let got = written(&log);
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        ids,
+        ["error-0", "error-1", "error-2", "barrier"],
+        "only the errors: {got:?}"
+    );
     assert!(got.iter().all(|l| l["status"] == 500), "{got:?}");
 }
 

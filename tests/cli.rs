@@ -5,7 +5,6 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use stampgate::demo::{Demo, DemoPorts};
 use support::*;
@@ -116,17 +115,14 @@ fn run_and_stop(runtime: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Wait for the exit itself (on a thread, as this test has no runtime),
+    // with the same limit as `support::eventually`.
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || exited.send(child.wait()));
+    let code = exit
+        .recv_timeout(EVENTUALLY)
+        .unwrap_or_else(|_| panic!("did not exit within {EVENTUALLY:?} after SIGTERM"))
+        .unwrap();
     assert!(code.success(), "exit status {code}");
 }
 

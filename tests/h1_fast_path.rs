@@ -48,17 +48,6 @@ fn assert_answers(resp: &RawResponse, tag: &str) {
     assert!(uri.ends_with(&format!("?{tag}")), "{tag}: answered {uri}");
 }
 
-/// Poll `ok` until it holds; fail after ten seconds.
-async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(10), async {
-        while !ok() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "not within 10 s: {what}");
-}
-
 #[tokio::test]
 async fn pipelined_requests_in_one_write_are_answered_in_order() {
     let (_s, p) = stamp_and_proxy().await;
@@ -452,12 +441,12 @@ async fn a_client_leaving_cancels_its_request_and_the_proxy_serves_on() {
     let in_flight = || stats.in_flight.load(Ordering::Relaxed);
     let mut c = client(&p).await;
     c.send(tagged("slow")).await;
-    eventually("the request reaches the stamp", || in_flight() == 1).await;
+    eventually("the request reaches the stamp", async || in_flight() == 1).await;
     drop(c);
     // Long before the stamp would answer, the request is gone: the proxy
     // noticed the close while waiting and dropped the request (no access
     // log line shows it: a request dropped before its answer has none).
-    eventually("the request is dropped", || in_flight() == 0).await;
+    eventually("the request is dropped", async || in_flight() == 0).await;
 
     s.clear_fault();
     let mut c = client(&p).await;

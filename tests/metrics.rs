@@ -208,38 +208,36 @@ async fn counters_follow_a_known_sequence_and_labels_stay_bounded() {
     // Each exchange's duration is recorded when its body ends, which may
     // be a moment after the client has read the last byte.
     let answered = sum_of(&last, "stampgate_requests_total", &[]);
-    let mut timed = 0.0;
-    for _ in 0..100 {
-        let now = parse(&get(&c, &metrics_url).await.text());
-        timed = sum_of(
-            &now,
-            "stampgate_request_duration_seconds_count",
-            &["route=\"main\""],
-        );
-        if timed == answered {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(timed, answered, "one duration per answer");
+    eventually(
+        &format!("one duration per answer ({answered})"),
+        async || {
+            let now = parse(&get(&c, &metrics_url).await.text());
+            let timed = sum_of(
+                &now,
+                "stampgate_request_duration_seconds_count",
+                &["route=\"main\""],
+            );
+            timed == answered
+        },
+    )
+    .await;
 }
 
 /// Polls `/metrics` until `ready` holds (the controller works on its own
-/// schedule), up to ten seconds; returns the last exposition.
+/// schedule); returns that exposition.
 async fn until(
     c: &HttpClient,
     url: &str,
+    what: &str,
     ready: impl Fn(&BTreeMap<String, f64>) -> bool,
 ) -> BTreeMap<String, f64> {
     let mut last = BTreeMap::new();
-    for _ in 0..200 {
+    eventually(&format!("/metrics shows {what}"), async || {
         last = parse(&get(c, url).await.text());
-        if ready(&last) {
-            return last;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("metrics never reached the expected state: {last:#?}");
+        ready(&last)
+    })
+    .await;
+    last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +268,7 @@ async fn controller_state_probes_and_reloads_are_exposed() {
         health: Some(stampgate::stamp::HealthFault::Fail),
         ..Fault::default()
     });
-    let m = until(&c, &url, |m| {
+    let m = until(&c, &url, "sick-1 unhealthy and fine-1 healthy", |m| {
         state(m, "stampgate_stamp_health", "sick-1", "unhealthy") == 1.0
             && state(m, "stampgate_stamp_health", "fine-1", "healthy") == 1.0
     })
@@ -320,7 +318,7 @@ async fn controller_state_probes_and_reloads_are_exposed() {
             .await
             .is_err()
     );
-    let m = until(&c, &url, |m| {
+    let m = until(&c, &url, "fine-1 drained", |m| {
         state(m, "stampgate_stamp_admin", "fine-1", "drained") == 1.0
     })
     .await;
@@ -363,7 +361,7 @@ async fn consecutive_failures_count_an_ejection() {
         get(&c, &p.url("/catalogservice/api/1.0/headers")).await;
     }
     let url = format!("http://{}/metrics", admin.addr);
-    let m = until(&c, &url, |m| {
+    let m = until(&c, &url, "an ejection of dead-1", |m| {
         sum_of(m, "stampgate_ejections_total", &["stamp=\"dead-1\""]) >= 1.0
     })
     .await;

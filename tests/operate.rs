@@ -70,6 +70,14 @@ fn tries(p: &Proxy, name: &str) -> u64 {
     s.stats.requests.load(Ordering::Relaxed)
 }
 
+/// Requests at the stamp now: the gauge the request path keeps, which
+/// lives as long as the stamp, across table generations.
+fn in_flight(p: &Proxy, name: &str) -> u64 {
+    let t = p.handle.routing.load();
+    let s = t.pools[0].stamps.iter().find(|s| &*s.name == name).unwrap();
+    s.stats.in_flight.load(Ordering::Relaxed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_under_load_moves_traffic_at_once_without_errors() {
     let stamps = three().await;
@@ -135,7 +143,10 @@ async fn in_flight_request_finishes_and_a_deadline_cuts_a_long_one() {
     };
     // 1. Without a deadline the in-flight request finishes.
     let slow = tokio::spawn(post(c.clone(), url.clone()));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("the POST is at the stamp", async || {
+        in_flight(&p, "westeurope-1") == 1
+    })
+    .await;
     let force_drain = Command::Drain {
         target: Target::Stamp("westeurope-1".into()),
         deadline: None,
@@ -168,8 +179,17 @@ async fn in_flight_request_finishes_and_a_deadline_cuts_a_long_one() {
         latency_ms: Some(5_000),
         ..Fault::default()
     });
+    // The first POST's count ends with its body, which may be a moment
+    // after the client has it all: wait for that, then for the new one.
+    eventually("the first POST has left the stamp", async || {
+        in_flight(&p, "westeurope-1") == 0
+    })
+    .await;
     let slow = tokio::spawn(post(c.clone(), url.clone()));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("the second POST is at the stamp", async || {
+        in_flight(&p, "westeurope-1") == 1
+    })
+    .await;
     let deadline_drain = Command::Drain {
         target: Target::Stamp("westeurope-1".into()),
         deadline: Some(Duration::from_millis(300)),

@@ -482,13 +482,10 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let in_flight = tokio::spawn(async move { get(&c, &url).await });
     // Wait until the request is at the stamp, then shut down.
     let stats = p.handle.routing.load().pools[0].stamps[0].stats.clone();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("the request reaches the stamp", async || {
+        stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
     })
-    .await
-    .expect("request reached the stamp");
+    .await;
     let outcome = p.handle.shutdown().await;
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, StatusCode::OK, "in-flight request finished");
@@ -532,7 +529,12 @@ async fn keep_alive_outlives_the_header_timeout_until_idle_timeout() {
     let mut tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
     let request = format!("GET {ITEMS} HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut buf = vec![0u8; 64 * 1024];
-    for _ in 0..2 {
+    for round in 0..2 {
+        if round > 0 {
+            // Idle for longer than the header timeout, far less than
+            // idle_timeout: the next request is still served.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
         tcp.write_all(request.as_bytes()).await.unwrap();
         let n = tcp.read(&mut buf).await.unwrap();
         assert!(
@@ -540,7 +542,24 @@ async fn keep_alive_outlives_the_header_timeout_until_idle_timeout() {
             "{}",
             String::from_utf8_lossy(&buf[..n])
         );
-        // Idle for longer than the header timeout, far less than idle_timeout.
-        tokio::time::sleep(Duration::from_millis(600)).await;
     }
+    // Then left idle, the connection is closed once idle_timeout has
+    // passed since the last answer, and not before. The proxy's timer
+    // started when it wrote the answer, a moment before this client read
+    // it: half a second allows for that on a loaded machine and still
+    // tells idle_timeout from header_read_timeout (200 ms).
+    let idle = tokio::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+        .await
+        .expect("closed within 20 s of a 5 s idle_timeout");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "nothing but the close: {read:?} {}",
+        String::from_utf8_lossy(&buf[..*read.as_ref().unwrap_or(&0)])
+    );
+    assert!(
+        idle.elapsed() >= Duration::from_millis(4_500),
+        "closed {:?} after the last answer, before the 5 s idle_timeout",
+        idle.elapsed()
+    );
 }

@@ -241,6 +241,26 @@ pub async fn get(client: &HttpClient, url: &str) -> Answer {
     send(client, req).await
 }
 
+/// How long [`eventually`] waits before it fails. Generous: a wait that
+/// succeeds returns as soon as its condition holds, and a loaded machine
+/// (two cores, several test binaries at once) can take seconds for what
+/// usually takes milliseconds.
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// Wait until `holds` returns true, checking again every few
+/// milliseconds; panic naming `what` after [`EVENTUALLY`]. For a state
+/// that can only be polled (a counter, the routing table, an answer); where
+/// an event can be awaited (a channel, a stream, a process exit), await it.
+pub async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
+    let waited = tokio::time::timeout(EVENTUALLY, async {
+        while !holds().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "not within {EVENTUALLY:?}: {what}");
+}
+
 /// Resident set size of this process, in bytes (Linux).
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
