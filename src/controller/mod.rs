@@ -5,9 +5,10 @@
 //! commands and timers reach it on one channel; when what the request path
 //! would decide changes, it builds a complete new table and publishes it.
 //!
-//! Submodules: [`admin`] (the command interface), [`events`] (the event
-//! log), `operator` (drain, enable, weight, reload), [`state_file`]
-//! (persisted operator decisions), `status` (the status document).
+//! Submodules: [`events`] (the event log), `operator` (drain, enable,
+//! weight, reload), [`state_file`] (persisted operator decisions), `status`
+//! (the status document). The commands themselves are
+//! [`crate::signals::command`]: a leaf, so senders need not import this.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
