@@ -57,13 +57,13 @@ enum Command {
     /// Run the proxy.
     Run {
         /// The configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = config::defaults::CONFIG_ENV, default_value = config::defaults::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate a configuration and print what it resolves to.
     Check {
         /// The configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = config::defaults::CONFIG_ENV, default_value = config::defaults::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Three simulated stamps plus the proxy, on loopback.
