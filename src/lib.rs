@@ -39,9 +39,12 @@
 //! state machine), [`discovery`] (DNS), [`admin`] (the admin API and
 //! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`drill`]
 //! (the failover rehearsal: load, fault timeline, report), [`error`]
-//! (typed request-path errors), [`demo`].
+//! (typed request-path errors), [`demo`], [`build_info`] (version and
+//! commit), [`logging`] (the process's own log lines), [`notify`]
+//! (systemd readiness).
 
 pub mod admin;
+pub mod build_info;
 pub mod config;
 pub mod controller;
 pub mod demo;
@@ -49,7 +52,9 @@ pub mod discovery;
 pub mod drill;
 pub mod error;
 pub mod health;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod routing;
 pub mod stamp;
