@@ -3,7 +3,7 @@
 //! so a newcomer can watch traffic move by breaking a region with `curl`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config};
 use crate::proxy::{self, ProxyHandle};
@@ -35,6 +35,15 @@ pub enum DemoError {
     /// The proxy could not start.
     #[error(transparent)]
     Proxy(#[from] proxy::StartError),
+    /// The directory for the access log could not be made.
+    #[error("cannot create {}: {source}", .dir.display())]
+    LogDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the demo binds.
@@ -54,6 +63,9 @@ pub struct Demo {
     pub proxy: ProxyHandle,
     /// The config the proxy runs (with the stamps' real addresses).
     pub config: Config,
+    /// Where the access log goes: a file, so that request lines do not
+    /// scroll the banner's URLs and commands off the screen.
+    pub access_log: PathBuf,
 }
 
 impl Demo {
@@ -89,6 +101,15 @@ impl Demo {
                 stamps.push(stamp);
             }
         }
+        // One directory per process: two demos (or tests) never share it.
+        // It is left behind on exit, so the log can be read afterwards.
+        let dir = std::env::temp_dir().join(format!("stampgate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| DemoError::LogDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let access_log = dir.join("access.log");
+        config.access_log.path = Some(access_log.clone());
         if ports == DemoPorts::Ephemeral {
             config.proxy.listen = vec![(std::net::Ipv4Addr::LOCALHOST, 0).into()];
             config.admin.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
@@ -98,6 +119,7 @@ impl Demo {
             stamps,
             proxy,
             config,
+            access_log,
         })
     }
 
@@ -124,6 +146,10 @@ impl Demo {
                 victim.control_addr()
             ));
         }
+        text.push_str(&format!(
+            "\nEvery request is logged to a file (one key=value line each):\n  tail -f {}\n",
+            self.access_log.display()
+        ));
         text.push_str("\nCtrl-C stops everything.\n");
         text
     }
