@@ -39,7 +39,7 @@ pub struct RawAccessLog {
     pub sample: Option<f64>,
     /// `"-"` for standard output, else a file appended to.
     pub path: Option<String>,
-    /// `"json"` or `"text"`.
+    /// `"json"`, `"text"` or `"combined"`.
     pub format: Option<String>,
 }
 

@@ -332,11 +332,12 @@ impl<'a> Ctx<'a> {
         let format = match raw.format.as_deref().unwrap_or(DEFAULT_ACCESS_LOG_FORMAT) {
             "json" => AccessLogFormat::Json,
             "text" => AccessLogFormat::Text,
+            "combined" => AccessLogFormat::Combined,
             other => {
                 return Err(self.invalid(
                     "access_log.format",
                     quote(other),
-                    "must be \"json\" or \"text\"",
+                    "must be \"json\", \"text\" or \"combined\"",
                 ));
             }
         };
