@@ -15,7 +15,14 @@ fn main() {
         if pgo { "pgo" } else { "plain" }
     );
 
-    let commit = git(&["rev-parse", "--short=10", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // A build without .git (a container's build context) is told the
+    // commit instead: deploy/Containerfile passes its GIT_COMMIT here.
+    println!("cargo:rerun-if-env-changed=STAMPGATE_BUILD_COMMIT");
+    let commit = std::env::var("STAMPGATE_BUILD_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| git(&["rev-parse", "--short=10", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=STAMPGATE_GIT_COMMIT={commit}");
 
     // Rerun when HEAD moves: HEAD itself (a branch switch), the branch's
