@@ -101,8 +101,8 @@ impl Demo {
                 stamps.push(stamp);
             }
         }
-        // One directory per process: two demos (or tests) never share it.
-        // It is left behind on exit, so the log can be read afterwards.
+        // One directory per process, so two demos never share it; removed
+        // by `shutdown`, so demos and tests leave nothing in /tmp.
         let dir = std::env::temp_dir().join(format!("stampgate-demo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|source| DemoError::LogDir {
             dir: dir.clone(),
@@ -147,18 +147,22 @@ impl Demo {
             ));
         }
         text.push_str(&format!(
-            "\nEvery request is logged to a file (one key=value line each):\n  tail -f {}\n",
+            "\nEvery request is logged to a file (one key=value line each; removed on exit):\n  tail -f {}\n",
             self.access_log.display()
         ));
         text.push_str("\nCtrl-C stops everything.\n");
         text
     }
 
-    /// Stop the proxy (gracefully), then the stamps.
+    /// Stop the proxy (gracefully), then the stamps; remove the access
+    /// log's directory.
     pub async fn shutdown(self) {
         self.proxy.shutdown().await;
         for s in self.stamps {
             s.shutdown().await;
+        }
+        if let Some(dir) = self.access_log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

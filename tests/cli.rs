@@ -192,6 +192,7 @@ async fn demo_serves_from_all_three_regions() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     demo.shutdown().await;
+    assert!(!log.exists(), "the demo removes its log directory on exit");
 }
 
 /// `--version` names the commit (what `git rev-parse` says for this

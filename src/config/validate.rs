@@ -265,14 +265,17 @@ impl<'a> Ctx<'a> {
             // "127.0.0.1:80800" fails to parse only for its port: say so,
             // rather than send the reader looking for a typo in the IP.
             let port = raw.rsplit_once(':').map(|(_, p)| p);
-            if let Some(port) = port.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
-                if port.parse::<u16>().is_err() {
-                    return self.invalid(
-                        key,
-                        quote(raw),
-                        format!("port {port} is out of range: a port is a number from 0 to 65535 (0: any free port)"),
-                    );
-                }
+            let digits = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            if let Some(port) = port.filter(digits)
+                && port.parse::<u16>().is_err()
+            {
+                return self.invalid(
+                    key,
+                    quote(raw),
+                    format!(
+                        "port {port} is out of range: a port is a number from 0 to 65535 (0: any free port)"
+                    ),
+                );
             }
             self.invalid(
                 key,
