@@ -52,6 +52,7 @@
 //!                         header rules, latency histogram, per-stamp and per-route stats)
 //!  upstream               the way to a stamp: connector, connection cache, HTTP/1.1 client
 //!  config  error  signals  tripwire  discovery  stamp     leaves
+//!  build_info  logging  notify                          leaves of the process
 //! ```
 //!
 //! [`signals`] holds the messages between the planes (probe samples,
@@ -60,6 +61,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod build_info;
 pub mod config;
 pub mod controller;
 pub mod demo;
@@ -67,7 +69,9 @@ pub mod discovery;
 pub mod drill;
 pub mod error;
 pub mod health;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod routing;
 pub mod signals;

@@ -20,7 +20,7 @@ const DEMO_TOKEN_ENV: &str = "STAMPGATE_ADMIN_TOKEN";
 
 /// A global traffic manager and failover proxy for multi-region stamps.
 #[derive(Debug, Parser)]
-#[command(name = "stampgate", version, about)]
+#[command(name = "stampgate", version = stampgate::build_info::LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,13 +53,13 @@ enum Command {
     /// Run the proxy.
     Run {
         /// The configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = config::defaults::CONFIG_ENV, default_value = config::defaults::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate a configuration and print what it resolves to.
     Check {
         /// The configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = config::defaults::CONFIG_ENV, default_value = config::defaults::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Three simulated stamps plus the proxy, on loopback.
@@ -92,7 +92,8 @@ fn main() -> ExitCode {
         Command::Ctl(_) | Command::Drill(_) => "warn",
         _ => "info",
     };
-    init_logging(cli.log_format, cli.log_level.as_deref(), default_level);
+    let json = matches!(cli.log_format, LogFormat::Json);
+    stampgate::logging::init(json, cli.log_level.as_deref(), default_level);
     let mut builder = match cli.runtime {
         Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
         Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
@@ -157,9 +158,14 @@ async fn run(command: Command) -> ExitCode {
                 app.controller.clone(),
                 stop_reload.clone(),
             ));
+            stampgate::notify::ready(&format!(
+                "serving on {}",
+                stampgate::logging::list(&app.listen)
+            ));
             if !stopped_early {
                 stop.await;
             }
+            stampgate::notify::stopping();
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             stop_reload.cancel();
             let outcome = app.shutdown().await;
@@ -244,7 +250,8 @@ fn demo_admin_banner(admin: SocketAddr, token: Option<&str>) -> String {
         None => format!("  ({DEMO_TOKEN_ENV} from your environment is the token)\n"),
     };
     format!(
-        "Admin API: {url}  (status: curl -s {url}/admin/status)\n\n\
+        "Dashboard: {url}/admin/ui  (open it in a browser)\n\
+         Admin API: {url}  (status: curl -s {url}/admin/status)\n\n\
          Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
          {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
     )
@@ -267,28 +274,21 @@ async fn reload_on_sighup(controller: ControllerHandle, stop: CancellationToken)
             () = stop.cancelled() => return,
         }
         tracing::info!("SIGHUP: reloading the configuration");
+        // systemd's `systemctl reload` waits from RELOADING=1 to READY=1;
+        // a refused reload leaves the old config serving, so READY either way.
+        stampgate::notify::reloading();
         match controller.command(AdminCommand::Reload, "sighup").await {
-            Ok(answer) => tracing::info!(%answer, "SIGHUP: configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
+            Ok(answer) => {
+                tracing::info!(%answer, "SIGHUP: configuration reloaded");
+                stampgate::notify::ready("serving; configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload refused");
+                stampgate::notify::ready(&format!(
+                    "serving the previous configuration; reload refused: {e}"
+                ));
+            }
         }
-    }
-}
-
-fn init_logging(format: LogFormat, level: Option<&str>, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // rustls warns on every handshake whose SNI is an IP address (legal
-    // for clients to send, common on internal networks): noise by default.
-    let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error"))),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -140,6 +140,21 @@ fn bad_configs() -> Vec<Bad> {
             ],
         ),
         bad(
+            "duration as a bare integer",
+            concat!(base!(), "[pools.p.probe]\ninterval = 5\n"),
+            &[
+                ":11:12: pools.p.probe.interval = 5: a duration needs a unit, e.g. \"5s\" or \"5ms\"",
+            ],
+        ),
+        bad(
+            "duration as a bare integer in an inline table",
+            concat!(
+                "[[routes]]\nname = \"r\"\npool = \"p\"\nretry = { per_try_timeout = 500 }\n",
+                "[[pools.p.stamps]]\nname = \"a\"\nregion = \"x\"\naddress = \"127.0.0.1:1\"\n"
+            ),
+            &["routes[0].retry.per_try_timeout = 500: a duration needs a unit, e.g. \"500s\""],
+        ),
+        bad(
             "negative duration",
             concat!("[proxy]\nidle_timeout = \"-1s\"\n", base!()),
             &["proxy.idle_timeout = \"-1s\": negative durations are not allowed"],
@@ -162,6 +177,35 @@ fn bad_configs() -> Vec<Bad> {
             "listen address with a host name",
             concat!("[proxy]\nlisten = [\"localhost:8080\"]\n", base!()),
             &["proxy.listen[0] = \"localhost:8080\": not a listen address: write IP:port"],
+        ),
+        bad(
+            "listen port out of range",
+            concat!("[proxy]\nlisten = [\"127.0.0.1:80800\"]\n", base!()),
+            &[
+                "proxy.listen[0] = \"127.0.0.1:80800\": port 80800 is out of range: a port is a number from 0 to 65535",
+            ],
+        ),
+        bad(
+            "admin port out of range",
+            concat!("[admin]\nlisten = \"[::1]:65536\"\n", base!()),
+            &["admin.listen = \"[::1]:65536\": port 65536 is out of range"],
+        ),
+        // ---- ${ENV} interpolation ----
+        bad(
+            "unset environment variable names the variable and the key",
+            concat!(
+                "[[routes]]\nname = \"r\"\npool = \"p\"\n",
+                "[[pools.p.stamps]]\nname = \"a\"\nregion = \"x\"\naddress = \"${STAMPGATE_TEST_UNSET_5EC2}:9001\"\n"
+            ),
+            &[
+                "pools.p.stamps[0].address = \"${STAMPGATE_TEST_UNSET_5EC2}:9001\": environment variable STAMPGATE_TEST_UNSET_5EC2 is not set",
+                "write $${ for a literal ${",
+            ],
+        ),
+        bad(
+            "unclosed variable reference",
+            concat!("[admin]\ntoken_env = \"${TOKEN\"\n", base!()),
+            &["admin.token_env = \"${TOKEN\": \"${\" without a closing \"}\""],
         ),
         bad(
             "no listener at all",
@@ -868,4 +912,88 @@ fn check_summary_of_the_example_config() {
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
+}
+
+fn stampgate() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stampgate"))
+}
+
+/// Stamps' addresses and the admin token's variable from the environment,
+/// as a systemd unit's `Environment=` or a container's `env:` gives them;
+/// `$${` stays a literal `${`.
+#[test]
+fn env_variables_are_interpolated_into_string_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("env.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nstate_file = \"$${literal}/state.json\"\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools.p.stamps]]\nname = \"a\"\nregion = \"${SG_TEST_REGION}\"\naddress = \"${SG_TEST_HOST}:9001\"\n",
+    )
+    .expect("write");
+    let out = stampgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SG_TEST_HOST", "127.0.0.9")
+        .env("SG_TEST_REGION", "northeurope")
+        .output()
+        .expect("run stampgate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("127.0.0.9:9001"), "{stdout}");
+    assert!(stdout.contains("northeurope"), "{stdout}");
+
+    let out = stampgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SG_TEST_REGION", "northeurope")
+        .env_remove("SG_TEST_HOST")
+        .output()
+        .expect("run stampgate");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pools.p.stamps[0].address = \"${SG_TEST_HOST}:9001\": environment variable SG_TEST_HOST is not set"),
+        "{stderr}"
+    );
+}
+
+/// Without `--config`, `check` (and `run`) read `STAMPGATE_CONFIG`, and
+/// without that the packaged path.
+#[test]
+fn the_config_path_defaults_to_the_env_variable_then_etc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("from-env.toml");
+    std::fs::write(&path, base!()).expect("write");
+    let out = stampgate()
+        .arg("check")
+        .env(CONFIG_ENV, &path)
+        .output()
+        .expect("run stampgate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{}: OK", path.display())),
+        "{stdout}"
+    );
+
+    let out = stampgate()
+        .arg("check")
+        .env_remove(CONFIG_ENV)
+        .output()
+        .expect("run stampgate");
+    // Whether or not this machine has the file, the path is the one named.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(DEFAULT_CONFIG_PATH, "/etc/stampgate/stampgate.toml");
+    assert!(text.contains(DEFAULT_CONFIG_PATH), "{text}");
 }

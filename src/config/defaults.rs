@@ -3,6 +3,16 @@
 
 use std::time::Duration;
 
+// ---- the file itself -----------------------------------------------------
+
+/// Where `run` and `check` read the config when neither `--config` nor
+/// [`CONFIG_ENV`] names one: the place a packaged service keeps it (the
+/// systemd unit and the container image in `deploy/` put it there).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/stampgate/stampgate.toml";
+/// The environment variable that names the config file when `--config` is
+/// not given (a container sets it instead of changing its command).
+pub const CONFIG_ENV: &str = "STAMPGATE_CONFIG";
+
 // ---- [proxy] -------------------------------------------------------------
 
 /// Loopback, so that a config without `[proxy]` never exposes a port by

@@ -61,6 +61,10 @@ pub enum AccessLogFormat {
     Json,
     /// `key=value` pairs on one line (for people tailing the log).
     Text,
+    /// Apache's combined format (`%h %l %u %t "%r" %>s %b "%{Referer}i"
+    /// "%{User-agent}i"`), for the log analysers and fail2ban-style tools
+    /// that read only that.
+    Combined,
 }
 
 /// `[proxy]`

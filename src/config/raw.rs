@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -39,7 +39,7 @@ pub struct RawAccessLog {
     pub sample: Option<f64>,
     /// `"-"` for standard output, else a file appended to.
     pub path: Option<String>,
-    /// `"json"` or `"text"`.
+    /// `"json"`, `"text"` or `"combined"`.
     pub format: Option<String>,
 }
 
@@ -50,10 +50,13 @@ pub struct RawDns {
     /// `IP:port` of name servers; empty or absent: the system's resolv.conf.
     pub nameservers: Option<Vec<String>>,
     /// Duration string: shortest time an answer is kept.
+    #[serde(default, deserialize_with = "duration")]
     pub min_ttl: Option<String>,
     /// Duration string: longest time an answer is kept.
+    #[serde(default, deserialize_with = "duration")]
     pub max_ttl: Option<String>,
     /// Duration string: time limit of one lookup.
+    #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<String>,
 }
 
@@ -68,10 +71,13 @@ pub struct RawProxy {
     /// Size string, e.g. `"10MiB"`.
     pub max_request_body: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub header_read_timeout: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub idle_timeout: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub shutdown_grace: Option<String>,
     /// Add the `x-stampgate-stamp` response header.
     pub stamp_header: Option<bool>,
@@ -120,6 +126,7 @@ pub struct RawRoute {
     /// Pool name.
     pub pool: String,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<String>,
     /// `retry = { ... }`
     pub retry: Option<RawRetry>,
@@ -134,6 +141,7 @@ pub struct RawRetry {
     /// Retry budget, percent of recent requests.
     pub budget_percent: Option<i64>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub per_try_timeout: Option<String>,
     /// Size string.
     pub replay_limit: Option<String>,
@@ -148,10 +156,12 @@ pub struct RawPool {
     /// `"priority"`, `"weighted"` or `"latency"`.
     pub method: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub latency_sensitivity: Option<String>,
     /// `"fail-open"` or `"fail-closed"`.
     pub all_unhealthy: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub slow_start: Option<String>,
     /// TLS to stamps.
     pub upstream_tls: Option<bool>,
@@ -162,6 +172,7 @@ pub struct RawPool {
     /// `Host` header sent to stamps.
     pub host_header: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<String>,
     /// `[pools.NAME.probe]`
     pub probe: Option<RawProbe>,
@@ -185,10 +196,13 @@ pub struct RawProbe {
     /// Probe over HTTPS.
     pub https: Option<bool>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub interval: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub unhealthy_interval: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<String>,
     /// Sliding window length.
     pub sample_size: Option<i64>,
@@ -213,8 +227,10 @@ pub struct RawOutlier {
     /// Consecutive gateway failures that eject a stamp.
     pub consecutive_failures: Option<i64>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub base_ejection: Option<String>,
     /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub max_ejection: Option<String>,
     /// Percent of a pool that may be ejected at once.
     pub max_ejected_percent: Option<i64>,
@@ -231,14 +247,17 @@ pub struct RawOutlier {
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     /// Duration string: smoothed probe RTT above this marks a stamp degraded.
+    #[serde(default, deserialize_with = "duration")]
     pub degraded_rtt: Option<String>,
     /// Share (0..1) of live requests failing with 5xx that marks a stamp degraded.
     pub degraded_error_rate: Option<f64>,
     /// Percent of its weight a degraded stamp keeps.
     pub degraded_weight_percent: Option<i64>,
     /// Duration string: minimum time in a state before moving up.
+    #[serde(default, deserialize_with = "duration")]
     pub min_hold: Option<String>,
     /// Duration string: half-life of the flap penalty.
+    #[serde(default, deserialize_with = "duration")]
     pub flap_half_life: Option<String>,
     /// Flaps (within about a half-life) after which a stamp is held out.
     pub flap_suppress: Option<i64>,
@@ -258,4 +277,36 @@ pub struct RawStamp {
     pub weight: Option<i64>,
     /// 1..=255.
     pub priority: Option<i64>,
+}
+
+/// A duration key: a string (checked by `validate`), or absent. A bare
+/// number is refused here, where the parser still knows its line: `5`
+/// could mean seconds or milliseconds, and guessing wrong costs an outage.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration string such as \"500ms\" or \"2s\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_owned()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Err(E::custom(format!(
+                "a duration needs a unit, e.g. \"{n}s\" or \"{n}ms\""
+            )))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Err(E::custom(format!(
+                "a duration needs a unit, e.g. \"{n}s\" or \"{n}ms\""
+            )))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(
+                "a duration is a string with a unit and whole numbers, e.g. \"1s500ms\"",
+            ))
+        }
+    }
+    d.deserialize_any(Visitor)
 }

@@ -76,6 +76,7 @@ fn listeners(out: &mut String, cfg: &Config) {
         let format = match log.format {
             crate::config::AccessLogFormat::Json => "json",
             crate::config::AccessLogFormat::Text => "text",
+            crate::config::AccessLogFormat::Combined => "combined",
         };
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 //! the value as written and the rule it breaks, so that `stampgate check`
 //! and a failed reload tell the operator exactly what to fix.
 
+mod interpolate;
 pub(crate) mod locate;
 mod pem;
 mod pool;
@@ -105,8 +106,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates config `text` as if read from `source` (named in errors;
 /// relative paths resolve against its directory). For tests and the
 /// embedded demo config.
+///
+/// `${NAME}` in string values is replaced by the environment variable
+/// `NAME` first (`$${` for a literal `${`); an unset variable is an error
+/// naming the variable and the key.
 pub fn parse_str(text: &str, source: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(&e, text, source))?;
+    let text =
+        interpolate::expand_document(text, &|name| std::env::var(name).ok()).map_err(|e| {
+            ConfigError::Invalid {
+                file: source.to_path_buf(),
+                key: e.key,
+                value: e.value,
+                rule: e.rule,
+            }
+        })?;
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| syntax_error(&e, &text, source))?;
     Ctx::new(source).config(raw)
 }
 
@@ -248,6 +262,21 @@ impl<'a> Ctx<'a> {
     /// an interface, and resolving a name at bind time hides mistakes).
     fn socket_addr(&self, key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
         raw.parse().map_err(|_| {
+            // "127.0.0.1:80800" fails to parse only for its port: say so,
+            // rather than send the reader looking for a typo in the IP.
+            let port = raw.rsplit_once(':').map(|(_, p)| p);
+            let digits = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            if let Some(port) = port.filter(digits)
+                && port.parse::<u16>().is_err()
+            {
+                return self.invalid(
+                    key,
+                    quote(raw),
+                    format!(
+                        "port {port} is out of range: a port is a number from 0 to 65535 (0: any free port)"
+                    ),
+                );
+            }
             self.invalid(
                 key,
                 quote(raw),
@@ -306,11 +335,12 @@ impl<'a> Ctx<'a> {
         let format = match raw.format.as_deref().unwrap_or(DEFAULT_ACCESS_LOG_FORMAT) {
             "json" => AccessLogFormat::Json,
             "text" => AccessLogFormat::Text,
+            "combined" => AccessLogFormat::Combined,
             other => {
                 return Err(self.invalid(
                     "access_log.format",
                     quote(other),
-                    "must be \"json\" or \"text\"",
+                    "must be \"json\", \"text\" or \"combined\"",
                 ));
             }
         };

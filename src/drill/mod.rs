@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod admin;
 pub mod builtin;
+pub mod junit;
 pub mod load;
 pub mod measure;
 pub mod report;
@@ -112,6 +113,10 @@ pub struct DrillArgs {
     /// Where report.json and report.html go.
     #[arg(long, visible_alias = "report", default_value = DEFAULT_OUT)]
     pub out: PathBuf,
+    /// Also write the expectations as JUnit XML to this file (one test
+    /// case each), for CI systems that show test results.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// Runs `stampgate drill` and maps the outcome to the exit code.
@@ -132,6 +137,13 @@ pub async fn run_cli(args: DrillArgs) -> ExitCode {
         Ok(report) => {
             print!("{}", report.summary());
             println!("  report: {}", args.out.join("report.html").display());
+            if let Some(path) = &args.junit {
+                if let Err(e) = std::fs::write(path, junit::render(&report)) {
+                    eprintln!("stampgate drill: cannot write {}: {e}", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                println!("  junit:  {}", path.display());
+            }
             if report.passed {
                 ExitCode::from(EXIT_PASSED)
             } else {
@@ -208,9 +220,11 @@ pub async fn run(scenario: &Scenario, out: &Path, progress: bool) -> Result<Repo
     })?;
     let control = load::client(scenario::Protocol::Http1);
     let env = setup::Environment::start(scenario, out, &control).await?;
+    let fingerprint = env.config_fingerprint.clone();
     let outcome = drive(scenario, &env, &control, progress).await;
     env.shutdown().await;
-    let report = outcome?;
+    let mut report = outcome?;
+    report.config_fingerprint = fingerprint;
     write_reports(scenario, &report, out)?;
     Ok(report)
 }

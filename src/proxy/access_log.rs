@@ -61,6 +61,10 @@ pub struct Entry {
     pub request_id: Option<HeaderValue>,
     /// W3C `traceparent`, when the client sent one.
     pub traceparent: Option<HeaderValue>,
+    /// `Referer`, for the combined format.
+    pub referer: Option<HeaderValue>,
+    /// `User-Agent`, for the combined format.
+    pub user_agent: Option<HeaderValue>,
     /// The proxy's error code (`x-stampgate-error`), for its own answers.
     pub error: Option<&'static str>,
     /// The body ended before it was complete (client gone, stamp reset,
@@ -147,6 +151,7 @@ fn write_lines(
         match format {
             AccessLogFormat::Json => json_line(&entry, &mut line),
             AccessLogFormat::Text => text_line(&entry, &mut line),
+            AccessLogFormat::Combined => combined_line(&entry, &mut line),
         }
         line.push('\n');
         let counter = match out.write_all(line.as_bytes()) {
@@ -317,6 +322,59 @@ pub fn text_line(e: &Entry, out: &mut String) {
     }
 }
 
+/// Apache's combined format: `%h %l %u %t "%r" %>s %b "%{Referer}i"
+/// "%{User-agent}i"`. The request line has the path only, as the other
+/// formats do (query strings carry tokens); the time is UTC.
+pub fn combined_line(e: &Entry, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{} - - [{}] \"", e.client.ip(), clf_time(e.time));
+    push_clf_escaped(out, e.method.as_str().as_bytes());
+    out.push(' ');
+    push_clf_escaped(out, e.uri.path().as_bytes());
+    let _ = write!(out, " {}\" {} ", version_str(e.version), e.status);
+    // %b: "-" for no body bytes.
+    if e.bytes == 0 {
+        out.push('-');
+    } else {
+        let _ = write!(out, "{}", e.bytes);
+    }
+    for header in [&e.referer, &e.user_agent] {
+        out.push_str(" \"");
+        match header {
+            Some(v) => push_clf_escaped(out, v.as_bytes()),
+            None => out.push('-'),
+        }
+        out.push('"');
+    }
+}
+
+/// `10/Oct/2000:13:55:36 +0000`, from the HTTP date `Tue, 10 Oct 2000
+/// 13:55:36 GMT` (same fields, other order; no calendar code of our own).
+fn clf_time(t: SystemTime) -> String {
+    let http = httpdate::fmt_http_date(t);
+    let parts: Vec<&str> = http.split(' ').collect();
+    match parts.as_slice() {
+        [_, day, month, year, time, _] => format!("{day}/{month}/{year}:{time} +0000"),
+        _ => http,
+    }
+}
+
+/// As Apache escapes logged strings: `"` and `\` with a backslash, bytes
+/// outside printable ASCII as `\xhh`, so a header cannot forge a line.
+fn push_clf_escaped(out: &mut String, bytes: &[u8]) {
+    use std::fmt::Write as _;
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +398,8 @@ mod tests {
             bytes: 321,
             request_id: Some(HeaderValue::from_static("abc")),
             traceparent: None,
+            referer: None,
+            user_agent: None,
             error: None,
             aborted: false,
         }
@@ -385,6 +445,32 @@ mod tests {
         assert!(line.ends_with(" error=no-healthy-stamp"), "{line}");
         assert!(
             line.contains("\"/catalogservice/api/1.0/catalogitem/7\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn combined_lines_are_apaches_format() {
+        let mut e = entry();
+        e.user_agent = Some(HeaderValue::from_static("curl/8.5.0"));
+        let mut line = String::new();
+        combined_line(&e, &mut line);
+        assert_eq!(
+            line,
+            "127.0.0.1 - - [15/Jan/2027:08:00:00 +0000] \"GET /catalogservice/api/1.0/catalogitem/7 HTTP/1.1\" 200 321 \"-\" \"curl/8.5.0\""
+        );
+    }
+
+    #[test]
+    fn combined_lines_escape_what_could_forge_a_field() {
+        let mut e = entry();
+        e.bytes = 0;
+        e.referer = Some(HeaderValue::from_bytes(b"a\"b\\c\xff").unwrap());
+        e.user_agent = None;
+        let mut line = String::new();
+        combined_line(&e, &mut line);
+        assert!(
+            line.ends_with(" 200 - \"a\\\"b\\\\c\\xff\" \"-\""),
             "{line}"
         );
     }

@@ -57,6 +57,8 @@ struct RequestHead {
     uri: Uri,
     version: http::Version,
     traceparent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
 }
 
 impl Gateway {
@@ -77,6 +79,8 @@ impl Gateway {
             uri: req.uri().clone(),
             version: req.version(),
             traceparent: req.headers().get(&TRACEPARENT).cloned(),
+            referer: req.headers().get(http::header::REFERER).cloned(),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
         });
         let (mut resp, request_id, error) = match self
             .forward(req, conn, timer, &table, &mut guard)
@@ -152,6 +156,8 @@ impl Gateway {
             bytes: 0,
             request_id,
             traceparent: head.traceparent,
+            referer: head.referer,
+            user_agent: head.user_agent,
             error,
             aborted: false,
         }

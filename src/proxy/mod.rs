@@ -140,7 +140,11 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
     for l in secure {
         acceptor.tracker.spawn(acceptor.clone().run(l, tls.clone()));
     }
-    tracing::info!(?listen, ?tls_listen, "proxy listening");
+    tracing::info!(
+        listen = %crate::logging::list(&listen),
+        tls_listen = %crate::logging::list(&tls_listen),
+        "proxy listening"
+    );
     Ok(ProxyHandle {
         listen,
         tls_listen,
