@@ -12,10 +12,15 @@
 #   etcd-server        tests/fleet.rs runs a real etcd on loopback
 #   protobuf-compiler  the etcd client's build script compiles its protos
 #   systemd            deploy/check.sh runs systemd-analyze verify
+#   python3-yaml       deploy/check.sh parses the Kubernetes manifests
+#
+# After cargo test, deploy/check.sh checks the files under deploy/ with the
+# binary the tests built (stampgate check on their configs, the unit, the
+# manifests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(chromium etcd-server protobuf-compiler systemd)
+PACKAGES=(chromium etcd-server protobuf-compiler systemd python3-yaml)
 
 deps_only=0
 if [[ ${1:-} == --deps-only ]]; then deps_only=1; shift; fi
@@ -37,4 +42,5 @@ if ((${#missing[@]})); then
 fi
 ((deps_only)) && exit 0
 
-exec cargo test "$@"
+cargo test "$@"
+bash deploy/check.sh
