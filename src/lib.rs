@@ -36,7 +36,8 @@
 //! Module map: [`config`] (two-stage TOML), [`routing`] (the snapshot and
 //! selectors), [`proxy`] (the data plane), [`controller`] (the one writer:
 //! health, operator decisions, reload), [`health`] (probes and the pure
-//! state machine), [`discovery`] (DNS), [`admin`] (the admin API and
+//! state machine), [`discovery`] (DNS), [`dns_server`] (authoritative
+//! DNS answers from the routing table), [`admin`] (the admin API and
 //! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`drill`]
 //! (the failover rehearsal: load, fault timeline, report), [`error`]
 //! (typed request-path errors), [`demo`].
@@ -46,6 +47,7 @@ pub mod config;
 pub mod controller;
 pub mod demo;
 pub mod discovery;
+pub mod dns_server;
 pub mod drill;
 pub mod error;
 pub mod health;

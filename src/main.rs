@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stampgate::admin::{self, AdminHandle, Tokens};
 use stampgate::controller::ControllerHandle;
 use stampgate::controller::admin::Command as AdminCommand;
-use stampgate::{config, demo, drill, proxy, stamp};
+use stampgate::{config, demo, dns_server, drill, proxy, stamp};
 use tokio_util::sync::CancellationToken;
 
 /// After the proxy has stopped, admin connections get this long to finish
@@ -156,10 +156,22 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // ---- DNS server (issue 19); moves to the composition root as is.
+            let stop_dns = CancellationToken::new();
+            let dns = match start_dns_server(&cfg, &handle, &stop_dns).await {
+                Ok(dns) => dns,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    handle.shutdown().await;
+                    return ExitCode::FAILURE;
+                }
+            };
+            // ---- end DNS server
             let stop_admin = CancellationToken::new();
             let controller = handle.controller.clone();
             let started = start_admin(cfg.admin.listen, tokens, controller, &stop_admin, "");
             let Some(admin) = started.await else {
+                stop_dns.cancel();
                 handle.shutdown().await;
                 return ExitCode::FAILURE;
             };
@@ -172,8 +184,12 @@ async fn run(command: Command) -> ExitCode {
             }
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             stop_admin.cancel();
+            stop_dns.cancel();
             let outcome = handle.shutdown().await;
             close_admin(admin).await;
+            if let Some(dns) = dns {
+                dns.stopped().await;
+            }
             tracing::info!(?outcome, "stopped");
             ExitCode::SUCCESS
         }
@@ -269,6 +285,30 @@ fn demo_admin_banner(admin: &AdminHandle, token: Option<&str>) -> String {
          Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
          {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
     )
+}
+
+/// Start the authoritative DNS server when `[dns_server]` is configured,
+/// answering from the proxy's routing table. Without a fleet, answers of
+/// kind "edges" hold this edge alone (`fleet.advertise`).
+async fn start_dns_server(
+    cfg: &config::Config,
+    proxy: &proxy::ProxyHandle,
+    stop: &CancellationToken,
+) -> Result<Option<dns_server::DnsServerHandle>, dns_server::DnsServerError> {
+    let Some(settings) = &cfg.dns_server else {
+        return Ok(None);
+    };
+    let controller = &proxy.controller;
+    let inputs = dns_server::Inputs {
+        resolved: controller.dns.clone(),
+        edges: dns_server::LiveEdges::local("this-edge", &cfg.fleet),
+        events: controller.events.clone(),
+        stats: controller.stats.clone(),
+    };
+    let routing = proxy.routing.clone();
+    dns_server::start(settings, routing, inputs, stop.clone())
+        .await
+        .map(Some)
 }
 
 /// Start the admin listener, or say on stderr why it cannot start (with

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod defaults;
+mod dns_server;
 pub mod raw;
 mod summary;
 mod units;
 mod validate;
 
+pub use dns_server::{DnsAnswerKind, DnsRecordConfig, DnsServerSettings, FleetSettings};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
@@ -38,6 +40,10 @@ pub struct Config {
     pub dns: crate::discovery::DnsSettings,
     /// `[access_log]`: one line per request.
     pub access_log: AccessLogSettings,
+    /// `[dns_server]`: the authoritative DNS server, when configured.
+    pub dns_server: Option<DnsServerSettings>,
+    /// `[fleet]`: this edge's advertised addresses.
+    pub fleet: FleetSettings,
 }
 
 /// `[access_log]`
