@@ -200,7 +200,7 @@ fn edges(pool: &PoolView, edges: &[EdgeInfo]) -> Answer {
     let local_ok = !pool.selector.is_empty() && !pool.failing_open;
     let serves = |e: &EdgeInfo| match &e.pools {
         None => local_ok,
-        Some(pools) => pools.iter().any(|p| *p == pool.name),
+        Some(pools) => pools.contains(&pool.name),
     };
     let serving: Vec<&EdgeInfo> = edges.iter().filter(|e| serves(e)).collect();
     let failing_open = serving.is_empty();
