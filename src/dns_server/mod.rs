@@ -60,6 +60,12 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-connection buffer of outgoing TCP responses: a resolver pipelines
 /// a few queries at most.
 const TCP_RESPONSE_BUFFER: usize = 32;
+/// Receive buffer asked for on each UDP socket. The default (about 200 KiB,
+/// a few hundred queries with kernel overhead) overflows on the burst a
+/// resolver farm sends after a cache flush, and the kernel then drops
+/// queries before the server sees them; 4 MiB holds tens of thousands. The
+/// kernel caps it at `net.core.rmem_max`.
+const UDP_RECV_BUFFER: usize = 4 << 20;
 /// How often the watcher recomputes every record's answer for status,
 /// metrics and alarms. Queries never wait for it.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -182,13 +188,11 @@ pub async fn start(
     let mut server = Server::new(handler);
     let mut listen = Vec::new();
     for &addr in &settings.listen {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| DnsServerError::Bind {
-                addr,
-                protocol: "udp",
-                source,
-            })?;
+        let udp = bind_udp(addr).map_err(|source| DnsServerError::Bind {
+            addr,
+            protocol: "udp",
+            source,
+        })?;
         // TCP on the port UDP got, so that port 0 gives one port for both,
         // as resolvers expect when they retry a truncated answer.
         let bound = udp.local_addr().map_err(|source| DnsServerError::Bind {
@@ -228,6 +232,19 @@ pub async fn start(
         stats,
         task,
     })
+}
+
+/// A non-blocking UDP socket with a large receive buffer.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(error) = socket.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        // Not fatal: the server works with the default, only bursts suffer.
+        tracing::warn!(%error, %addr, "dns: cannot enlarge the UDP receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Recompute every record's answer, publish it for status, and raise or
