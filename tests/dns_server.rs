@@ -59,13 +59,12 @@ fn with_edns(mut m: Message, payload: u16) -> Message {
     m
 }
 
-/// Send raw bytes over UDP and wait for one datagram back.
-async fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+/// Send raw bytes over UDP and wait up to `wait` for one datagram back.
+async fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.send_to(bytes, server).await.unwrap();
     let mut buf = vec![0u8; 65_535];
-    // A reply, or the time limit for a packet the server must drop.
-    let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf))
+    let n = tokio::time::timeout(wait, socket.recv(&mut buf))
         .await
         .ok()?
         .unwrap();
@@ -547,18 +546,21 @@ async fn an_unsupported_edns_version_is_badvers() {
 async fn malformed_packets_are_dropped_or_formerr_and_answering_goes_on() {
     let config = parse(&config_text("weighted", &stamps(&[1]), ""));
     let f = Fixture::start(config, &[UP]).await;
-    // Shorter than a header: nothing to answer to.
-    assert_eq!(udp_raw(f.addr(), &[0xde, 0xad, 0xbe]).await, None);
+    // Shorter than a header: nothing to answer to. (Silence can only be
+    // awaited with a time limit; the queries below prove the server did
+    // not die meanwhile.)
+    let silence = Duration::from_millis(300);
+    assert_eq!(udp_raw(f.addr(), &[0xde, 0xad, 0xbe], silence).await, None);
     // A header announcing a question that is not there.
     let header = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
-    let answer = udp_raw(f.addr(), &header).await.expect("an answer");
+    let answer = udp_raw(f.addr(), &header, WAIT).await.expect("an answer");
     let answer = Message::from_vec(&answer).unwrap();
     assert_eq!(answer.metadata.id, 0x1234);
     assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
     // A label running past the end.
     let mut broken = header.to_vec();
     broken.extend_from_slice(&[40, b'x', b'y']);
-    let answer = udp_raw(f.addr(), &broken).await.expect("an answer");
+    let answer = udp_raw(f.addr(), &broken, WAIT).await.expect("an answer");
     let answer = Message::from_vec(&answer).unwrap();
     assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
     // Two questions in one query.
@@ -588,33 +590,56 @@ async fn udp_over_the_rate_limit_is_slipped_or_dropped_tcp_is_not_limited() {
             .replace("responses_per_second = 0", "responses_per_second = 5"),
     );
     let f = Fixture::start(config, &[UP]).await;
+    let dns = f.stats.dns_server.load_full().unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for _ in 0..20 {
         let q = query(CATALOG, RecordType::A).to_vec().unwrap();
         socket.send_to(&q, f.addr()).await.unwrap();
     }
-    // 5 answers, then of the 15 over the limit every second one slips
-    // (8 truncated, empty) and the rest (7) are dropped.
-    let (mut answered, mut slipped) = (0, 0);
+    // Await the server's verdict on all 20: answered (counted as queries),
+    // truncated or dropped (counted by the limit).
+    let verdicts = || {
+        let answered = dns.get(0, 0, 0);
+        let dropped = dns.rate_limited[0].load(std::sync::atomic::Ordering::Relaxed);
+        let slipped = dns.rate_limited[1].load(std::sync::atomic::Ordering::Relaxed);
+        (answered, slipped, dropped)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while {
+        let (a, s, d) = verdicts();
+        a + s + d < 20
+    } {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", verdicts());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (answered, slipped, dropped) = verdicts();
+    // Within one second: 5 answers, then of the 15 over the limit every
+    // second one slips (8 sent truncated and empty), the rest (7) are
+    // dropped. A burst that happens to straddle a second boundary gets a
+    // second budget, so only the exact split is checked for one window.
+    assert!((5..20).contains(&answered), "{:?}", verdicts());
+    assert!(slipped >= 1 && dropped >= 1, "{:?}", verdicts());
+    if answered == 5 {
+        assert_eq!((slipped, dropped), (8, 7));
+    }
+    // What arrives is exactly what the server says it sent.
+    let (mut got_answers, mut got_slips) = (0, 0);
     let mut buf = vec![0u8; 4096];
-    while answered + slipped < 13 {
+    while got_answers + got_slips < answered + slipped {
         let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
             .await
-            .expect("13 answers in time")
+            .expect("every sent response arrives")
             .unwrap();
         let m = Message::from_vec(&buf[..n]).unwrap();
         if m.metadata.truncation {
             assert!(m.answers.is_empty());
-            slipped += 1;
+            got_slips += 1;
         } else {
             assert_eq!(addresses(&m), ips(&[2]));
-            answered += 1;
+            got_answers += 1;
         }
     }
-    assert_eq!((answered, slipped), (5, 8));
-    let dns = f.stats.dns_server.load_full().unwrap();
-    let dropped = dns.rate_limited[0].load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(dropped, 7);
+    assert_eq!((got_answers, got_slips), (answered, slipped));
     // TCP proves the source address: not limited.
     let answer = tcp(f.addr(), &query(CATALOG, RecordType::A)).await;
     assert_eq!(addresses(&answer), ips(&[2]));
@@ -788,8 +813,10 @@ async fn controller_decisions_reach_the_next_answer_and_the_status() {
     let server = dns.listen[0];
     await_answer(server, ips(&[2, 3])).await;
 
-    // A drain is published before the command returns: the very next
-    // answer has it, well inside the 100 ms target.
+    // A drain is published before the command returns, and every answer
+    // loads the table when its query arrives: the very first query after
+    // the publish has it (the target is 100 ms; no clock is checked here,
+    // the order of events is the stronger claim and cannot flake).
     let drain = Command::Drain {
         target: Target::Stamp("west".into()),
         deadline: None,
@@ -797,9 +824,7 @@ async fn controller_decisions_reach_the_next_answer_and_the_status() {
         force: false,
     };
     controller.command(drain, "test").await.unwrap();
-    let published = tokio::time::Instant::now();
     assert_eq!(a_records(server).await, ips(&[3]));
-    assert!(published.elapsed() < Duration::from_millis(100));
 
     let admin =
         support::AdminApi::start(controller.clone(), stampgate::admin::Tokens::none()).await;
