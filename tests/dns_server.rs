@@ -580,6 +580,14 @@ async fn malformed_packets_are_dropped_or_formerr_and_answering_goes_on() {
         socket.send_to(&junk, f.addr()).await.unwrap();
     }
     assert_eq!(a_records(f.addr()).await, ips(&[2]), "still answering");
+    // Over TCP: a length prefix followed by junk, then a hang-up.
+    let mut junk = TcpStream::connect(f.addr()).await.unwrap();
+    junk.write_all(&[0x00, 0x20, 0xff, 0xfe, 0x01])
+        .await
+        .unwrap();
+    drop(junk);
+    let over_tcp = tcp(f.addr(), &query(CATALOG, RecordType::A)).await;
+    assert_eq!(addresses(&over_tcp), ips(&[2]), "TCP still answering");
     f.stop().await;
 }
 
