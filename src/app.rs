@@ -1,7 +1,8 @@
 //! The composition root: the one place that starts the planes and wires
 //! them together. The control plane (the controller: first routing table,
 //! probes, DNS) comes first, then the access log, the data plane's
-//! listeners and, when asked for, the admin API. `run`, `demo` and `drill`
+//! listeners, the authoritative DNS server when configured and, when asked
+//! for, the admin API. `run`, `demo` and `drill`
 //! all start through [`App::start`]; nothing below this module starts
 //! another plane.
 //!
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
+use crate::dns_server::{self, DnsServerError, DnsServerHandle};
 use crate::metrics::ProxyStats;
 use crate::proxy::access_log::{AccessLog, AccessLogError};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
@@ -45,6 +47,9 @@ pub enum StartError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminStartError),
+    /// The DNS server could not start.
+    #[error(transparent)]
+    Dns(#[from] DnsServerError),
 }
 
 /// A running stampgate: both planes and the admin API.
@@ -60,9 +65,12 @@ pub struct App {
     pub controller: ControllerHandle,
     /// The admin API, when started with tokens.
     pub admin: Option<AdminHandle>,
+    /// The authoritative DNS server, when `[dns_server]` is configured.
+    pub dns: Option<DnsServerHandle>,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
+    stop_dns: CancellationToken,
 }
 
 impl App {
@@ -90,6 +98,15 @@ impl App {
                 return Err(e);
             }
         };
+        let stop_dns = CancellationToken::new();
+        let dns = match start_dns_server(config, &controller, &stop_dns).await {
+            Ok(dns) => dns,
+            Err(e) => {
+                proxy.shutdown().await;
+                stop_controller.cancel();
+                return Err(e.into());
+            }
+        };
         let stop_admin = CancellationToken::new();
         let admin = match admin_tokens {
             None => None,
@@ -104,6 +121,7 @@ impl App {
                 match api.await {
                     Ok(a) => Some(a),
                     Err(e) => {
+                        stop_dns.cancel();
                         proxy.shutdown().await;
                         stop_controller.cancel();
                         return Err(e.into());
@@ -117,9 +135,11 @@ impl App {
             routing: controller.routing.clone(),
             controller,
             admin,
+            dns,
             proxy,
             stop_controller,
             stop_admin,
+            stop_dns,
         })
     }
 
@@ -133,8 +153,12 @@ impl App {
     /// controller and wait (bounded) for admin connections.
     pub async fn shutdown(self) -> ShutdownOutcome {
         self.stop_admin.cancel();
+        self.stop_dns.cancel();
         let outcome = self.proxy.shutdown().await;
         self.stop_controller.cancel();
+        if let Some(dns) = self.dns {
+            dns.stopped().await;
+        }
         if let Some(admin) = self.admin
             && tokio::time::timeout(ADMIN_CLOSE_GRACE, admin.closed())
                 .await
@@ -144,4 +168,26 @@ impl App {
         }
         outcome
     }
+}
+
+/// Start the authoritative DNS server when `[dns_server]` is configured,
+/// answering from the controller's routing table. Without a fleet, answers
+/// of kind "edges" hold this edge alone (`fleet.advertise`).
+async fn start_dns_server(
+    config: &Config,
+    controller: &ControllerHandle,
+    stop: &CancellationToken,
+) -> Result<Option<DnsServerHandle>, DnsServerError> {
+    let Some(settings) = &config.dns_server else {
+        return Ok(None);
+    };
+    let inputs = dns_server::Inputs {
+        resolved: controller.dns.clone(),
+        edges: dns_server::LiveEdges::local("this-edge", &config.fleet),
+        events: controller.events.clone(),
+        stats: controller.stats.clone(),
+    };
+    dns_server::start(settings, controller.routing.clone(), inputs, stop.clone())
+        .await
+        .map(Some)
 }

@@ -44,7 +44,7 @@
 //!  main (the CLI, a binary of its own)
 //!  drill, demo            the rehearsal and the embedded demo
 //!  app                    composition root: controller, access log, listeners, admin
-//!  admin                  admin API, dashboard, `stampgate ctl`
+//!  admin  dns_server      admin API, dashboard, `stampgate ctl` │ authoritative DNS
 //!  controller             the one writer: health verdicts, operator decisions, reload
 //!  proxy    health        the data plane │ probes and the pure health state machine
 //!  metrics                the Prometheus page, read through the routing table
@@ -66,6 +66,7 @@ pub mod config;
 pub mod controller;
 pub mod demo;
 pub mod discovery;
+pub mod dns_server;
 pub mod drill;
 pub mod error;
 pub mod health;

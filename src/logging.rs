@@ -20,11 +20,14 @@ use tracing_subscriber::registry::LookupSpan;
 /// over `default_level`.
 pub fn init(json: bool, level: Option<&str>, default_level: &str) {
     // rustls warns on every handshake whose SNI is an IP address (legal
-    // for clients to send, common on internal networks): noise by default.
+    // for clients to send, common on internal networks), and hickory-server
+    // logs every DNS query at info: noise by default, and at DNS rates the
+    // logging alone would cost more than the answers.
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error"))),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(format!("{default_level},rustls=error,hickory_server=warn"))
+        }),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -40,6 +40,117 @@ pub struct ProxyStats {
     pub access_log_written: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// The DNS server's counters, set when it starts (absent without
+    /// `[dns_server]`).
+    pub dns_server: arc_swap::ArcSwapOption<DnsQueryStats>,
+}
+
+/// Query type labels of [`DnsQueryStats`].
+pub const DNS_QTYPES: [&str; 6] = ["A", "AAAA", "SOA", "NS", "ANY", "other"];
+/// Response code labels of [`DnsQueryStats`].
+pub const DNS_RCODES: [&str; 7] = [
+    "NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "SERVFAIL", "other",
+];
+
+/// The DNS server's counters, bumped per query with relaxed adds and read
+/// at scrape time, plus what `/admin/status` shows of it.
+#[derive(Debug)]
+pub struct DnsQueryStats {
+    /// Record labels: the records' names, then the zone apex, then `-`
+    /// (unknown names, names outside the zone, malformed queries).
+    pub labels: Box<[Box<str>]>,
+    /// Queries by label x [`DNS_QTYPES`] x [`DNS_RCODES`].
+    counts: Box<[AtomicU64]>,
+    /// UDP responses held back by the rate limit: dropped, sent truncated.
+    pub rate_limited: [AtomicU64; 2],
+    /// Per record (first `labels` entries): 1 while it answers fail-open.
+    pub failing_open: Box<[std::sync::atomic::AtomicBool]>,
+    /// The current answer of each record, as `/admin/status` shows it;
+    /// written by the DNS server's watcher when an answer changes.
+    pub status: ArcSwap<serde_json::Value>,
+}
+
+impl DnsQueryStats {
+    /// Counters for `records` (absolute names) of `zone`.
+    pub fn new(records: &[&str], zone: &str) -> DnsQueryStats {
+        let labels: Box<[Box<str>]> = records
+            .iter()
+            .copied()
+            .chain([zone, "-"])
+            .map(Box::from)
+            .collect();
+        let cells = labels.len() * DNS_QTYPES.len() * DNS_RCODES.len();
+        DnsQueryStats {
+            counts: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+            labels,
+            rate_limited: Default::default(),
+            failing_open: records.iter().map(|_| Default::default()).collect(),
+            status: ArcSwap::from_pointee(serde_json::Value::Null),
+        }
+    }
+
+    /// Count one query: label index, [`DNS_QTYPES`] index, [`DNS_RCODES`] index.
+    pub fn count(&self, label: usize, qtype: usize, rcode: usize) {
+        let i = (label * DNS_QTYPES.len() + qtype) * DNS_RCODES.len() + rcode;
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queries counted for one cell.
+    pub fn get(&self, label: usize, qtype: usize, rcode: usize) -> u64 {
+        let i = (label * DNS_QTYPES.len() + qtype) * DNS_RCODES.len() + rcode;
+        self.counts.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut fam = encoder.encode_descriptor(
+            "stampgate_dns_queries",
+            "DNS queries answered, by record, query type and response code",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, label) in self.labels.iter().enumerate() {
+            for (t, qtype) in DNS_QTYPES.iter().enumerate() {
+                for (c, rcode) in DNS_RCODES.iter().enumerate() {
+                    let n = self.get(l, t, c);
+                    // Only combinations that happened: most never do.
+                    if n > 0 {
+                        let labels = vec![
+                            ("record", label.to_string()),
+                            ("type", qtype.to_string()),
+                            ("rcode", rcode.to_string()),
+                        ];
+                        counter(&mut fam, &labels, n)?;
+                    }
+                }
+            }
+        }
+        let mut fam = encoder.encode_descriptor(
+            "stampgate_dns_rate_limited",
+            "UDP responses held back by the per-client rate limit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (action, n) in ["dropped", "truncated"].iter().zip(&self.rate_limited) {
+            counter(
+                &mut fam,
+                &vec![("action", action.to_string())],
+                n.load(Ordering::Relaxed),
+            )?;
+        }
+        let mut fam = encoder.encode_descriptor(
+            "stampgate_dns_failing_open",
+            "1 while a record answers with every enabled target because none is usable",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (label, on) in self.labels.iter().zip(&self.failing_open) {
+            let on = i64::from(on.load(Ordering::Relaxed));
+            gauge(&mut fam, &vec![("record", label.to_string())], on)?;
+        }
+        Ok(())
+    }
 }
 
 /// Listener labels of [`ProxyStats::connections`].
@@ -397,6 +508,9 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(table.generation as i64).encode(fam)?;
+        if let Some(dns) = self.stats.dns_server.load_full() {
+            dns.encode(&mut encoder)?;
+        }
         Ok(())
     }
 }

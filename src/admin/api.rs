@@ -274,7 +274,14 @@ impl Admin {
             }
             Read::Ready => Ok(self.ready()),
             Read::Status => {
-                let status = self.controller.command(Command::Status, READER).await?;
+                let mut status = self.controller.command(Command::Status, READER).await?;
+                // The DNS server's current answers, when it runs.
+                if let (Some(dns), Some(doc)) = (
+                    self.controller.stats.dns_server.load_full(),
+                    status.as_object_mut(),
+                ) {
+                    doc.insert("dns_server".into(), Value::clone(&dns.status.load()));
+                }
                 Ok(json(StatusCode::OK, &status))
             }
             Read::Events => {

@@ -198,3 +198,16 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 5;
 /// Upper bound of a probe window: the window is kept per stamp, and 100
 /// samples at any sane interval is already minutes of history.
 pub const MAX_SAMPLE_SIZE: u32 = 100;
+
+// ---- [dns_server] --------------------------------------------------------
+
+/// Half a minute: a failover reaches DNS clients within about this long,
+/// while resolvers still cache long enough that the server sees a query per
+/// resolver and name every half minute, not per client (Traffic Manager
+/// lets users go down to 0 s, Route 53 health-checked records use 60 s).
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
+/// A resolver refreshes each name once per TTL, so even a thousand names
+/// at 30 s is about 33 queries a second from one resolver network; 200
+/// leaves room for bursts after a flush, while a spoofed flood reflected at
+/// a victim is cut to 200 answers a second (BIND's RRL idea, per network).
+pub const DEFAULT_DNS_RESPONSES_PER_SECOND: u32 = 200;

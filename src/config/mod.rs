@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod defaults;
+mod dns_server;
 pub mod raw;
 mod summary;
 mod units;
 mod validate;
 
+pub use dns_server::{DnsAnswerKind, DnsRecordConfig, DnsServerSettings, FleetSettings};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
@@ -38,6 +40,10 @@ pub struct Config {
     pub dns: crate::discovery::DnsSettings,
     /// `[access_log]`: one line per request.
     pub access_log: AccessLogSettings,
+    /// `[dns_server]`: the authoritative DNS server, when configured.
+    pub dns_server: Option<DnsServerSettings>,
+    /// `[fleet]`: this edge's advertised addresses.
+    pub fleet: FleetSettings,
 }
 
 /// `[access_log]`
@@ -293,4 +299,13 @@ pub struct StampConfig {
     pub weight: u32,
     /// Priority tier (lower is preferred), 1..=255.
     pub priority: u32,
+}
+
+/// A config's fingerprint: `sha256:` and the hex digest of its `text`, what
+/// `sha256sum` prints for the same file, so a drill report (or an edge's
+/// published view) can be matched to a config by hand.
+pub fn fingerprint(text: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }

@@ -27,6 +27,50 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     /// `[access_log]`; optional.
     pub access_log: Option<RawAccessLog>,
+    /// `[dns_server]`; optional (no DNS server without it).
+    pub dns_server: Option<RawDnsServer>,
+    /// `[fleet]`; optional.
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[dns_server]`: the authoritative DNS server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsServer {
+    /// `IP:port` addresses, each served over UDP and TCP.
+    pub listen: Vec<String>,
+    /// The zone (`"example.com."`).
+    pub zone: String,
+    /// Duration string: TTL of answers.
+    pub ttl: Option<String>,
+    /// NS names at the apex.
+    pub nameservers: Vec<String>,
+    /// SOA RNAME.
+    pub hostmaster: Option<String>,
+    /// `[[dns_server.records]]`.
+    pub records: Option<Vec<RawDnsRecord>>,
+    /// UDP responses per second per client network; 0 is off.
+    pub responses_per_second: Option<i64>,
+}
+
+/// `[[dns_server.records]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsRecord {
+    /// Name relative to the zone, `"@"` for the apex.
+    pub name: String,
+    /// Pool whose routing state the answers follow.
+    pub pool: String,
+    /// `"stamps"` or `"edges"`.
+    pub answer: Option<String>,
+}
+
+/// `[fleet]`: only `advertise` so far.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// IP addresses clients reach this edge at.
+    pub advertise: Option<Vec<String>>,
 }
 
 /// `[access_log]`: one line per request.

@@ -25,12 +25,58 @@ pub fn summary(cfg: &Config) -> String {
         .pools
         .iter()
         .filter(|p| !cfg.routes.iter().any(|r| r.pool == p.name))
+        .filter(|p| {
+            let records = cfg.dns_server.iter().flat_map(|d| &d.records);
+            !records.into_iter().any(|r| r.pool == p.name)
+        })
         .map(|p| p.name.as_str())
         .collect();
     if !unused.is_empty() {
         let _ = writeln!(out, "note: no route uses pool(s) {}", unused.join(", "));
     }
+    if let Some(dns) = &cfg.dns_server {
+        dns_zone(&mut out, dns, &cfg.fleet);
+    }
     out
+}
+
+/// The zone the DNS server is authoritative for, and which pool each
+/// record follows.
+fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, fleet: &super::FleetSettings) {
+    let listen: Vec<String> = dns.listen.iter().map(|a| a.to_string()).collect();
+    let limit = match dns.responses_per_second {
+        0 => "off".to_string(),
+        n => format!("{n}/s per client network"),
+    };
+    let _ = writeln!(
+        out,
+        "dns zone {}  (udp+tcp {}; ttl {}; rate limit {limit})",
+        dns.zone,
+        listen.join(", "),
+        format_duration(dns.ttl)
+    );
+    let _ = writeln!(
+        out,
+        "  {}  SOA  {} {}  (serial = routing table generation)",
+        dns.zone, dns.nameservers[0], dns.hostmaster
+    );
+    for ns in &dns.nameservers {
+        let _ = writeln!(out, "  {}  NS   {ns}", dns.zone);
+    }
+    for r in &dns.records {
+        let what = match r.answer {
+            super::DnsAnswerKind::Stamps => format!("the usable stamps of pool {}", r.pool),
+            super::DnsAnswerKind::Edges => {
+                let own: Vec<String> = fleet.advertise.iter().map(|a| a.to_string()).collect();
+                format!(
+                    "the live edges that can serve pool {} (this edge: {})",
+                    r.pool,
+                    own.join(", ")
+                )
+            }
+        };
+        let _ = writeln!(out, "  {}  A/AAAA  follows {what}", r.fqdn);
+    }
 }
 
 fn listeners(out: &mut String, cfg: &Config) {

@@ -4,6 +4,7 @@
 //! the value as written and the rule it breaks, so that `stampgate check`
 //! and a failed reload tell the operator exactly what to fix.
 
+mod dns_server;
 mod interpolate;
 pub(crate) mod locate;
 mod pem;
@@ -308,6 +309,11 @@ impl<'a> Ctx<'a> {
         let routes = self.routes(raw.routes.unwrap_or_default(), &pools)?;
         let dns = self.dns(raw.dns.unwrap_or_default())?;
         let access_log = self.access_log(raw.access_log.unwrap_or_default())?;
+        let fleet = dns_server::fleet(self, raw.fleet.unwrap_or_default())?;
+        let dns_server = raw
+            .dns_server
+            .map(|d| dns_server::dns_server(self, d, &pools, &fleet, &proxy, &admin))
+            .transpose()?;
         Ok(Config {
             source: self.file.to_path_buf(),
             proxy,
@@ -316,6 +322,8 @@ impl<'a> Ctx<'a> {
             pools,
             dns,
             access_log,
+            dns_server,
+            fleet,
         })
     }
 

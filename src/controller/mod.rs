@@ -166,6 +166,9 @@ pub struct ControllerHandle {
     pub events: EventLog,
     /// Proxy-wide counters (connections, reloads, access log), for metrics.
     pub stats: Arc<ProxyStats>,
+    /// Resolved stamp host names, kept fresh by the controller (the DNS
+    /// server answers with them).
+    pub dns: DnsCache,
 }
 
 impl ControllerHandle {
@@ -294,6 +297,7 @@ impl Controller {
             signals: tx,
             events,
             stats: controller.stats.clone(),
+            dns: controller.dns.clone(),
         };
         tokio::spawn(controller.run(rx, dns_rx));
         Ok(handle)

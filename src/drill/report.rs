@@ -93,14 +93,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// `sha256:` and the hex digest of `text`: what `sha256sum` prints for the
-/// same file, so a report can be matched to a config by hand.
-pub fn fingerprint(text: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, text);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// Whole-run figures.
 #[derive(Debug, Serialize)]
 pub struct Totals {

@@ -42,7 +42,7 @@ pub struct Environment {
     pub controls: BTreeMap<String, Uri>,
     /// The spawned proxy's config file (what a reload re-reads).
     pub config_path: Option<PathBuf>,
-    /// [`fingerprint`](super::report::fingerprint) of the spawned proxy's
+    /// [`fingerprint`](crate::config::fingerprint) of the spawned proxy's
     /// config as written, before the stamps' addresses are filled in (those
     /// are new ports every run; the config is the same).
     pub config_fingerprint: Option<String>,
@@ -193,7 +193,7 @@ impl Environment {
                 .map(|s| (s.name().to_owned(), base_uri(s.control_addr())))
                 .collect(),
             config_path: Some(config_path),
-            config_fingerprint: Some(super::report::fingerprint(template.as_bytes())),
+            config_fingerprint: Some(crate::config::fingerprint(template.as_bytes())),
             addresses,
             spawned: Some(Spawned { stamps, app }),
         })

@@ -360,6 +360,7 @@ impl FakeController {
             signals: tx,
             events: stampgate::controller::events::EventLog::new(),
             stats: Default::default(),
+            dns: Default::default(),
         };
         FakeController { handle, seen }
     }
