@@ -188,25 +188,7 @@ pub async fn start(
     let mut server = Server::new(handler);
     let mut listen = Vec::new();
     for &addr in &settings.listen {
-        let udp = bind_udp(addr).map_err(|source| DnsServerError::Bind {
-            addr,
-            protocol: "udp",
-            source,
-        })?;
-        // TCP on the port UDP got, so that port 0 gives one port for both,
-        // as resolvers expect when they retry a truncated answer.
-        let bound = udp.local_addr().map_err(|source| DnsServerError::Bind {
-            addr,
-            protocol: "udp",
-            source,
-        })?;
-        let tcp = TcpListener::bind(bound)
-            .await
-            .map_err(|source| DnsServerError::Bind {
-                addr: bound,
-                protocol: "tcp",
-                source,
-            })?;
+        let (udp, tcp, bound) = bind_pair(addr).await?;
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
         listen.push(bound);
@@ -232,6 +214,47 @@ pub async fn start(
         stats,
         task,
     })
+}
+
+/// Port 0 asks for a free port: tries this many UDP ports before giving up
+/// on finding one whose TCP twin is free too.
+const PORT_ZERO_TRIES: usize = 16;
+
+/// A UDP socket and a TCP listener on one port: the port UDP got, so that
+/// port 0 gives one port for both, as resolvers expect when they retry a
+/// truncated answer over TCP. With port 0, a TCP port already taken (the
+/// kernel picks UDP ports without looking at TCP) means another try.
+async fn bind_pair(
+    addr: SocketAddr,
+) -> Result<(UdpSocket, TcpListener, SocketAddr), DnsServerError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let udp = bind_udp(addr).map_err(|source| DnsServerError::Bind {
+            addr,
+            protocol: "udp",
+            source,
+        })?;
+        let bound = udp.local_addr().map_err(|source| DnsServerError::Bind {
+            addr,
+            protocol: "udp",
+            source,
+        })?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && tries < PORT_ZERO_TRIES => {}
+            Err(source) => {
+                return Err(DnsServerError::Bind {
+                    addr: bound,
+                    protocol: "tcp",
+                    source,
+                });
+            }
+        }
+    }
 }
 
 /// A non-blocking UDP socket with a large receive buffer.
