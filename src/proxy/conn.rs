@@ -211,9 +211,9 @@ pub struct ConnInfo {
 /// time (the HTTP/1.1 fast path), kept across its requests. A registered
 /// tokio timer moved to a later deadline costs one atomic operation; a new
 /// timer per try was inserted into the runtime's timer wheel and removed
-/// again, each under the wheel's lock (about 800 instructions per request
-/// in the profile, about 550 with this). The mutex is the connection's
-/// own, never contended.
+/// again, each under the wheel's lock (the profile's figures are in
+/// `bench/PERF.md`, "Figures behind code comments"). The mutex is the
+/// connection's own, never contended.
 #[derive(Debug, Default)]
 pub struct TryTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 
