@@ -58,8 +58,6 @@ const SLOW_START_STEPS: f64 = 10.0;
 /// `min_weight_percent` idea): zero would starve it of the traffic that
 /// proves it healthy.
 const SLOW_START_FLOOR: f64 = 0.1;
-/// Penalty one flap adds; the config speaks in flaps, the damper in points.
-const FLAP_PENALTY: f64 = 1000.0;
 /// Retry budget window and floor (Finagle/tower defaults): the floor lets
 /// a quiet route still retry a few requests a second.
 const BUDGET_TTL: Duration = Duration::from_secs(10);
@@ -121,7 +119,7 @@ impl StampEntry {
         StampEntry {
             pool,
             config: stamp.clone(),
-            health: StampHealth::new(health_settings(config), now),
+            health: StampHealth::new(HealthSettings::for_pool(config), now),
             stats: Arc::default(),
             fast_probe: Arc::default(),
             probe_cancel: cancel.child_token(),
@@ -779,30 +777,6 @@ fn route_shared(
             (r.name.clone(), shared)
         })
         .collect()
-}
-
-/// The state machine's tuning from the pool's config.
-pub fn health_settings(pool: &PoolConfig) -> HealthSettings {
-    let h = &pool.health;
-    // The n-th flap within about a half-life crosses the limit: n-1 flaps
-    // sit at (n-1)·P, the n-th pushes past (n-½)·P.
-    let suppress = (f64::from(h.flap_suppress) - 0.5) * FLAP_PENALTY;
-    HealthSettings {
-        sample_size: pool.probe.sample_size,
-        successful_samples_required: pool.probe.successful_samples_required,
-        degraded_rtt: h.degraded_rtt,
-        degraded_error_rate: Some(h.degraded_error_rate),
-        degraded_weight_percent: h.degraded_weight_percent,
-        min_hold: h.min_hold,
-        consecutive_failures: pool.outlier.consecutive_failures,
-        base_ejection: pool.outlier.base_ejection,
-        max_ejection: pool.outlier.max_ejection,
-        flap_penalty: FLAP_PENALTY,
-        flap_half_life: h.flap_half_life,
-        flap_suppress: suppress,
-        flap_reuse: suppress / 2.0,
-        ..HealthSettings::default()
-    }
 }
 
 /// Share of its weight a stamp gets `now`, ramping linearly in ten steps
