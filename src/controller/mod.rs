@@ -3,7 +3,12 @@
 //! probe tasks, DNS answers) and the only code that stores a new
 //! [`RoutingTable`]. Probes, the request path's passive signals, operator
 //! commands and timers reach it on one channel; when what the request path
-//! would decide changes, it builds a complete new table and publishes it.
+//! would decide changes, it builds a complete new table and publishes it,
+//! and tells [`ControllerHandle::published`] its generation.
+//!
+//! Nothing slow runs in the loop: a reload's file is read, validated and
+//! its new upstream clients built (CA files, the system's root store) on a
+//! blocking thread, and the loop only applies the result.
 //!
 //! Submodules: [`admin`] (the command interface), [`events`] (the event
 //! log), `operator` (drain, enable, weight, reload), [`state_file`]
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -163,9 +168,38 @@ pub struct ControllerHandle {
     pub events: EventLog,
     /// Proxy-wide counters (connections, reloads, access log), for metrics.
     pub stats: Arc<ProxyStats>,
+    /// The generation of the table last stored in `routing`.
+    published: watch::Receiver<u64>,
 }
 
 impl ControllerHandle {
+    /// A handle over parts made elsewhere: `published` carries the
+    /// generation of each table stored in `routing`. The controller makes
+    /// its own in [`Controller::start`]; tests make one around a stand-in.
+    pub fn new(
+        routing: Arc<ArcSwap<RoutingTable>>,
+        signals: mpsc::Sender<Signal>,
+        events: EventLog,
+        stats: Arc<ProxyStats>,
+        published: watch::Receiver<u64>,
+    ) -> ControllerHandle {
+        ControllerHandle {
+            routing,
+            signals,
+            events,
+            stats,
+            published,
+        }
+    }
+
+    /// The generation of each routing table, sent after it is stored: a
+    /// watcher woken with generation `n` finds a table at least that new
+    /// in `routing`. Those who must react to a publish (a test awaiting a
+    /// routing change, a status stream) await this instead of polling.
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.published.clone()
+    }
+
     /// Ask the controller to carry out `command` on behalf of `who`, and
     /// wait for its answer.
     pub async fn command(
@@ -200,9 +234,14 @@ pub struct Controller {
     /// Fail-open flag per pool in the last published table (for alarms).
     failing_open: Vec<bool>,
     generation: u64,
+    /// Told the generation of every table stored, after the store.
+    published: watch::Sender<u64>,
     events: EventLog,
     stats: Arc<ProxyStats>,
     signals_tx: mpsc::Sender<Signal>,
+    /// Config files read and validated off the loop (see
+    /// `operator::load_off_loop`), to be applied by it.
+    loaded_tx: mpsc::Sender<operator::Loaded>,
     cancel: CancellationToken,
     last_live: Instant,
     /// Operator decisions for stamps the config does not (or no longer)
@@ -238,6 +277,9 @@ impl Controller {
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
         let (dns_tx, dns_rx) = mpsc::channel(SIGNAL_QUEUE);
+        // Reloads are rare and each has an asker waiting: a short queue.
+        let (loaded_tx, loaded_rx) = mpsc::channel(4);
+        let (published, published_rx) = watch::channel(0);
         let now = Instant::now();
         let events = EventLog::new();
         let routes = route_shared(&config, &HashMap::new());
@@ -250,9 +292,11 @@ impl Controller {
             routes,
             failing_open: Vec::new(),
             generation: 0,
+            published,
             events: events.clone(),
             stats,
             signals_tx: tx.clone(),
+            loaded_tx,
             cancel,
             last_live: now,
             orphans: decisions,
@@ -286,13 +330,14 @@ impl Controller {
         controller.report_orphans();
         controller.publish(now, true);
         controller.start_probes();
-        let handle = ControllerHandle {
-            routing: controller.routing.clone(),
-            signals: tx,
+        let handle = ControllerHandle::new(
+            controller.routing.clone(),
+            tx,
             events,
-            stats: controller.stats.clone(),
-        };
-        tokio::spawn(controller.run(rx, dns_rx));
+            controller.stats.clone(),
+            published_rx,
+        );
+        tokio::spawn(controller.run(rx, dns_rx, loaded_rx));
         Ok(handle)
     }
 
@@ -434,13 +479,19 @@ impl Controller {
         Ok(())
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Signal>, mut dns_rx: mpsc::Receiver<DnsReport>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Signal>,
+        mut dns_rx: mpsc::Receiver<DnsReport>,
+        mut loaded_rx: mpsc::Receiver<operator::Loaded>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 Some(signal) = rx.recv() => self.on_signal(signal, Instant::now()),
                 Some(report) = dns_rx.recv() => self.on_dns(report, Instant::now()),
+                Some(loaded) = loaded_rx.recv() => self.on_loaded(loaded, Instant::now()),
                 _ = tick.tick() => self.on_tick(Instant::now()),
                 () = self.cancel.cancelled() => break,
             }
@@ -465,11 +516,7 @@ impl Controller {
                 };
                 self.on_outlier(i, consecutive, now);
             }
-            Signal::Admin(request) => {
-                let answer = self.on_admin(request.command, &request.who, now);
-                // The asker may have gone away; the decision stands.
-                let _ = request.reply.send(answer);
-            }
+            Signal::Admin(request) => self.on_admin(request, now),
         }
     }
 
@@ -720,6 +767,7 @@ impl Controller {
         }
         self.failing_open = failing_open;
         self.routing.store(Arc::new(table));
+        self.published.send_replace(self.generation);
     }
 }
 
