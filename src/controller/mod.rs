@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PoolConfig, StampConfig};
 use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
+use crate::health::rates::{Counts, FailureWindow, LiveClock, LiveRates};
 use crate::health::state::{
     HealthSettings, HealthState, StampHealth, Transition, max_ejected_allows,
 };
@@ -50,8 +51,6 @@ const SIGNAL_QUEUE: usize = 1024;
 /// times, slow-start steps, drain deadlines. A tenth of a second keeps
 /// failback precise without measurable cost.
 const TICK: Duration = Duration::from_millis(100);
-/// Live error rates and traffic shares are computed over this window.
-const LIVE_WINDOW: Duration = Duration::from_secs(1);
 /// Ticks of the sliding window the failure rate is judged on: half a
 /// second, evaluated every tick, so that a stamp failing a share of its
 /// requests is out well within a second of the fault wherever it falls.
@@ -91,18 +90,11 @@ struct StampEntry {
     stats: Arc<StampStats>,
     fast_probe: Arc<AtomicBool>,
     probe_cancel: CancellationToken,
-    /// Counter values at the last live-rate sample.
-    seen_requests: u64,
-    seen_errors: u64,
-    /// Requests per second over the last live window (traffic share).
-    rps: f64,
-    /// Failed tries (gateway failures and 5xx) per second, same window.
-    eps: f64,
-    /// Requests and failures per controller tick over the last
-    /// [`FAILURE_WINDOW`] (oldest first), for failure-rate ejection, and
-    /// the counter values at the last tick.
-    recent: std::collections::VecDeque<(u64, u64)>,
-    tick_seen: (u64, u64),
+    /// Requests and failures per second over the last live window.
+    live: LiveRates,
+    /// Requests and failures over the last [`FAILURE_WINDOW`] ticks, for
+    /// failure-rate ejection.
+    recent: FailureWindow,
     /// The operator's decision.
     admin: AdminState,
     /// The operator's weight, replacing the configured one.
@@ -128,12 +120,8 @@ impl StampEntry {
             stats: Arc::default(),
             fast_probe: Arc::default(),
             probe_cancel: cancel.child_token(),
-            seen_requests: 0,
-            seen_errors: 0,
-            rps: 0.0,
-            eps: 0.0,
-            recent: std::collections::VecDeque::new(),
-            tick_seen: (0, 0),
+            live: LiveRates::default(),
+            recent: FailureWindow::new(FAILURE_WINDOW),
             admin: AdminState::Active,
             weight_override: None,
             drain_deadline: None,
@@ -143,6 +131,15 @@ impl StampEntry {
 
     fn weight(&self) -> u32 {
         self.weight_override.unwrap_or(self.config.weight)
+    }
+
+    /// The request path's cumulative counts for this stamp.
+    fn counts(&self) -> Counts {
+        Counts {
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed)
+                + self.stats.server_errors.load(Ordering::Relaxed),
+        }
     }
 
     fn in_flight(&self) -> u64 {
@@ -243,7 +240,8 @@ pub struct Controller {
     /// `operator::load_off_loop`), to be applied by it.
     loaded_tx: mpsc::Sender<operator::Loaded>,
     cancel: CancellationToken,
-    last_live: Instant,
+    /// When live rates are next sampled, for every stamp at once.
+    live_clock: LiveClock,
     /// Operator decisions for stamps the config does not (or no longer)
     /// name: kept and persisted, applied again if the stamp comes back.
     orphans: BTreeMap<String, state_file::Decision>,
@@ -298,7 +296,7 @@ impl Controller {
             signals_tx: tx.clone(),
             loaded_tx,
             cancel,
-            last_live: now,
+            live_clock: LiveClock::new(now),
             orphans: decisions,
             last_reload: None,
             resolver: None,
@@ -607,24 +605,10 @@ impl Controller {
         let outlier = &self.config.pools[self.stamps[i].pool].outlier;
         let (limit, min_requests) = (outlier.failure_rate?, outlier.failure_rate_min_requests);
         let entry = &mut self.stamps[i];
-        let requests = entry.stats.requests.load(Ordering::Relaxed);
-        let errors = entry.stats.failures.load(Ordering::Relaxed)
-            + entry.stats.server_errors.load(Ordering::Relaxed);
-        let (seen_requests, seen_errors) =
-            std::mem::replace(&mut entry.tick_seen, (requests, errors));
-        entry.recent.push_back((
-            requests.saturating_sub(seen_requests),
-            errors.saturating_sub(seen_errors),
-        ));
-        if entry.recent.len() > FAILURE_WINDOW {
-            entry.recent.pop_front();
-        }
-        let (r, e) = entry
-            .recent
-            .iter()
-            .fold((0, 0), |(r, e), (dr, de)| (r + dr, e + de));
-        let rate = e.min(r) as f64 / r.max(1) as f64;
-        if r < u64::from(min_requests) || rate < limit || !self.may_eject(i, now) {
+        let total = entry.counts();
+        let window = entry.recent.slide(total);
+        let rate = window.rate();
+        if window.requests < u64::from(min_requests) || rate < limit || !self.may_eject(i, now) {
             return None;
         }
         let entry = &mut self.stamps[i];
@@ -640,25 +624,16 @@ impl Controller {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        let live_due = now.duration_since(self.last_live) >= LIVE_WINDOW;
-        let window = now.duration_since(self.last_live).as_secs_f64();
-        if live_due {
-            self.last_live = now;
-        }
+        let live_window = self.live_clock.due(now);
         for i in 0..self.stamps.len() {
             let entry = &mut self.stamps[i];
             let mut t = entry.health.tick(now);
-            if live_due {
-                let requests = entry.stats.requests.load(Ordering::Relaxed);
-                let errors = entry.stats.failures.load(Ordering::Relaxed)
-                    + entry.stats.server_errors.load(Ordering::Relaxed);
-                let dr = requests.saturating_sub(entry.seen_requests);
-                let de = errors.saturating_sub(entry.seen_errors);
-                entry.seen_requests = requests;
-                entry.seen_errors = errors;
-                entry.rps = dr as f64 / window;
-                entry.eps = de as f64 / window;
-                t = t.or(entry.health.record_live(dr, de, now));
+            if let Some(window) = live_window {
+                let total = entry.counts();
+                let counted = entry.live.sample(total, window);
+                t = t.or(entry
+                    .health
+                    .record_live(counted.requests, counted.failures, now));
             }
             self.record_transition(i, t);
             let t = self.judge_failure_rate(i, now);
@@ -845,6 +820,93 @@ pub fn slow_start_factor(recovered_at: Option<Instant>, window: Duration, now: I
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::ProbeSample;
+
+    fn pool(keys: &str) -> Config {
+        let text = format!(
+            "[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n{keys}\n\
+             [[pools.p.stamps]]\nname = \"a\"\nregion = \"r1\"\n\
+             address = \"127.0.0.1:9000\"\nweight = 200\n"
+        );
+        crate::config::parse_str(&text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn entry(config: &Config, now: Instant) -> StampEntry {
+        let pool = &config.pools[0];
+        StampEntry::new(0, pool, &pool.stamps[0], &CancellationToken::new(), now)
+    }
+
+    fn probe(e: &mut StampEntry, ok: bool, now: Instant) {
+        let sample = ProbeSample {
+            ok,
+            rtt: Duration::from_millis(5),
+            status: Some(if ok { 200 } else { 503 }),
+            detail: String::new(),
+        };
+        e.health.record_probe(&sample, now);
+    }
+
+    #[test]
+    fn effective_weight_ramps_a_recovered_stamp_over_slow_start() {
+        let config = pool("slow_start = \"10s\"\n[pools.p.health]\nmin_hold = \"0s\"");
+        let p = &config.pools[0];
+        let t0 = Instant::now();
+        let mut e = entry(&config, t0);
+        assert_eq!(
+            effective_weight(&e, p, t0),
+            200,
+            "unknown: optimistic start"
+        );
+        for _ in 0..4 {
+            probe(&mut e, false, t0);
+        }
+        assert_eq!(effective_weight(&e, p, t0), 0, "unhealthy");
+        for _ in 0..4 {
+            probe(&mut e, true, t0);
+        }
+        let at = e.health.recovered_at().expect("recovered");
+        let after = |ms| at + Duration::from_millis(ms);
+        assert_eq!(effective_weight(&e, p, at), 20, "the 10 % floor of 200");
+        assert_eq!(
+            effective_weight(&e, p, after(3_500)),
+            60,
+            "30 %: 3 steps of 1 s"
+        );
+        assert_eq!(effective_weight(&e, p, after(9_999)), 180);
+        assert_eq!(effective_weight(&e, p, after(10_000)), 200);
+    }
+
+    #[test]
+    fn effective_weight_follows_the_operator() {
+        let config = pool("slow_start = \"0s\"");
+        let p = &config.pools[0];
+        let now = Instant::now();
+        let mut e = entry(&config, now);
+        e.weight_override = Some(30);
+        assert_eq!(effective_weight(&e, p, now), 30);
+        e.weight_override = Some(0);
+        assert_eq!(effective_weight(&e, p, now), 0, "weight 0: no traffic");
+        e.weight_override = None;
+        for admin in [AdminState::Draining, AdminState::Disabled] {
+            e.admin = admin;
+            assert_eq!(effective_weight(&e, p, now), 0, "{admin:?}");
+        }
+    }
+
+    #[test]
+    fn a_small_ramped_weight_never_rounds_to_zero() {
+        let config = pool("slow_start = \"10s\"\n[pools.p.health]\nmin_hold = \"0s\"");
+        let p = &config.pools[0];
+        let t0 = Instant::now();
+        let mut e = entry(&config, t0);
+        e.weight_override = Some(1);
+        for ok in [false, false, false, false, true, true, true, true] {
+            probe(&mut e, ok, t0);
+        }
+        let at = e.health.recovered_at().expect("recovered");
+        assert_eq!(effective_weight(&e, p, at), 1, "0.1 rounds up to 1");
+    }
 
     #[test]
     fn slow_start_ramps_in_steps() {
