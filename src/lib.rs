@@ -45,6 +45,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod controller;
+pub mod counters;
 pub mod demo;
 pub mod discovery;
 pub mod drill;

@@ -33,7 +33,7 @@ use crate::health::state::{
 };
 use crate::metrics::ProxyStats;
 use crate::routing::budget::RetryBudget;
-use crate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
+use crate::routing::{ProbeResult, RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 pub mod events;
@@ -503,7 +503,7 @@ impl Controller {
                     return;
                 };
                 let control = &self.stamps[i].stats.control;
-                control.probes[usize::from(!sample.ok)].fetch_add(1, Ordering::Relaxed);
+                control.probes[ProbeResult::of(sample.ok)].fetch_add(1, Ordering::Relaxed);
                 control.probe_duration.observe(sample.rtt);
                 let t = self.stamps[i].health.record_probe(&sample, now);
                 self.after(i, t, now);
@@ -655,7 +655,7 @@ impl Controller {
             .fast_probe
             .store(entry.health.wants_fast_probes(), Ordering::Relaxed);
         let Some(t) = t else { return };
-        entry.stats.control.transition_to(t.to.as_str());
+        entry.stats.control.transition_to(t.to);
         let pool = &self.config.pools[entry.pool].name;
         let stamp = &entry.config.name;
         let down = t.to == HealthState::Unhealthy
@@ -707,8 +707,9 @@ impl Controller {
     /// or always with `force` (a new config).
     fn publish(&mut self, now: Instant, force: bool) {
         for e in &self.stamps {
-            let health = e.health.state().as_str();
-            e.stats.control.set_state(health, operator::admin_label(e));
+            e.stats
+                .control
+                .set_state(e.health.state(), operator::admin_label(e));
         }
         let weights = self.weights(now);
         let table = self.build_table(&weights, self.generation + 1);

@@ -16,8 +16,9 @@ use super::events::{EventKind, NewEvent};
 use super::{Controller, StampEntry, effective_weight, route_shared, state_file};
 use crate::config::Config;
 use crate::config::{self, defaults::MAX_WEIGHT};
+use crate::metrics::ReloadResult;
 use crate::routing::RoutingTable;
-use crate::signals::{AdminError, AdminRequest, AdminState, Command, Target};
+use crate::signals::{AdminError, AdminRequest, AdminShown, AdminState, Command, Target};
 use crate::upstream::Upstream;
 use tokio::sync::oneshot;
 
@@ -136,7 +137,7 @@ impl Controller {
                 pool: Some(self.config.pools[e.pool].name.clone()),
                 stamp: Some(e.config.name.clone()),
                 from: None,
-                to: Some(admin_label(e).into()),
+                to: Some(admin_label(e).as_str().into()),
                 reason: format!("{what} (by {who})"),
             });
         }
@@ -358,7 +359,12 @@ impl Controller {
             }
             Err(LoadError::Upstream(message)) => Err(AdminError::Reload(message)),
         };
-        self.stats.reloads[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+        let counted = if result.is_ok() {
+            ReloadResult::Applied
+        } else {
+            ReloadResult::Refused
+        };
+        self.stats.reloads[counted].fetch_add(1, Ordering::Relaxed);
         let _ = reply.send(result);
     }
 
@@ -483,7 +489,7 @@ impl Controller {
         json!({
             "name": e.config.name,
             "region": e.config.region,
-            "admin": admin_label(e),
+            "admin": admin_label(e).as_str(),
             "weight_override": e.weight_override,
             "in_flight": e.in_flight(),
             "effective_weight": effective_weight(e, &self.config.pools[e.pool], Instant::now()),
@@ -493,13 +499,8 @@ impl Controller {
 
 /// The admin state as shown: a draining stamp with nothing in flight is
 /// `drained`.
-pub(super) fn admin_label(e: &StampEntry) -> &'static str {
-    match e.admin {
-        AdminState::Active => "active",
-        AdminState::Draining if e.stats.in_flight.load(Ordering::Relaxed) == 0 => "drained",
-        AdminState::Draining => "draining",
-        AdminState::Disabled => "disabled",
-    }
+pub(super) fn admin_label(e: &StampEntry) -> AdminShown {
+    e.admin.shown(e.in_flight())
 }
 
 /// Where a command's answer goes.

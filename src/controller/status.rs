@@ -42,7 +42,7 @@ impl Controller {
                             "health": e.health.state().as_str(),
                             "health_reason": e.health.reason(),
                             "health_for_s": now.duration_since(e.health.since()).as_secs(),
-                            "admin": admin_label(e),
+                            "admin": admin_label(e).as_str(),
                             "configured_weight": e.config.weight,
                             "weight_override": e.weight_override,
                             "effective_weight": effective_weight(e, pool, now),

@@ -59,10 +59,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::{HealthConfig, PoolConfig};
+pub use crate::signals::HealthState;
 use crate::signals::ProbeSample;
 
 /// Penalty one flap adds (BGP route-flap damping's unit): the config speaks
@@ -82,52 +82,6 @@ const RECOVERY_FRACTION: f64 = 0.8;
 /// A live error rate older than this is forgotten: a stamp with too little
 /// traffic to measure has no live evidence either way, and the probes decide.
 const LIVE_ERROR_MAX_AGE: Duration = Duration::from_secs(30);
-
-/// What stampgate observed about a stamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthState {
-    /// No verdict yet; takes traffic at full weight (optimistic start).
-    Unknown,
-    /// Probes pass and live traffic is within thresholds.
-    Healthy,
-    /// Probes pass but RTT or live errors are over threshold: reduced weight.
-    Degraded,
-    /// Probes fail, or the stamp is ejected or flap-damped: no traffic.
-    Unhealthy,
-}
-
-impl HealthState {
-    /// The lowercase name used in status JSON, logs and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthState::Unknown => "unknown",
-            HealthState::Healthy => "healthy",
-            HealthState::Degraded => "degraded",
-            HealthState::Unhealthy => "unhealthy",
-        }
-    }
-
-    /// Whether a stamp in this state may receive new requests.
-    pub fn is_usable(self) -> bool {
-        self != HealthState::Unhealthy
-    }
-
-    /// Order for "up" and "down": `Unknown` counts as healthy (full weight).
-    fn rank(self) -> u8 {
-        match self {
-            HealthState::Unhealthy => 0,
-            HealthState::Degraded => 1,
-            HealthState::Healthy | HealthState::Unknown => 2,
-        }
-    }
-}
-
-impl fmt::Display for HealthState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Tuning of one stamp's state machine, built from the pool's config
 /// ([`HealthSettings::for_pool`]). [`Default`] gives what a pool with no

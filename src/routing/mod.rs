@@ -14,6 +14,8 @@ use http::uri::Authority;
 use crate::config::{
     AllUnhealthy, Config, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
 };
+use crate::counters::{ByEnum, Label, labels};
+use crate::signals::{AdminShown, HealthState};
 use crate::upstream::Upstream;
 
 pub mod budget;
@@ -53,8 +55,8 @@ pub struct StampStats {
     pub cut: arc_swap::ArcSwap<crate::tripwire::Tripwire>,
     /// Answers by status class (index 0 = 1xx ... 4 = 5xx), for metrics.
     pub responses: [AtomicU64; 5],
-    /// Connect failures by kind (refused, timeout, other), for metrics.
-    pub connect_errors: [AtomicU64; 3],
+    /// Connect failures by kind, for metrics.
+    pub connect_errors: ByEnum<ConnectError, AtomicU64, 3>,
     /// Time from sending a request to the stamp's response head.
     pub upstream_latency: crate::routing::histogram::LatencyHistogram,
     /// The controller's view, mirrored for metrics (written by the
@@ -66,40 +68,74 @@ pub struct StampStats {
 /// `/metrics` can read it without asking the controller task.
 #[derive(Debug, Default)]
 pub struct ControlStats {
-    /// Health state, as an index of [`HEALTH_STATES`].
-    pub health: AtomicU8,
-    /// Admin state, as an index of [`ADMIN_STATES`].
-    pub admin: AtomicU8,
-    /// Health transitions into each state of [`HEALTH_STATES`].
-    pub transitions: [AtomicU64; 4],
+    /// Health state, as its [`Label::index`] (read with [`ControlStats::health`]).
+    health: AtomicU8,
+    /// Admin state as shown, as its [`Label::index`].
+    admin: AtomicU8,
+    /// Health transitions into each state.
+    pub transitions: ByEnum<HealthState, AtomicU64, 4>,
     /// Passive ejections (consecutive gateway failures).
     pub ejections: AtomicU64,
-    /// Probe results: passed, failed.
-    pub probes: [AtomicU64; 2],
+    /// Probe results.
+    pub probes: ByEnum<ProbeResult, AtomicU64, 2>,
     /// Probe round-trip times (until the answer or the failure).
     pub probe_duration: crate::routing::histogram::LatencyHistogram,
 }
 
-/// Health state labels, indexed as in [`ControlStats::health`].
-pub const HEALTH_STATES: [&str; 4] = ["unknown", "healthy", "degraded", "unhealthy"];
-/// Admin state labels, indexed as in [`ControlStats::admin`].
-pub const ADMIN_STATES: [&str; 4] = ["active", "draining", "drained", "disabled"];
+labels! {
+    /// Why a connect to a stamp failed (`kind` on /metrics).
+    pub enum ConnectError {
+        /// Nothing listens at the address.
+        Refused => "refused",
+        /// No answer within `connect_timeout`.
+        Timeout => "timeout",
+        /// Anything else (unreachable, TLS, ...).
+        Other => "other",
+    }
+}
+
+labels! {
+    /// An active probe's result (`result` on /metrics).
+    pub enum ProbeResult {
+        /// It met its expectations.
+        Passed => "passed",
+        /// It did not.
+        Failed => "failed",
+    }
+}
+
+impl ProbeResult {
+    /// The result of a probe that did (`true`) or did not pass.
+    pub fn of(ok: bool) -> ProbeResult {
+        if ok {
+            ProbeResult::Passed
+        } else {
+            ProbeResult::Failed
+        }
+    }
+}
 
 impl ControlStats {
-    /// Mirror the current health and admin state labels.
-    pub fn set_state(&self, health: &str, admin: &str) {
-        let index = |all: &[&str; 4], s: &str| all.iter().position(|x| *x == s).unwrap_or(0) as u8;
-        self.health
-            .store(index(&HEALTH_STATES, health), Ordering::Relaxed);
-        self.admin
-            .store(index(&ADMIN_STATES, admin), Ordering::Relaxed);
+    /// Mirror the current health and admin state.
+    pub fn set_state(&self, health: HealthState, admin: AdminShown) {
+        let index = |i: usize| u8::try_from(i).expect("a handful of states");
+        self.health.store(index(health.index()), Ordering::Relaxed);
+        self.admin.store(index(admin.index()), Ordering::Relaxed);
     }
 
-    /// Count a transition into `state` (a [`HEALTH_STATES`] label).
-    pub fn transition_to(&self, state: &str) {
-        if let Some(i) = HEALTH_STATES.iter().position(|x| *x == state) {
-            self.transitions[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// The health state last mirrored.
+    pub fn health(&self) -> HealthState {
+        HealthState::ALL[usize::from(self.health.load(Ordering::Relaxed))]
+    }
+
+    /// The admin state last mirrored.
+    pub fn admin(&self) -> AdminShown {
+        AdminShown::ALL[usize::from(self.admin.load(Ordering::Relaxed))]
+    }
+
+    /// Count a transition into `state`.
+    pub fn transition_to(&self, state: HealthState) {
+        self.transitions[state].fetch_add(1, Ordering::Relaxed);
     }
 }
 
