@@ -39,7 +39,8 @@
 //! state machine), [`discovery`] (DNS), [`admin`] (the admin API and
 //! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`drill`]
 //! (the failover rehearsal: load, fault timeline, report), [`error`]
-//! (typed request-path errors), [`demo`].
+//! (typed request-path errors), [`counters`] (metrics counters indexed by
+//! enum labels), [`demo`].
 
 pub mod admin;
 pub mod app;
