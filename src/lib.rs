@@ -52,6 +52,7 @@
 //!                         header rules, latency histogram, per-stamp and per-route stats)
 //!  upstream               the way to a stamp: connector, connection cache, HTTP/1.1 client
 //!  config  error  signals  tripwire  discovery  stamp     leaves
+//!  counters               metrics counters indexed by enum labels (a leaf)
 //!  build_info  logging  notify                          leaves of the process
 //! ```
 //!
@@ -64,6 +65,7 @@ pub mod app;
 pub mod build_info;
 pub mod config;
 pub mod controller;
+pub mod counters;
 pub mod demo;
 pub mod discovery;
 pub mod dns_server;

@@ -18,22 +18,24 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::counters::{ByEnum, Label, labels};
 use crate::routing::histogram::LatencyHistogram;
-use crate::routing::{ADMIN_STATES, HEALTH_STATES, RoutingTable, StampView};
+use crate::routing::{RoutingTable, StampView};
+use crate::signals::{AdminShown, HealthState};
 
 /// Proxy-wide counters: client connections, TLS handshakes, reloads, the
 /// access log. Shared by the listeners, the controller and `/metrics`.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
-    /// Open client connections by listener ([`LISTENERS`]) and protocol
-    /// ([`PROTOCOLS`]); a connection is `pending` until its first request.
-    pub connections: [[AtomicI64; 3]; 2],
+    /// Open client connections by listener and protocol; a connection is
+    /// [`Protocol::Pending`] until its first request.
+    pub connections: ByEnum<Listener, ByEnum<Protocol, AtomicI64, 3>, 2>,
     /// Client connections accepted, by listener.
-    pub accepted: [AtomicU64; 2],
-    /// Failed TLS handshakes: error, timeout.
-    pub tls_handshake_failures: [AtomicU64; 2],
-    /// Config reloads: applied, refused.
-    pub reloads: [AtomicU64; 2],
+    pub accepted: ByEnum<Listener, AtomicU64, 2>,
+    /// Failed TLS handshakes, by reason.
+    pub tls_handshake_failures: ByEnum<HandshakeFailure, AtomicU64, 2>,
+    /// Config reloads, by result.
+    pub reloads: ByEnum<ReloadResult, AtomicU64, 2>,
     /// Requests that matched no route (answered 404).
     pub unrouted: AtomicU64,
     /// Access log lines written.
@@ -153,15 +155,57 @@ impl DnsQueryStats {
     }
 }
 
-/// Listener labels of [`ProxyStats::connections`].
-pub const LISTENERS: [&str; 2] = ["http", "https"];
-/// Protocol labels of [`ProxyStats::connections`].
-pub const PROTOCOLS: [&str; 3] = ["pending", "http1", "http2"];
+labels! {
+    /// Which kind of client listener a connection came in on.
+    pub enum Listener {
+        /// Plaintext (HTTP/1.1 and h2c).
+        Http => "http",
+        /// TLS.
+        Https => "https",
+    }
+}
+
+impl Listener {
+    /// The listener kind of a connection with (`true`) or without TLS.
+    pub fn of(tls: bool) -> Listener {
+        if tls { Listener::Https } else { Listener::Http }
+    }
+}
+
+labels! {
+    /// What a client connection speaks, known at its first request.
+    pub enum Protocol {
+        /// No request yet.
+        Pending => "pending",
+        /// HTTP/1.x.
+        Http1 => "http1",
+        /// HTTP/2.
+        Http2 => "http2",
+    }
+}
+
+labels! {
+    /// Why a TLS handshake failed.
+    pub enum HandshakeFailure {
+        /// The peer or rustls broke it off.
+        Error => "error",
+        /// It did not finish in time.
+        Timeout => "timeout",
+    }
+}
+
+labels! {
+    /// How a config reload ended.
+    pub enum ReloadResult {
+        /// The new config serves.
+        Applied => "applied",
+        /// It was refused; the old one keeps serving.
+        Refused => "refused",
+    }
+}
 
 /// Status class labels, by index of [`crate::routing::StampStats::responses`].
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Connect error kinds, by index of `StampStats::connect_errors`.
-pub const CONNECT_ERRORS: [&str; 3] = ["refused", "timeout", "other"];
 
 /// Reads the request path's counters through the current routing table,
 /// and the proxy-wide ones.
@@ -189,15 +233,10 @@ fn gauge(fam: &mut MetricEncoder, labels: &Labels, n: i64) -> std::fmt::Result {
 }
 
 /// An enum as a set of 0/1 gauges: 1 for `current`, 0 for the others.
-fn state_set(
-    fam: &mut MetricEncoder,
-    labels: &Labels,
-    states: &[&str],
-    current: u8,
-) -> std::fmt::Result {
-    for (i, state) in states.iter().enumerate() {
-        let on = i == usize::from(current);
-        gauge(fam, &with(labels, "state", state), i64::from(on))?;
+fn state_set<E: Label>(fam: &mut MetricEncoder, labels: &Labels, current: E) -> std::fmt::Result {
+    for &state in E::ALL {
+        let on = state == current;
+        gauge(fam, &with(labels, "state", state.as_str()), i64::from(on))?;
     }
     Ok(())
 }
@@ -329,10 +368,10 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         for (labels, s) in &stamps {
-            for (kind, n) in CONNECT_ERRORS.iter().zip(&s.stats.connect_errors) {
+            for (kind, n) in s.stats.connect_errors.iter() {
                 counter(
                     &mut fam,
-                    &with(labels, "kind", kind),
+                    &with(labels, "kind", kind.as_str()),
                     n.load(Ordering::Relaxed),
                 )?;
             }
@@ -373,8 +412,7 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         for (labels, s) in &stamps {
-            let current = s.stats.control.health.load(Ordering::Relaxed);
-            state_set(&mut fam, labels, &HEALTH_STATES, current)?;
+            state_set::<HealthState>(&mut fam, labels, s.stats.control.health())?;
         }
         let mut fam = family!(
             "stampgate_stamp_admin",
@@ -382,8 +420,7 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         for (labels, s) in &stamps {
-            let current = s.stats.control.admin.load(Ordering::Relaxed);
-            state_set(&mut fam, labels, &ADMIN_STATES, current)?;
+            state_set::<AdminShown>(&mut fam, labels, s.stats.control.admin())?;
         }
         let mut fam = family!(
             "stampgate_health_transitions",
@@ -391,10 +428,10 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         for (labels, s) in &stamps {
-            for (state, n) in HEALTH_STATES.iter().zip(&s.stats.control.transitions) {
+            for (state, n) in s.stats.control.transitions.iter() {
                 counter(
                     &mut fam,
-                    &with(labels, "to", state),
+                    &with(labels, "to", state.as_str()),
                     n.load(Ordering::Relaxed),
                 )?;
             }
@@ -417,10 +454,10 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         for (labels, s) in &stamps {
-            for (result, n) in ["passed", "failed"].iter().zip(&s.stats.control.probes) {
+            for (result, n) in s.stats.control.probes.iter() {
                 counter(
                     &mut fam,
-                    &with(labels, "result", result),
+                    &with(labels, "result", result.as_str()),
                     n.load(Ordering::Relaxed),
                 )?;
             }
@@ -441,11 +478,11 @@ impl Collector for TableCollector {
             "Open client connections by listener and protocol (pending: no request yet)",
             MetricType::Gauge,
         )?;
-        for (listener, row) in LISTENERS.iter().zip(&stats.connections) {
-            for (protocol, n) in PROTOCOLS.iter().zip(row) {
+        for (listener, row) in stats.connections.iter() {
+            for (protocol, n) in row.iter() {
                 let labels = vec![
-                    ("listener", listener.to_string()),
-                    ("protocol", protocol.to_string()),
+                    ("listener", listener.as_str().to_owned()),
+                    ("protocol", protocol.as_str().to_owned()),
                 ];
                 gauge(&mut fam, &labels, n.load(Ordering::Relaxed).max(0))?;
             }
@@ -455,8 +492,8 @@ impl Collector for TableCollector {
             "Client connections accepted, by listener",
             MetricType::Counter,
         )?;
-        for (listener, n) in LISTENERS.iter().zip(&stats.accepted) {
-            let labels = vec![("listener", listener.to_string())];
+        for (listener, n) in stats.accepted.iter() {
+            let labels = vec![("listener", listener.as_str().to_owned())];
             counter(&mut fam, &labels, n.load(Ordering::Relaxed))?;
         }
         let mut fam = family!(
@@ -464,13 +501,10 @@ impl Collector for TableCollector {
             "TLS handshakes that failed, by reason",
             MetricType::Counter,
         )?;
-        for (reason, n) in ["error", "timeout"]
-            .iter()
-            .zip(&stats.tls_handshake_failures)
-        {
+        for (reason, n) in stats.tls_handshake_failures.iter() {
             counter(
                 &mut fam,
-                &vec![("reason", reason.to_string())],
+                &vec![("reason", reason.as_str().to_owned())],
                 n.load(Ordering::Relaxed),
             )?;
         }
@@ -479,10 +513,10 @@ impl Collector for TableCollector {
             "Config reloads (SIGHUP or admin API) by result",
             MetricType::Counter,
         )?;
-        for (result, n) in ["applied", "refused"].iter().zip(&stats.reloads) {
+        for (result, n) in stats.reloads.iter() {
             counter(
                 &mut fam,
-                &vec![("result", result.to_string())],
+                &vec![("result", result.as_str().to_owned())],
                 n.load(Ordering::Relaxed),
             )?;
         }

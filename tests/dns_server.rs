@@ -24,6 +24,7 @@ use stampgate::metrics::ProxyStats;
 use stampgate::routing::budget::RetryBudget;
 use stampgate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 use stampgate::signals::command::{Command, Target};
+use stampgate::signals::{AdminShown, HealthState};
 use stampgate::stamp::{HealthFault, Stamp, StampOptions};
 use stampgate::upstream::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -213,9 +214,14 @@ fn table(config: &Config, generation: u64, states: &[State]) -> RoutingTable {
             let i: usize = s.name[1..].parse().unwrap();
             let st = states[i];
             let stats = Arc::new(StampStats::default());
-            stats
-                .control
-                .set_state("healthy", if st.enabled { "active" } else { "drained" });
+            stats.control.set_state(
+                HealthState::Healthy,
+                if st.enabled {
+                    AdminShown::Active
+                } else {
+                    AdminShown::Drained
+                },
+            );
             StampInput {
                 effective_weight: st.weight,
                 admin_enabled: st.enabled,

@@ -8,27 +8,15 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::client::{AdminClient, ClientError};
 use crate::config::parse_duration;
 
 /// Where the admin API listens unless told otherwise (the config default).
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
-
-/// Giving up on connecting after this long: the admin API is local or one
-/// hop away; a longer wait only delays the "cannot reach" an operator needs.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A whole request/answer (not an event stream). Commands are applied in
-/// one controller turn; a reload parses a file. Neither takes this long.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `drain --wait` looks at the status this often. The stream of events
 /// does not promise a "drained" event, the status does show it, and two
@@ -160,49 +148,6 @@ fn duration_arg(s: &str) -> Result<String, String> {
     parse_duration(s).map(|_| s.to_owned())
 }
 
-/// Why a `ctl` command did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    /// The command line cannot work (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// No answer from the admin API (exit 2).
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable {
-        /// The admin base URL.
-        url: String,
-        /// What went wrong, in a few words.
-        reason: String,
-    },
-    /// The server said no (exit 1).
-    #[error("{message}")]
-    Refused {
-        /// The HTTP status.
-        status: StatusCode,
-        /// The server's message.
-        message: String,
-    },
-    /// The server answered something this client does not understand
-    /// (exit 1: it was reached, and did not do what was asked for).
-    #[error("unexpected answer from {url}: {reason}")]
-    BadAnswer {
-        /// The URL asked.
-        url: String,
-        /// What is wrong with the answer.
-        reason: String,
-    },
-}
-
-impl CtlError {
-    /// The process exit code.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CtlError::Usage(_) | CtlError::Unreachable { .. } => 2,
-            CtlError::Refused { .. } | CtlError::BadAnswer { .. } => 1,
-        }
-    }
-}
-
 /// Run `stampgate ctl`, printing results on stdout and a one-line reason on
 /// stderr.
 pub async fn run(args: CtlArgs) -> ExitCode {
@@ -215,7 +160,7 @@ pub async fn run(args: CtlArgs) -> ExitCode {
     }
 }
 
-async fn execute(args: CtlArgs) -> Result<(), CtlError> {
+async fn execute(args: CtlArgs) -> Result<(), ClientError> {
     let api = AdminClient::new(&args.admin, args.token)?;
     match args.action {
         Action::Status { json } => {
@@ -223,7 +168,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             if json {
                 println!("{}", pretty(&status));
             } else {
-                print!("{}", render_status(&status, &api.base));
+                print!("{}", render_status(&status, api.base()));
             }
         }
         Action::Drain {
@@ -296,7 +241,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
         }
         Action::Events { follow, json } => {
             if follow {
-                api.follow_events(json).await?;
+                follow_events(&api, json).await?;
             } else {
                 let events = api.call(Method::GET, "/admin/events", None).await?;
                 let Value::Array(events) = events else {
@@ -313,10 +258,10 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
 
 /// The server speaks of the API's `force=1`; say what it is on this
 /// command line.
-fn force_hint(e: CtlError) -> CtlError {
+fn force_hint(e: ClientError) -> ClientError {
     match e {
-        CtlError::Refused { status, message } if status == StatusCode::CONFLICT => {
-            CtlError::Refused {
+        ClientError::Refused { status, message } if status == StatusCode::CONFLICT => {
+            ClientError::Refused {
                 status,
                 message: format!("{message} (here: --force)"),
             }
@@ -326,7 +271,7 @@ fn force_hint(e: CtlError) -> CtlError {
 }
 
 /// Send a drain (of a stamp or a region) and print what changed.
-async fn drain(api: &AdminClient, path: &str, body: Value, what: &str) -> Result<(), CtlError> {
+async fn drain(api: &AdminClient, path: &str, body: Value, what: &str) -> Result<(), ClientError> {
     let answer = api
         .call(Method::POST, path, Some(body))
         .await
@@ -350,7 +295,7 @@ fn drain_body(deadline: Option<String>, dry_run: bool, force: bool) -> Value {
 }
 
 /// Poll the status until `stamp` shows `drained` with nothing in flight.
-async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
+async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), ClientError> {
     let mut shown: Option<(String, u64)> = None;
     let mut poll = tokio::time::interval(WAIT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -365,7 +310,7 @@ async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
             .flat_map(|p| &p.stamps)
             .find(|s| s.name == stamp)
         else {
-            return Err(CtlError::Refused {
+            return Err(ClientError::Refused {
                 status: StatusCode::NOT_FOUND,
                 message: format!("{stamp} is no longer in the status (was the config reloaded?)"),
             });
@@ -379,7 +324,7 @@ async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
         match s.admin.as_str() {
             "drained" | "disabled" if in_flight == 0 => return Ok(()),
             "active" => {
-                return Err(CtlError::Refused {
+                return Err(ClientError::Refused {
                     status: StatusCode::CONFLICT,
                     message: format!("{stamp} is active again: the drain was undone while waiting"),
                 });
@@ -389,220 +334,17 @@ async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
     }
 }
 
-/// The admin API, as this client talks to it.
-struct AdminClient {
-    /// `http://host:port` (no trailing slash).
-    base: String,
-    token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl AdminClient {
-    fn new(url: &str, token: Option<String>) -> Result<AdminClient, CtlError> {
-        // `host:port` alone is accepted: that is how the config writes it.
-        let url = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| CtlError::Usage(format!("--admin {url}: not a URL ({e})")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(CtlError::Usage(format!(
-                "--admin {url}: only http:// is supported (the admin API has no TLS; reach it \
-                 on loopback or through an SSH tunnel)"
-            )));
-        }
-        if uri.authority().is_none() {
-            return Err(CtlError::Usage(format!("--admin {url}: no host")));
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        Ok(AdminClient {
-            base: url.trim_end_matches('/').to_owned(),
-            token: token.filter(|t| !t.is_empty()),
-            http: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Request<Full<Bytes>>, CtlError> {
-        let url = format!("{}{path}", self.base);
-        let mut builder = Request::builder().method(method).uri(&url);
-        if let Some(token) = &self.token {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let bytes = match body {
-            Some(value) => {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"))
-            }
-            None => Bytes::new(),
-        };
-        builder
-            .body(Full::new(bytes))
-            .map_err(|e| CtlError::Usage(format!("{url}: {e}")))
-    }
-
-    /// One request; the JSON answer, or the server's refusal.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CtlError> {
-        let request = self.request(method, path, body.as_ref())?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| self.unreachable(&e))?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(&e))?
-                .to_bytes();
-            Ok::<_, CtlError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| CtlError::Unreachable {
-                url: self.base.clone(),
-                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-            })??;
-        let value = serde_json::from_slice::<Value>(&bytes);
-        if !status.is_success() {
-            return Err(refusal(status, value.ok(), &bytes));
-        }
-        value.map_err(|e| self.bad_answer(path, &format!("not JSON ({e})")))
-    }
-
-    /// `events --follow`: print each event of the stream as it arrives.
-    async fn follow_events(&self, json: bool) -> Result<(), CtlError> {
-        let request = self.request(Method::GET, "/admin/events?follow=1", None)?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| CtlError::Unreachable {
-                url: self.base.clone(),
-                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-            })?
-            .map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        let mut body = response.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            return Err(refusal(status, serde_json::from_slice(&bytes).ok(), &bytes));
-        }
-        let mut parser = SseParser::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| self.unreachable(&e))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            for payload in parser.push(&data) {
-                match serde_json::from_str::<Value>(&payload) {
-                    Ok(event) => println!("{}", render_event(&event, json)),
-                    Err(_) => println!("{payload}"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> CtlError {
-        CtlError::Unreachable {
-            url: self.base.clone(),
-            reason: io_reason(error),
+/// `events --follow`: print each event of the stream as it arrives.
+async fn follow_events(api: &AdminClient, json: bool) -> Result<(), ClientError> {
+    let mut events = api.events().await?;
+    while let Some(data) = events.next_data().await {
+        let data = data?;
+        match serde_json::from_str::<Value>(&data) {
+            Ok(event) => println!("{}", render_event(&event, json)),
+            Err(_) => println!("{data}"),
         }
     }
-
-    fn bad_answer(&self, path: &str, reason: &str) -> CtlError {
-        CtlError::BadAnswer {
-            url: format!("{}{path}", self.base),
-            reason: reason.to_owned(),
-        }
-    }
-}
-
-/// The server's refusal, in one line: its `message`, else its status.
-fn refusal(status: StatusCode, value: Option<Value>, bytes: &[u8]) -> CtlError {
-    let message = value
-        .as_ref()
-        .and_then(|v| v.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(bytes);
-            let first = text.lines().next().unwrap_or("").trim();
-            if first.is_empty() {
-                status.to_string()
-            } else {
-                format!("{status}: {first}")
-            }
-        });
-    CtlError::Refused {
-        status,
-        message: message.replace('\n', " "),
-    }
-}
-
-/// The innermost I/O error in words ("connection refused"), else the
-/// innermost error's message: the outer layers only say "client error".
-fn io_reason(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = error;
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return match io.kind() {
-                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut
-                | HostUnreachable | NetworkUnreachable | AddrNotAvailable => io.kind().to_string(),
-                _ => io.to_string(),
-            };
-        }
-        innermost = e;
-        current = e.source();
-    }
-    innermost.to_string()
-}
-
-/// Splits a server-sent event stream into the `data` of each event;
-/// comments (`: keep-alive`) and other fields are skipped.
-#[derive(Debug, Default)]
-struct SseParser {
-    buffer: String,
-}
-
-impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.buffer.push_str(&String::from_utf8_lossy(chunk));
-        let mut out = Vec::new();
-        while let Some(end) = self.buffer.find("\n\n") {
-            let block: String = self.buffer.drain(..end + 2).collect();
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if !data.is_empty() {
-                out.push(data.join("\n"));
-            }
-        }
-        out
-    }
+    Ok(())
 }
 
 fn pretty(value: &Value) -> String {
@@ -1020,13 +762,6 @@ mod tests {
     }
 
     #[test]
-    fn sse_parser_joins_chunks_and_skips_comments() {
-        let mut p = SseParser::default();
-        assert!(p.push(b": keep-alive\n\ndata: {\"se").is_empty());
-        assert_eq!(p.push(b"q\":1}\n\ndata: 2\n\n"), ["{\"seq\":1}", "2"]);
-    }
-
-    #[test]
     fn events_render_as_one_line() {
         let e = json!({"seq": 3, "time": "2024-01-01T00:00:00.000Z", "kind": "health",
                        "pool": "p", "stamp": "a", "from": "healthy", "to": "unhealthy",
@@ -1095,21 +830,8 @@ mod tests {
         assert!(duration_arg("30").is_err());
         assert!(AdminClient::new("https://x:1", None).is_err());
         assert_eq!(
-            AdminClient::new("127.0.0.1:9901/", None).unwrap().base,
+            AdminClient::new("127.0.0.1:9901/", None).unwrap().base(),
             "http://127.0.0.1:9901"
         );
-    }
-
-    #[test]
-    fn refusals_are_one_line() {
-        let e = refusal(
-            StatusCode::NOT_FOUND,
-            Some(json!({"error": "unknown-stamp", "message": "no stamp named \"x\""})),
-            b"",
-        );
-        assert_eq!(e.to_string(), "no stamp named \"x\"");
-        assert_eq!(e.exit_code(), 1);
-        let e = refusal(StatusCode::BAD_GATEWAY, None, b"upstream\nbroke");
-        assert_eq!(e.to_string(), "502 Bad Gateway: upstream");
     }
 }

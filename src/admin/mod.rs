@@ -34,6 +34,7 @@ use crate::controller::ControllerHandle;
 
 mod api;
 pub mod auth;
+pub mod client;
 pub mod ctl;
 mod route;
 mod sse;

@@ -8,12 +8,9 @@ use std::sync::Arc;
 
 use crate::config::{DnsAnswerKind, DnsRecordConfig, Method};
 use crate::routing::{PoolView, RoutingTable, StampView};
+use crate::signals::AdminShown;
 
 use super::EdgeInfo;
-
-/// Index of `"active"` in [`crate::routing::ADMIN_STATES`]: the only admin
-/// state in which the operator allows traffic.
-const ADMIN_ACTIVE: u8 = 0;
 
 /// One thing an answer points at: a stamp or an edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,12 +139,7 @@ fn stamps(pool: &PoolView, resolve: impl Fn(&str) -> Option<Arc<[IpAddr]>>) -> A
             None => (0..pool.stamps.len())
                 .filter(|&i| {
                     let s = &pool.stamps[i];
-                    s.configured_weight > 0
-                        && s.stats
-                            .control
-                            .admin
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            == ADMIN_ACTIVE
+                    s.configured_weight > 0 && s.stats.control.admin() == AdminShown::Active
                 })
                 .collect(),
         };
@@ -230,6 +222,7 @@ mod tests {
     use crate::config::{Config, parse_str};
     use crate::routing::budget::RetryBudget;
     use crate::routing::{RouteShared, RouteStats, StampInput, StampStats};
+    use crate::signals::HealthState;
     use crate::upstream::Upstream;
     use std::collections::HashMap;
     use std::path::Path;
@@ -295,8 +288,12 @@ mod tests {
             |_, s| {
                 let st = by_name[s.name.as_str()];
                 let stats = Arc::new(StampStats::default());
-                let admin = if st.enabled { "active" } else { "drained" };
-                stats.control.set_state("healthy", admin);
+                let admin = if st.enabled {
+                    AdminShown::Active
+                } else {
+                    AdminShown::Drained
+                };
+                stats.control.set_state(HealthState::Healthy, admin);
                 StampInput {
                     effective_weight: st.weight,
                     admin_enabled: st.enabled,

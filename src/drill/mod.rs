@@ -249,16 +249,10 @@ async fn drive(
         .map_or(0, |d| d.as_millis() as u64);
     let start = Instant::now() + START_LEAD;
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let follower = admin::follow_events(
-        control.clone(),
-        &env.admin_url,
-        start,
-        since_unix_ms,
-        event_tx,
-        stop.clone(),
-    )
-    .await
-    .map_err(|e| DrillError::Setup(format!("cannot follow the proxy's events: {e}")))?;
+    let follower =
+        admin::follow_events(&env.admin_url, start, since_unix_ms, event_tx, stop.clone())
+            .await
+            .map_err(|e| DrillError::Setup(format!("cannot follow the proxy's events: {e}")))?;
 
     let (sample_tx, sample_rx) = mpsc::unbounded_channel();
     let (live_tx, live_rx) = watch::channel(measure::Live::default());

@@ -14,7 +14,13 @@ use std::task::Context;
 use http::header::HeaderValue;
 use tokio::time::Instant;
 
-use crate::metrics::ProxyStats;
+use crate::counters::Label;
+use crate::metrics::{Listener, Protocol, ProxyStats};
+
+/// A protocol as stored in [`ConnActivity`]'s atomic.
+fn index(p: Protocol) -> u8 {
+    u8::try_from(p.index()).expect("three protocols")
+}
 
 /// Activity of one client connection, for its two timers: a connection is
 /// idle when no request is in flight (including streaming bodies) and none
@@ -37,10 +43,10 @@ pub struct ConnActivity {
     /// see [`ConnActivity::take_resting`].
     resting: AtomicBool,
     born: Instant,
-    /// Index of [`crate::metrics::PROTOCOLS`] this connection is counted under, and the
-    /// counters (none in unit tests).
+    /// The [`Protocol`] this connection is counted under (as its
+    /// [`Label::index`]), and the counters (none in unit tests).
     pub(super) protocol: AtomicU8,
-    gauge: Option<(Arc<ProxyStats>, usize)>,
+    gauge: Option<(Arc<ProxyStats>, Listener)>,
 }
 
 impl ConnActivity {
@@ -54,37 +60,43 @@ impl ConnActivity {
             h2: AtomicBool::new(false),
             resting: AtomicBool::new(false),
             born: Instant::now(),
-            protocol: AtomicU8::new(0),
+            protocol: AtomicU8::new(index(Protocol::Pending)),
             gauge: None,
         }
     }
 
-    /// A fresh connection on `listener` (index of [`crate::metrics::LISTENERS`]), counted
-    /// as open in `stats` until dropped.
-    pub fn counted(stats: Arc<ProxyStats>, listener: usize) -> ConnActivity {
+    /// A fresh connection on `listener`, counted as open in `stats` until
+    /// dropped.
+    pub fn counted(stats: Arc<ProxyStats>, listener: Listener) -> ConnActivity {
         stats.accepted[listener].fetch_add(1, Ordering::Relaxed);
-        stats.connections[listener][0].fetch_add(1, Ordering::Relaxed);
+        stats.connections[listener][Protocol::Pending].fetch_add(1, Ordering::Relaxed);
         let mut activity = ConnActivity::new();
         activity.gauge = Some((stats, listener));
         activity
+    }
+
+    /// No request has told the protocol yet.
+    pub(super) fn is_pending(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) == index(Protocol::Pending)
     }
 
     /// The first request tells the protocol: move the connection from
     /// `pending` to it.
     pub(super) fn classify(&self, version: http::Version) {
         let protocol = if version == http::Version::HTTP_2 {
-            2
+            Protocol::Http2
         } else {
-            1
+            Protocol::Http1
         };
+        let (pending, new) = (index(Protocol::Pending), index(protocol));
         if self
             .protocol
-            .compare_exchange(0, protocol, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(pending, new, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
             && let Some((stats, listener)) = &self.gauge
         {
-            stats.connections[*listener][0].fetch_sub(1, Ordering::Relaxed);
-            stats.connections[*listener][usize::from(protocol)].fetch_add(1, Ordering::Relaxed);
+            stats.connections[*listener][Protocol::Pending].fetch_sub(1, Ordering::Relaxed);
+            stats.connections[*listener][protocol].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -182,7 +194,7 @@ impl Drop for Busy<'_> {
 impl Drop for ConnActivity {
     fn drop(&mut self) {
         if let Some((stats, listener)) = &self.gauge {
-            let protocol = usize::from(self.protocol.load(Ordering::Relaxed));
+            let protocol = Protocol::ALL[usize::from(self.protocol.load(Ordering::Relaxed))];
             stats.connections[*listener][protocol].fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -211,9 +223,9 @@ pub struct ConnInfo {
 /// time (the HTTP/1.1 fast path), kept across its requests. A registered
 /// tokio timer moved to a later deadline costs one atomic operation; a new
 /// timer per try was inserted into the runtime's timer wheel and removed
-/// again, each under the wheel's lock (about 800 instructions per request
-/// in the profile, about 550 with this). The mutex is the connection's
-/// own, never contended.
+/// again, each under the wheel's lock (the profile's figures are in
+/// `bench/PERF.md`, "Figures behind code comments"). The mutex is the
+/// connection's own, never contended.
 #[derive(Debug, Default)]
 pub struct TryTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 

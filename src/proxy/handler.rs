@@ -27,7 +27,9 @@ use super::in_flight::InFlight;
 use super::request_body::RequestBody;
 use crate::error::{Blame, ProxyError};
 use crate::metrics::ProxyStats;
-use crate::routing::{Outcome, PoolView, RoutingTable, StampStats, StampView, host_without_port};
+use crate::routing::{
+    ConnectError, Outcome, PoolView, RoutingTable, StampStats, StampView, host_without_port,
+};
 use crate::signals::Signal;
 use crate::upstream::StampBody;
 
@@ -397,13 +399,13 @@ fn observe(
             stats.upstream_latency.observe(elapsed);
         }
         Ok(Err(ProxyError::ConnectRefused { .. })) => {
-            stats.connect_errors[0].fetch_add(1, Ordering::Relaxed);
+            stats.connect_errors[ConnectError::Refused].fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(ProxyError::ConnectTimeout { .. })) => {
-            stats.connect_errors[1].fetch_add(1, Ordering::Relaxed);
+            stats.connect_errors[ConnectError::Timeout].fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(ProxyError::ConnectFailed { .. })) => {
-            stats.connect_errors[2].fetch_add(1, Ordering::Relaxed);
+            stats.connect_errors[ConnectError::Other].fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(_)) | Err(_) => {}
     }

@@ -26,6 +26,7 @@ use super::conn::{ConnActivity, ConnInfo};
 use super::h1_server::{self, Served};
 use super::handler::Gateway;
 use super::headers;
+use crate::metrics::{HandshakeFailure, Listener};
 use crate::tripwire::Tripwire;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
@@ -165,11 +166,11 @@ impl Acceptor {
                 match handshake.await {
                     Ok(Ok(tls_stream)) => Box::pin(self.serve_io(tls_stream, remote, true)).await,
                     Ok(Err(e)) => {
-                        self.handshake_failed(0);
+                        self.handshake_failed(HandshakeFailure::Error);
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     }
                     Err(_) => {
-                        self.handshake_failed(1);
+                        self.handshake_failed(HandshakeFailure::Timeout);
                         tracing::debug!(%remote, "TLS handshake timed out");
                     }
                 }
@@ -177,8 +178,7 @@ impl Acceptor {
         }
     }
 
-    /// Count a failed handshake: 0 error, 1 timeout.
-    fn handshake_failed(&self, reason: usize) {
+    fn handshake_failed(&self, reason: HandshakeFailure) {
         self.gateway.stats.tls_handshake_failures[reason].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -186,7 +186,7 @@ impl Acceptor {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let listener = usize::from(tls);
+        let listener = Listener::of(tls);
         let activity = Arc::new(ConnActivity::counted(self.gateway.stats.clone(), listener));
         let io = Watched {
             inner: io,

@@ -45,6 +45,11 @@ impl Tier {
         self.entries.iter().map(|&(_, idx)| usize::from(idx))
     }
 
+    /// `(stamp index, weight)` of each member, as the tier was built.
+    pub fn weighted_members(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        (0..self.entries.len()).map(|pos| (usize::from(self.entries[pos].1), self.weight_of(pos)))
+    }
+
     fn weight_of(&self, pos: usize) -> u32 {
         let prev = if pos == 0 { 0 } else { self.entries[pos - 1].0 };
         self.entries[pos].0 - prev

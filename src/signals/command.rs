@@ -23,6 +23,33 @@ pub enum AdminState {
     Disabled,
 }
 
+impl AdminState {
+    /// How the state is shown: a draining stamp with nothing in flight is
+    /// `drained`.
+    pub fn shown(self, in_flight: u64) -> AdminShown {
+        match self {
+            AdminState::Active => AdminShown::Active,
+            AdminState::Draining if in_flight == 0 => AdminShown::Drained,
+            AdminState::Draining => AdminShown::Draining,
+            AdminState::Disabled => AdminShown::Disabled,
+        }
+    }
+}
+
+crate::counters::labels! {
+    /// The admin state as status, events and metrics show it.
+    pub enum AdminShown {
+        /// Takes traffic as its health allows.
+        Active => "active",
+        /// No new requests; some still in flight.
+        Draining => "draining",
+        /// Draining, and nothing in flight any more.
+        Drained => "drained",
+        /// No traffic at all.
+        Disabled => "disabled",
+    }
+}
+
 /// A stamp, or every stamp of a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -5,8 +5,9 @@
 //! connection back into the pool once it has been read to its end.
 //!
 //! This replaces hyper's `client::conn::http1`, whose connection task,
-//! per-request channels and extra wake-ups cost about a third of the
-//! proxy's instructions per request. Nothing here is spawned: the
+//! per-request channels and extra wake-ups were the largest single cost
+//! in the request path's profile (figures in `bench/PERF.md`, "Figures
+//! behind code comments"). Nothing here is spawned: the
 //! connection is owned by whoever is using it (the request future, then the
 //! response body), so dropping either closes it.
 //!
@@ -441,9 +442,9 @@ async fn write_slices(io: &mut Io, parts: [&[u8]; 3], written: &mut u64) -> io::
 /// `Transfer-Encoding` always (framing is each hop's own), `Connection`
 /// when its tokens are only `close` and `keep-alive`, so that it names no
 /// other header for `proxy::headers::strip_hop_by_hop` to find and remove. A header left
-/// out costs no insert into the map and no removal from it: removing a
-/// stamp's `Connection: keep-alive` again was about 1,200 instructions per
-/// response. Any other `Connection` value goes into the map, and the strip
+/// out costs no insert into the map and no removal from it, which showed
+/// in the per-response profile (`bench/PERF.md`, "Figures behind code
+/// comments"). Any other `Connection` value goes into the map, and the strip
 /// removes it with the headers it names.
 pub fn consumed_by_parser(name: &HeaderName, value: &[u8]) -> bool {
     if name == header::CONNECTION {
