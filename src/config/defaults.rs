@@ -188,3 +188,14 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 5;
 /// Upper bound of a probe window: the window is kept per stamp, and 100
 /// samples at any sane interval is already minutes of history.
 pub const MAX_SAMPLE_SIZE: u32 = 100;
+
+/// Key prefix of a fleet when none is given: one fleet per etcd cluster
+/// unless the operator separates them.
+pub const DEFAULT_FLEET_PREFIX: &str = "/stampgate";
+/// An edge that dies leaves the fleet's view after this long: long enough
+/// to ride out a short etcd leader election, short enough that a dead edge
+/// stops counting toward the health quorum within seconds.
+pub const DEFAULT_FLEET_LEASE_TTL: Duration = Duration::from_secs(10);
+/// etcd grants leases in whole seconds, and a lease shorter than this is
+/// renewed so often that a busy etcd would expire live edges.
+pub const MIN_FLEET_LEASE_TTL: Duration = Duration::from_secs(2);

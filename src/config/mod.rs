@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod defaults;
+mod fleet;
 pub mod raw;
 mod summary;
 mod units;
 mod validate;
 
+pub use fleet::{FleetSettings, Quorum};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
@@ -38,6 +40,8 @@ pub struct Config {
     pub dns: crate::discovery::DnsSettings,
     /// `[access_log]`: one line per request.
     pub access_log: AccessLogSettings,
+    /// `[fleet]`: shared operator state through etcd; `None` is a lone edge.
+    pub fleet: Option<FleetSettings>,
 }
 
 /// `[access_log]`

@@ -30,7 +30,42 @@ pub fn summary(cfg: &Config) -> String {
     if !unused.is_empty() {
         let _ = writeln!(out, "note: no route uses pool(s) {}", unused.join(", "));
     }
+    fleet(&mut out, cfg);
     out
+}
+
+fn fleet(out: &mut String, cfg: &Config) {
+    let Some(f) = &cfg.fleet else {
+        out.push_str("fleet: none (this edge stands alone)\n");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "fleet: edge {} in {} on etcd {}",
+        f.name,
+        f.prefix,
+        f.etcd.join(", ")
+    );
+    let auth = match &f.username {
+        Some(u) => format!(
+            "user {u} (password from ${})",
+            f.password_env.as_deref().unwrap_or("")
+        ),
+        None => "no auth".to_owned(),
+    };
+    let tls = match (&f.ca_file, &f.cert) {
+        (_, Some(c)) => format!("client certificate {}", c.display()),
+        (Some(ca), None) => format!("ca {}", ca.display()),
+        (None, None) => "no client certificate".to_owned(),
+    };
+    let advertise: Vec<String> = f.advertise.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        out,
+        "  lease {}, health quorum {}, {tls}, {auth}, advertise [{}]",
+        super::units::format_duration(f.lease_ttl),
+        f.health_quorum,
+        advertise.join(", ")
+    );
 }
 
 fn listeners(out: &mut String, cfg: &Config) {

@@ -4,6 +4,7 @@
 //! the value as written and the rule it breaks, so that `stampgate check`
 //! and a failed reload tell the operator exactly what to fix.
 
+mod fleet;
 pub(crate) mod locate;
 mod pem;
 mod pool;
@@ -279,6 +280,7 @@ impl<'a> Ctx<'a> {
         let routes = self.routes(raw.routes.unwrap_or_default(), &pools)?;
         let dns = self.dns(raw.dns.unwrap_or_default())?;
         let access_log = self.access_log(raw.access_log.unwrap_or_default())?;
+        let fleet = raw.fleet.map(|f| fleet::fleet(self, f)).transpose()?;
         Ok(Config {
             source: self.file.to_path_buf(),
             proxy,
@@ -287,6 +289,7 @@ impl<'a> Ctx<'a> {
             pools,
             dns,
             access_log,
+            fleet,
         })
     }
 
