@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
+use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::ProxyStats;
 use crate::proxy::access_log::{AccessLog, AccessLogError};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
@@ -45,6 +46,9 @@ pub enum StartError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminStartError),
+    /// The fleet refused this edge (its name is taken by a live edge).
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
 }
 
 /// A running stampgate: both planes and the admin API.
@@ -60,6 +64,8 @@ pub struct App {
     pub controller: ControllerHandle,
     /// The admin API, when started with tokens.
     pub admin: Option<AdminHandle>,
+    /// The fleet sync, when `[fleet]` is configured.
+    pub fleet: Option<FleetHandle>,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
@@ -73,6 +79,27 @@ impl App {
         let stats = Arc::new(ProxyStats::default());
         let stop_controller = CancellationToken::new();
         let controller = Controller::start(config.clone(), stats.clone(), stop_controller.clone())?;
+        // The fleet sync stops with the controller (after the listeners
+        // drained); it joins before the listeners open so an edge whose
+        // name is taken never serves.
+        let fleet = match &config.fleet {
+            None => None,
+            Some(settings) => {
+                let started = FleetHandle::start(
+                    config,
+                    settings.clone(),
+                    controller.clone(),
+                    stop_controller.child_token(),
+                );
+                match started.await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        stop_controller.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let started = async {
             let access_log = AccessLog::start(&config.access_log, stats.clone())?;
             let wiring = Wiring {
@@ -95,10 +122,11 @@ impl App {
             None => None,
             Some(tokens) => {
                 let listen = config.admin.listen;
-                let api = admin::start_with_tokens(
+                let api = admin::start_with_fleet(
                     listen,
                     tokens,
                     controller.clone(),
+                    fleet.clone(),
                     stop_admin.clone(),
                 );
                 match api.await {
@@ -117,6 +145,7 @@ impl App {
             routing: controller.routing.clone(),
             controller,
             admin,
+            fleet,
             proxy,
             stop_controller,
             stop_admin,

@@ -49,6 +49,7 @@ pub mod demo;
 pub mod discovery;
 pub mod drill;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

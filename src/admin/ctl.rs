@@ -54,6 +54,10 @@ pub struct CtlArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Fleet emergency override: apply a change on this edge only (it
+    /// stays until `clear-local`), e.g. while etcd is unreachable.
+    #[arg(long, global = true)]
+    pub local: bool,
     /// What to do.
     #[command(subcommand)]
     pub action: Action,
@@ -124,6 +128,18 @@ pub enum Action {
     },
     /// Re-read and apply the config file.
     Reload,
+    /// The fleet: every live edge with its connection, revision and view
+    /// of each stamp.
+    Fleet {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a local override: the stamp follows the fleet's decision again.
+    ClearLocal {
+        /// Stamp name.
+        stamp: String,
+    },
     /// Recent transitions and operator actions.
     Events {
         /// Keep printing new events as they happen.
@@ -216,8 +232,25 @@ pub async fn run(args: CtlArgs) -> ExitCode {
 }
 
 async fn execute(args: CtlArgs) -> Result<(), CtlError> {
-    let api = AdminClient::new(&args.admin, args.token)?;
+    let mut api = AdminClient::new(&args.admin, args.token)?;
+    api.local = args.local;
     match args.action {
+        Action::Fleet { json } => {
+            let fleet = api.call(Method::GET, "/admin/fleet", None).await?;
+            if json {
+                println!("{}", pretty(&fleet));
+            } else {
+                print!("{}", render_fleet(&fleet));
+            }
+        }
+        Action::ClearLocal { stamp } => {
+            let path = format!("/admin/stamps/{stamp}/clear-local");
+            let answer = api.call(Method::POST, &path, None).await?;
+            print!(
+                "{}",
+                render_change(&format!("clear-local {stamp}"), &answer)
+            );
+        }
         Action::Status { json } => {
             let status = api.call(Method::GET, "/admin/status", None).await?;
             if json {
@@ -395,6 +428,8 @@ struct AdminClient {
     base: String,
     token: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Add `local=1` to changes (`--local`).
+    local: bool,
 }
 
 impl AdminClient {
@@ -424,6 +459,7 @@ impl AdminClient {
             base: url.trim_end_matches('/').to_owned(),
             token: token.filter(|t| !t.is_empty()),
             http: Client::builder(TokioExecutor::new()).build(connector),
+            local: false,
         })
     }
 
@@ -433,7 +469,16 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Request<Full<Bytes>>, CtlError> {
-        let url = format!("{}{path}", self.base);
+        let local = if self.local && method != Method::GET {
+            if path.contains('?') {
+                "&local=1"
+            } else {
+                "?local=1"
+            }
+        } else {
+            ""
+        };
+        let url = format!("{}{path}{local}", self.base);
         let mut builder = Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -848,6 +893,105 @@ struct StampDoc {
 
 /// The status as aligned tables, one per pool, with the same column
 /// widths down the page.
+/// `ctl fleet`: one row per edge and stamp.
+fn render_fleet(fleet: &Value) -> String {
+    let mut out = String::new();
+    let Some(edges) = fleet["edges"].as_array() else {
+        return pretty(fleet);
+    };
+    if fleet["edge"].is_null() {
+        let _ = writeln!(
+            out,
+            "{}",
+            fleet["message"].as_str().unwrap_or("not in a fleet")
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "fleet seen from edge {}: {}, revision {}",
+        plain(&fleet["edge"]),
+        if fleet["connected"].as_bool() == Some(true) {
+            "connected to etcd".to_owned()
+        } else {
+            format!(
+                "NOT connected to etcd ({}); showing what it last knew",
+                plain(&fleet["last_error"])
+            )
+        },
+        plain(&fleet["revision"])
+    );
+    let mut rows = vec![
+        [
+            "EDGE",
+            "CONNECTED",
+            "REVISION",
+            "STAMP",
+            "HEALTH",
+            "ADMIN",
+            "RTT",
+            "ERR%",
+            "RPS",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in edges {
+        let name = plain(&e["name"]);
+        let locals: Vec<String> = e["local_overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(plain)
+            .collect();
+        let stamps = e["stamps"].as_object().cloned().unwrap_or_default();
+        if stamps.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                plain(&e["connected"]),
+                plain(&e["revision"]),
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (stamp, s) in stamps {
+            let mut admin = plain(&s["admin"]);
+            if locals.contains(&stamp) {
+                admin.push_str(" (local override)");
+            }
+            rows.push(vec![
+                name.clone(),
+                plain(&e["connected"]),
+                plain(&e["revision"]),
+                stamp,
+                plain(&s["health"]),
+                admin,
+                s["rtt_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{r:.1}ms")),
+                format!("{:.1}", s["error_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                format!("{:.1}", s["rps"].as_f64().unwrap_or(0.0)),
+                truncate(s["reason"].as_str().unwrap_or("")),
+            ]);
+        }
+    }
+    for line in align(
+        &rows,
+        &[
+            false, false, true, false, false, false, true, true, true, false,
+        ],
+    ) {
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 fn render_status(status: &Value, url: &str) -> String {
     let doc: StatusDoc = match serde_json::from_value(status.clone()) {
         Ok(doc) => doc,

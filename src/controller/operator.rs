@@ -27,7 +27,20 @@ impl Controller {
         now: Instant,
     ) -> Result<Value, AdminError> {
         match command {
-            Command::Status => Ok(self.status(now)),
+            Command::Status => {
+                let mut status = self.status(now);
+                if self.fleet.enabled
+                    && let Some(o) = status.as_object_mut()
+                {
+                    o.insert("fleet".into(), self.fleet_status());
+                }
+                Ok(status)
+            }
+            Command::Plan(command) => self.plan(*command, now),
+            Command::ApplyFleet(apply) => self.apply_fleet(apply, now),
+            Command::Local(command) => self.local_override(*command, who, now),
+            Command::ClearLocal { stamp } => self.clear_local(&stamp, who, now),
+            Command::FleetHealth { down } => self.fleet_health(down, now),
             Command::Drain {
                 target,
                 deadline,
@@ -67,7 +80,7 @@ impl Controller {
     }
 
     /// Stamp indices named by `target`.
-    fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
+    pub(super) fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
         match target {
             Target::Stamp(name) => self
                 .by_name
@@ -89,7 +102,7 @@ impl Controller {
 
     /// Apply `change` to `stamps`, persist, publish, log; on a failed write
     /// undo the change and report it.
-    fn decide(
+    pub(super) fn decide(
         &mut self,
         stamps: &[usize],
         who: &str,
@@ -196,7 +209,7 @@ impl Controller {
 
     /// Refuse a drain that would leave a pool without any usable stamp:
     /// that is an outage by hand, so it needs `force`.
-    fn refuse_last_usable(
+    pub(super) fn refuse_last_usable(
         &self,
         stamps: &[usize],
         weights_after: &[u32],
@@ -277,9 +290,12 @@ impl Controller {
         all
     }
 
-    fn persist(&self) -> Result<(), state_file::StateFileError> {
+    pub(super) fn persist(&self) -> Result<(), state_file::StateFileError> {
         match &self.config.admin.state_file {
-            Some(path) => state_file::save(path, &self.decisions()),
+            Some(path) => {
+                let fleet = self.fleet.enabled.then_some(&self.fleet.record);
+                state_file::save_all(path, &self.decisions(), fleet)
+            }
             None => Ok(()),
         }
     }
@@ -412,7 +428,7 @@ impl Controller {
         Ok(summary)
     }
 
-    fn stamp_brief(&self, i: usize) -> Value {
+    pub(super) fn stamp_brief(&self, i: usize) -> Value {
         let e = &self.stamps[i];
         json!({
             "name": e.config.name,
@@ -436,7 +452,7 @@ pub(super) fn admin_label(e: &StampEntry) -> &'static str {
     }
 }
 
-fn describe(target: &Target) -> String {
+pub(super) fn describe(target: &Target) -> String {
     match target {
         Target::Stamp(s) => format!("stamp {s}"),
         Target::Region(r) => format!("region {r}"),

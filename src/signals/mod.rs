@@ -8,7 +8,9 @@ use std::time::Duration;
 
 pub mod command;
 
-pub use command::{AdminError, AdminRequest, AdminState, Command, Target};
+pub use command::{
+    AdminError, AdminRequest, AdminState, Command, FleetApply, FleetDecision, Target,
+};
 
 /// One active probe result, as sent by a probe task.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -413,3 +413,4 @@ where
         }
     }
 }
+pub mod etcd;
