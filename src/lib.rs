@@ -37,7 +37,8 @@
 //! selectors), [`proxy`] (the data plane), [`controller`] (the one writer:
 //! health, operator decisions, reload), [`health`] (probes and the pure
 //! state machine), [`discovery`] (DNS), [`admin`] (the admin API and
-//! `stampgate ctl`), [`stamp`] (the simulated regional stamp), [`drill`]
+//! `stampgate ctl`), [`fleet`] (many edges as one through etcd: shared
+//! operator decisions, published views), [`stamp`] (the simulated regional stamp), [`drill`]
 //! (the failover rehearsal: load, fault timeline, report), [`error`]
 //! (typed request-path errors), [`demo`].
 

@@ -589,3 +589,64 @@ async fn a_fault_on_one_edges_path_stays_local_and_a_quorum_fault_is_shared() {
     })
     .await;
 }
+
+/// `bench/fleet.sh`: 100 decisions through rotating edges; for each, the
+/// time from the admin call's answer until every edge's routing table has
+/// it (read from the tables themselves, polled every millisecond).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement: run by bench/fleet.sh"]
+async fn decision_latency_bench() {
+    let Some(f) = fleet().await else { return };
+    let mut answer_ms = Vec::new();
+    let mut applied_ms = Vec::new();
+    let mut total_ms = Vec::new();
+    for i in 0..100 {
+        let drain = i % 2 == 0;
+        let path = if drain {
+            "/admin/stamps/a/drain"
+        } else {
+            "/admin/stamps/a/enable"
+        };
+        let asked = tokio::time::Instant::now();
+        let answer = f.edges[i % 3].call(&f.client, path).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let answered = tokio::time::Instant::now();
+        loop {
+            let done = f.edges.iter().all(|e| {
+                let table = e.app.routing.load();
+                let a = table.pools[0]
+                    .stamps
+                    .iter()
+                    .find(|s| &*s.name == "a")
+                    .unwrap();
+                (a.effective_weight == 0) == drain
+            });
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        answer_ms.push(answered.duration_since(asked).as_secs_f64() * 1000.0);
+        applied_ms.push(answered.elapsed().as_secs_f64() * 1000.0);
+        total_ms.push(asked.elapsed().as_secs_f64() * 1000.0);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    println!("| measure (ms, 100 decisions, 3 edges) | p50 | p90 | p99 | max |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (what, v) in [
+        ("admin call (plan, etcd txn, apply here)", &mut answer_ms),
+        ("answer -> in every edge's routing table", &mut applied_ms),
+        ("asked -> in every edge's routing table", &mut total_ms),
+    ] {
+        println!(
+            "| {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        );
+    }
+}

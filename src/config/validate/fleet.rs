@@ -190,8 +190,12 @@ mod tests {
 
     use crate::config::parse_str;
 
+    /// The smallest config that passes, to put a `[fleet]` beside.
+    const BASE: &str = "[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n\
+                        [[pools.p.stamps]]\nname = \"a\"\nregion = \"r1\"\naddress = \"127.0.0.1:9001\"\n";
+
     fn err(fleet: &str) -> String {
-        let text = format!("[fleet]\n{fleet}\n");
+        let text = format!("{BASE}[fleet]\n{fleet}\n");
         parse_str(&text, Path::new("t.toml"))
             .map(|_| ())
             .unwrap_err()
@@ -200,14 +204,17 @@ mod tests {
 
     #[test]
     fn absent_fleet_is_a_lone_edge() {
-        let c = parse_str("", Path::new("t.toml")).unwrap();
+        let c = parse_str(BASE, Path::new("t.toml")).unwrap();
         assert!(c.fleet.is_none());
     }
 
     #[test]
     fn a_full_fleet_section_parses() {
         let text = "[fleet]\nname = \"edge-1\"\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sg/prod\"\nlease_ttl = \"5s\"\nadvertise = [\"203.0.113.10\"]\nhealth_quorum = 2\n";
-        let f = parse_str(text, Path::new("t.toml")).unwrap().fleet.unwrap();
+        let f = parse_str(&format!("{BASE}{text}"), Path::new("t.toml"))
+            .unwrap()
+            .fleet
+            .unwrap();
         assert_eq!(f.name, "edge-1");
         assert_eq!(f.prefix, "/sg/prod");
         assert_eq!(f.lease_ttl.as_secs(), 5);
