@@ -1206,6 +1206,29 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_table_has_a_row_per_edge_and_stamp() {
+        let fleet = json!({
+            "edge": "edge-1", "connected": false, "last_error": "connect: refused", "revision": 42,
+            "edges": [
+                { "name": "edge-1", "connected": false, "revision": 42, "local_overrides": ["a"],
+                  "stamps": { "a": { "health": "healthy", "admin": "drained", "rtt_ms": 1.25, "error_rate": 0.0, "rps": 10.0, "reason": "probes pass" } } },
+                { "name": "edge-2", "connected": true, "revision": 41, "stamps": {} },
+            ],
+        });
+        let text = render_fleet(&fleet);
+        assert!(
+            text.contains("NOT connected to etcd (connect: refused)"),
+            "{text}"
+        );
+        assert!(text.contains("drained (local override)"), "{text}");
+        assert!(text.contains("1.2ms") || text.contains("1.3ms"), "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        let alone =
+            render_fleet(&json!({ "edge": null, "edges": [], "message": "not in a fleet" }));
+        assert_eq!(alone, "not in a fleet\n");
+    }
+
+    #[test]
     fn changes_list_the_stamps_they_changed() {
         let out = render_change(
             "drain region westeurope",

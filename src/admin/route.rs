@@ -134,6 +134,12 @@ mod tests {
             (Method::GET, "/admin/status/", R(Read::Status)),
             (Method::GET, "/admin/events", R(Read::Events)),
             (Method::POST, "/admin/reload", C(Change::Reload)),
+            (Method::GET, "/admin/fleet", R(Read::Fleet)),
+            (
+                Method::POST,
+                "/admin/stamps/a/clear-local",
+                C(Change::ClearLocal("a".into())),
+            ),
             (
                 Method::POST,
                 "/admin/stamps/eu-1/drain",

@@ -327,6 +327,26 @@ weight = 0
     }
 
     #[test]
+    fn summary_shows_the_fleet_or_its_absence() {
+        let text = POOL.replace("METHOD", "priority");
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        assert!(summary(&cfg).contains("fleet: none (this edge stands alone)\n"));
+        let text = format!(
+            "{text}\n[fleet]\nname = \"e1\"\netcd = [\"http://10.0.0.5:2379\"]\nhealth_quorum = 2\n"
+        );
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        let s = summary(&cfg);
+        assert!(
+            s.contains("fleet: edge e1 in /stampgate on etcd http://10.0.0.5:2379\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("lease 10s, health quorum 2, no client certificate, no auth, advertise []"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn summary_lists_everything_one_per_line() {
         let text = POOL.replace("METHOD", "priority");
         let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");

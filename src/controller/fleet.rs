@@ -182,6 +182,13 @@ impl Controller {
         } else {
             record.revision = record.revision.max(apply.revision);
         }
+        if changed.is_empty() {
+            // Our own decisions coming back on the watch: nothing to do,
+            // nothing to write.
+            return Ok(
+                json!({ "ok": true, "revision": self.fleet.record.revision, "applied": 0, "stamps": [] }),
+            );
+        }
         let mut touched = Vec::new();
         for d in &changed {
             let reason = format!(
@@ -404,5 +411,125 @@ impl Controller {
             "quorum_down": self.fleet.down,
             "decisions": decisions,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::controller::ControllerHandle;
+    use crate::signals::FleetDecision;
+
+    const CONFIG: &str = "[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n\
+        [[pools.p.stamps]]\nname = \"a\"\nregion = \"r1\"\naddress = \"127.0.0.1:1\"\n\
+        [[pools.p.stamps]]\nname = \"b\"\nregion = \"r2\"\naddress = \"B_ADDRESS\"\n\
+        [fleet]\nname = \"e1\"\netcd = [\"http://127.0.0.1:1\"]\n";
+
+    fn decision(admin: AdminState, revision: i64) -> FleetDecision {
+        FleetDecision {
+            stamp: "a".into(),
+            admin,
+            weight: None,
+            deadline: None,
+            by: "alice".into(),
+            edge: "e2".into(),
+            why: "test".into(),
+            revision,
+        }
+    }
+
+    async fn apply(c: &ControllerHandle, decisions: Vec<FleetDecision>, full: bool, revision: i64) {
+        let apply = FleetApply {
+            decisions,
+            full,
+            revision,
+        };
+        c.command(Command::ApplyFleet(apply), "fleet")
+            .await
+            .unwrap();
+    }
+
+    async fn admin_of_a(c: &ControllerHandle) -> String {
+        let s = c.command(Command::Status, "t").await.unwrap();
+        s["pools"][0]["stamps"][0]["admin"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn fleet_decisions_apply_in_revision_order_and_yield_to_a_local_override() {
+        let text = CONFIG.replace("B_ADDRESS", "127.0.0.1:2");
+        let config = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let stats = Arc::new(crate::metrics::ProxyStats::default());
+        let c = Controller::start(config, stats, CancellationToken::new()).unwrap();
+        apply(&c, vec![decision(AdminState::Draining, 5)], false, 5).await;
+        assert_eq!(admin_of_a(&c).await, "drained");
+        // An older decision (a replay) changes nothing.
+        apply(&c, vec![decision(AdminState::Active, 4)], false, 4).await;
+        assert_eq!(admin_of_a(&c).await, "drained");
+        // The local override wins over later fleet decisions until cleared.
+        let enable = Command::Enable {
+            target: Target::Stamp("a".into()),
+        };
+        c.command(Command::Local(Box::new(enable)), "bob")
+            .await
+            .unwrap();
+        assert_eq!(admin_of_a(&c).await, "active");
+        apply(&c, vec![decision(AdminState::Disabled, 7)], false, 7).await;
+        assert_eq!(admin_of_a(&c).await, "active");
+        let status = c.command(Command::Status, "t").await.unwrap();
+        assert_eq!(status["fleet"]["local_overrides"][0], "a");
+        assert_eq!(status["fleet"]["decisions"]["a"]["revision"], 7);
+        c.command(Command::ClearLocal { stamp: "a".into() }, "bob")
+            .await
+            .unwrap();
+        assert_eq!(admin_of_a(&c).await, "disabled");
+        // A full read without a decision for a: back to active.
+        apply(&c, Vec::new(), true, 9).await;
+        assert_eq!(admin_of_a(&c).await, "active");
+        let err = c
+            .command(Command::ClearLocal { stamp: "a".into() }, "bob")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AdminError::Refused(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_quorum_only_takes_a_stamp_out() {
+        // b is a live stamp, so only the quorum can take it out.
+        let b = crate::stamp::Stamp::start(crate::stamp::StampOptions::loopback("b", "r2"))
+            .await
+            .unwrap();
+        let text = CONFIG.replace("B_ADDRESS", &b.addr().to_string());
+        let config = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let stats = Arc::new(crate::metrics::ProxyStats::default());
+        let c = Controller::start(config, stats, CancellationToken::new()).unwrap();
+        let weight = async || {
+            let s = c.command(Command::Status, "t").await.unwrap();
+            s["pools"][0]["stamps"][1]["effective_weight"]
+                .as_u64()
+                .unwrap()
+        };
+        let before = weight().await;
+        assert!(before > 0, "b takes traffic before the quorum speaks");
+        let down = BTreeMap::from([("b".to_owned(), vec!["e2".to_owned(), "e3".to_owned()])]);
+        c.command(Command::FleetHealth { down }, "fleet")
+            .await
+            .unwrap();
+        assert_eq!(weight().await, 0);
+        c.command(
+            Command::FleetHealth {
+                down: BTreeMap::new(),
+            },
+            "fleet",
+        )
+        .await
+        .unwrap();
+        assert_eq!(weight().await, before);
     }
 }

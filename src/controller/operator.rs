@@ -333,6 +333,9 @@ impl Controller {
                 "access_log.path and access_log.format take effect after a restart".to_owned(),
             );
         }
+        if new.fleet != self.config.fleet {
+            warnings.push("[fleet] changed: it takes effect after a restart".to_owned());
+        }
         if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
             warnings.push("certificates changed: they take effect after a restart".to_owned());
         }
