@@ -114,7 +114,6 @@ impl Controller {
                     "admin": d.admin,
                     "weight": d.weight,
                     "deadline_ms": deadline.map(|d| d.as_millis() as u64),
-                    "revision": fleet.map_or(0, |f| f.revision),
                 })
             })
             .collect();
@@ -182,9 +181,10 @@ impl Controller {
         } else {
             record.revision = record.revision.max(apply.revision);
         }
-        if changed.is_empty() {
+        if changed.is_empty() && !apply.full {
             // Our own decisions coming back on the watch: nothing to do,
-            // nothing to write.
+            // nothing to write. (A full read is written even so: its
+            // revision is where the next start resumes.)
             return Ok(
                 json!({ "ok": true, "revision": self.fleet.record.revision, "applied": 0, "stamps": [] }),
             );

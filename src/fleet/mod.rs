@@ -123,6 +123,9 @@ impl FleetHandle {
             .as_ref()
             .and_then(|s| s["fleet"]["revision"].as_i64())
             .unwrap_or(0);
+        if config.admin.state_file.is_none() {
+            tracing::warn!(edge = %settings.name, "fleet without admin.state_file: an edge restarted while etcd is down starts without the fleet's decisions");
+        }
         let options = sync::connect_options(&settings)?;
         let shared = Arc::new(Shared {
             keys: Keys::new(&settings.prefix),
@@ -237,7 +240,13 @@ impl FleetHandle {
             let response = match tokio::time::timeout(ETCD_CALL_TIMEOUT, c.txn(txn)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return Err(shared.unavailable_because(&e.to_string())),
-                Err(_) => return Err(shared.unavailable_because("etcd did not answer in time")),
+                Err(_) => {
+                    // Sent but unanswered: etcd may have committed it.
+                    return Err(AdminError::FleetUnavailable(format!(
+                        "etcd did not answer within {ETCD_CALL_TIMEOUT:?}: the decision may or may \
+                         not have been recorded; look at /admin/fleet and the status before retrying"
+                    )));
+                }
             };
             let revision = response.header().map_or(0, |h| h.revision());
             if response.succeeded() {

@@ -70,8 +70,8 @@ pub enum Command {
     Reload,
     /// The JSON status document (`/admin/status`).
     Status,
-    /// Fleet: what `command` would decide per stamp, with the fleet
-    /// revision each stamp's decision was last applied at; changes nothing.
+    /// Fleet: what `command` would decide per stamp (from the fleet's
+    /// decisions as applied here); changes nothing.
     /// Refusals (unknown stamp, last usable region) come back as for the
     /// command itself.
     Plan(Box<Command>),
