@@ -22,6 +22,7 @@ use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
 use crate::dns_server::{self, DnsServerError, DnsServerHandle};
+use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::ProxyStats;
 use crate::proxy::access_log::{AccessLog, AccessLogError};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The DNS server could not start.
     #[error(transparent)]
     Dns(#[from] DnsServerError),
+    /// The fleet refused this edge (its name is taken by a live edge).
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
 }
 
 /// A running stampgate: both planes and the admin API.
@@ -67,6 +71,8 @@ pub struct App {
     pub admin: Option<AdminHandle>,
     /// The authoritative DNS server, when `[dns_server]` is configured.
     pub dns: Option<DnsServerHandle>,
+    /// The fleet sync, when `[fleet]` is configured.
+    pub fleet: Option<FleetHandle>,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
@@ -81,6 +87,27 @@ impl App {
         let stats = Arc::new(ProxyStats::default());
         let stop_controller = CancellationToken::new();
         let controller = Controller::start(config.clone(), stats.clone(), stop_controller.clone())?;
+        // The fleet sync stops with the controller (after the listeners
+        // drained); it joins before the listeners open so an edge whose
+        // name is taken never serves.
+        let fleet = match config.fleet.as_ref().filter(|f| f.is_shared()) {
+            None => None,
+            Some(settings) => {
+                let started = FleetHandle::start(
+                    config,
+                    settings.clone(),
+                    controller.clone(),
+                    stop_controller.child_token(),
+                );
+                match started.await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        stop_controller.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let started = async {
             let access_log = AccessLog::start(&config.access_log, stats.clone())?;
             let wiring = Wiring {
@@ -112,10 +139,11 @@ impl App {
             None => None,
             Some(tokens) => {
                 let listen = config.admin.listen;
-                let api = admin::start_with_tokens(
+                let api = admin::start_with_fleet(
                     listen,
                     tokens,
                     controller.clone(),
+                    fleet.clone(),
                     stop_admin.clone(),
                 );
                 match api.await {
@@ -136,6 +164,7 @@ impl App {
             controller,
             admin,
             dns,
+            fleet,
             proxy,
             stop_controller,
             stop_admin,
@@ -183,7 +212,10 @@ async fn start_dns_server(
     };
     let inputs = dns_server::Inputs {
         resolved: controller.dns.clone(),
-        edges: dns_server::LiveEdges::local("this-edge", &config.fleet),
+        edges: match &config.fleet {
+            Some(fleet) => dns_server::LiveEdges::local(&fleet.name, &fleet.advertise),
+            None => dns_server::LiveEdges::local("this-edge", &[]),
+        },
         events: controller.events.clone(),
         stats: controller.stats.clone(),
     };

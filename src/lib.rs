@@ -45,6 +45,7 @@
 //!  drill, demo            the rehearsal and the embedded demo
 //!  app                    composition root: controller, access log, listeners, admin
 //!  admin  dns_server      admin API, dashboard, `stampgate ctl` │ authoritative DNS
+//!  fleet                  many edges as one through etcd: shared decisions, published views
 //!  controller             the one writer: health verdicts, operator decisions, reload
 //!  proxy    health        the data plane │ probes and the pure health state machine
 //!  metrics                the Prometheus page, read through the routing table
@@ -71,6 +72,7 @@ pub mod discovery;
 pub mod dns_server;
 pub mod drill;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -249,7 +249,14 @@ impl Fixture {
         let routing = Arc::new(ArcSwap::from_pointee(table(&config, 1, states)));
         let events = EventLog::new();
         let stats = Arc::new(ProxyStats::default());
-        let edges = LiveEdges::local("this-edge", &config.fleet);
+        let edges = LiveEdges::local(
+            "this-edge",
+            &config
+                .fleet
+                .as_ref()
+                .map(|f| f.advertise.clone())
+                .unwrap_or_default(),
+        );
         let stop = CancellationToken::new();
         let inputs = Inputs {
             resolved: DnsCache::new(),
@@ -811,7 +818,15 @@ async fn controller_decisions_reach_the_next_answer_and_the_status() {
     let stop = CancellationToken::new();
     let inputs = Inputs {
         resolved: controller.dns.clone(),
-        edges: LiveEdges::local("this-edge", &proxy.config.fleet),
+        edges: LiveEdges::local(
+            "this-edge",
+            &proxy
+                .config
+                .fleet
+                .as_ref()
+                .map(|f| f.advertise.clone())
+                .unwrap_or_default(),
+        ),
         events: controller.events.clone(),
         stats: controller.stats.clone(),
     };

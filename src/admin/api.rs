@@ -17,6 +17,7 @@ use super::route::{Change, Endpoint, NoRoute, Read, route};
 use super::sse;
 use crate::config::parse_duration;
 use crate::controller::ControllerHandle;
+use crate::fleet::FleetHandle;
 use crate::signals::command::{AdminError, Command, Target};
 
 /// Every admin body is a handful of fields; anything larger is a mistake
@@ -47,6 +48,8 @@ pub struct Admin {
     pub shutdown: CancellationToken,
     /// The metrics registry (reads the request path's counters at scrape).
     pub metrics: prometheus_client::registry::Registry,
+    /// The fleet, when this edge is in one: decisions go through it.
+    pub fleet: Option<FleetHandle>,
 }
 
 /// Why a request was not carried out. Maps to its status code in one
@@ -122,6 +125,8 @@ impl ApiError {
                 AdminError::Reload(_) => "reload",
                 AdminError::Persist(_) => "persist",
                 AdminError::Unavailable => "unavailable",
+                AdminError::FleetUnavailable(_) => "fleet-unavailable",
+                AdminError::Conflict(_) => "conflict",
             },
         }
     }
@@ -197,7 +202,11 @@ impl Admin {
         // Authorize before looking at anything else the caller sent: an
         // unauthorized request learns nothing and changes nothing.
         let who = self.authorize(&parts.headers)?.to_owned();
-        let query = Query::parse(parts.uri.query())?;
+        let mut query = Query::parse(parts.uri.query())?;
+        // `local=1`: the emergency override, this edge only. Taken out
+        // before the command's own parameters are checked.
+        let local = query.flag("local")?;
+        query.pairs.retain(|(k, _)| k != "local");
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -209,7 +218,27 @@ impl Admin {
         let body = read_body(body).await?;
         let command = command(change, &query, &body)?;
         let summary = format!("{command:?}");
-        match self.controller.command(command, &who).await {
+        let decision = matches!(
+            command,
+            Command::Drain { dry_run: false, .. }
+                | Command::Enable { .. }
+                | Command::Disable { .. }
+                | Command::Weight { .. }
+        );
+        let answer = match (&self.fleet, decision, local) {
+            (Some(fleet), true, false) => fleet.decide(command, &who).await,
+            (Some(_), true, true) => {
+                self.controller
+                    .command(Command::Local(Box::new(command)), &who)
+                    .await
+            }
+            (None, _, true) => Err(AdminError::Invalid {
+                field: "local".into(),
+                message: "this edge is not in a fleet: every change is local already".into(),
+            }),
+            _ => self.controller.command(command, &who).await,
+        };
+        match answer {
             Ok(answer) => {
                 // The controller logs the decision itself; this is the trail
                 // of the request.
@@ -273,6 +302,17 @@ impl Admin {
                 Ok(response)
             }
             Read::Ready => Ok(self.ready()),
+            Read::Fleet => Ok(json(
+                StatusCode::OK,
+                &match &self.fleet {
+                    Some(fleet) => fleet.view(),
+                    None => json!({
+                        "edge": null,
+                        "edges": [],
+                        "message": "this edge is not in a fleet ([fleet] is not configured)",
+                    }),
+                },
+            )),
             Read::Status => {
                 let mut status = self.controller.command(Command::Status, READER).await?;
                 // The DNS server's current answers, when it runs.
@@ -379,6 +419,10 @@ fn command(change: Change, query: &Query, body: &Bytes) -> Result<Command, ApiEr
         Change::Reload => {
             no_options(query, body)?;
             Ok(Command::Reload)
+        }
+        Change::ClearLocal(stamp) => {
+            no_options(query, body)?;
+            Ok(Command::ClearLocal { stamp })
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct AdminClient {
     base: String,
     token: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Add `local=1` to changes (`ctl --local`: a fleet's emergency
+    /// override on this edge only).
+    pub local: bool,
 }
 
 impl AdminClient {
@@ -106,6 +109,7 @@ impl AdminClient {
             base: url.trim_end_matches('/').to_owned(),
             token: token.filter(|t| !t.is_empty()),
             http: Client::builder(TokioExecutor::new()).build(connector),
+            local: false,
         })
     }
 
@@ -115,7 +119,12 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Request<Full<Bytes>>, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let local = match (self.local && method != Method::GET, path.contains('?')) {
+            (false, _) => "",
+            (true, true) => "&local=1",
+            (true, false) => "?local=1",
+        };
+        let url = format!("{}{path}{local}", self.base);
         let mut builder = Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));

@@ -42,6 +42,10 @@ pub struct CtlArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Fleet emergency override: apply a change on this edge only (it
+    /// stays until `clear-local`), e.g. while etcd is unreachable.
+    #[arg(long, global = true)]
+    pub local: bool,
     /// What to do.
     #[command(subcommand)]
     pub action: Action,
@@ -112,6 +116,18 @@ pub enum Action {
     },
     /// Re-read and apply the config file.
     Reload,
+    /// The fleet: every live edge with its connection, revision and view
+    /// of each stamp.
+    Fleet {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a local override: the stamp follows the fleet's decision again.
+    ClearLocal {
+        /// Stamp name.
+        stamp: String,
+    },
     /// Recent transitions and operator actions.
     Events {
         /// Keep printing new events as they happen.
@@ -161,8 +177,25 @@ pub async fn run(args: CtlArgs) -> ExitCode {
 }
 
 async fn execute(args: CtlArgs) -> Result<(), ClientError> {
-    let api = AdminClient::new(&args.admin, args.token)?;
+    let mut api = AdminClient::new(&args.admin, args.token)?;
+    api.local = args.local;
     match args.action {
+        Action::Fleet { json } => {
+            let fleet = api.call(Method::GET, "/admin/fleet", None).await?;
+            if json {
+                println!("{}", pretty(&fleet));
+            } else {
+                print!("{}", render_fleet(&fleet));
+            }
+        }
+        Action::ClearLocal { stamp } => {
+            let path = format!("/admin/stamps/{stamp}/clear-local");
+            let answer = api.call(Method::POST, &path, None).await?;
+            print!(
+                "{}",
+                render_change(&format!("clear-local {stamp}"), &answer)
+            );
+        }
         Action::Status { json } => {
             let status = api.call(Method::GET, "/admin/status", None).await?;
             if json {
@@ -588,6 +621,105 @@ struct StampDoc {
     probe_rtt_ms: Option<f64>,
 }
 
+/// `ctl fleet`: one row per edge and stamp.
+fn render_fleet(fleet: &Value) -> String {
+    let mut out = String::new();
+    let Some(edges) = fleet["edges"].as_array() else {
+        return pretty(fleet);
+    };
+    if fleet["edge"].is_null() {
+        let _ = writeln!(
+            out,
+            "{}",
+            fleet["message"].as_str().unwrap_or("not in a fleet")
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "fleet seen from edge {}: {}, revision {}",
+        plain(&fleet["edge"]),
+        if fleet["connected"].as_bool() == Some(true) {
+            "connected to etcd".to_owned()
+        } else {
+            format!(
+                "NOT connected to etcd ({}); showing what it last knew",
+                plain(&fleet["last_error"])
+            )
+        },
+        plain(&fleet["revision"])
+    );
+    let mut rows = vec![
+        [
+            "EDGE",
+            "CONNECTED",
+            "REVISION",
+            "STAMP",
+            "HEALTH",
+            "ADMIN",
+            "RTT",
+            "ERR%",
+            "RPS",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in edges {
+        let name = plain(&e["name"]);
+        let locals: Vec<String> = e["local_overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(plain)
+            .collect();
+        let stamps = e["stamps"].as_object().cloned().unwrap_or_default();
+        if stamps.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                plain(&e["connected"]),
+                plain(&e["revision"]),
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (stamp, s) in stamps {
+            let mut admin = plain(&s["admin"]);
+            if locals.contains(&stamp) {
+                admin.push_str(" (local override)");
+            }
+            rows.push(vec![
+                name.clone(),
+                plain(&e["connected"]),
+                plain(&e["revision"]),
+                stamp,
+                plain(&s["health"]),
+                admin,
+                s["rtt_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{r:.1}ms")),
+                format!("{:.1}", s["error_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                format!("{:.1}", s["rps"].as_f64().unwrap_or(0.0)),
+                truncate(s["reason"].as_str().unwrap_or("")),
+            ]);
+        }
+    }
+    for line in align(
+        &rows,
+        &[
+            false, false, true, false, false, false, true, true, true, false,
+        ],
+    ) {
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 /// The status as aligned tables, one per pool, with the same column
 /// widths down the page.
 fn render_status(status: &Value, url: &str) -> String {
@@ -794,6 +926,29 @@ mod tests {
             &json!({"shares": [{"stamp": "a", "share": 0.25}]}),
         );
         assert!(out.contains("a        -  25.0%"), "{out}");
+    }
+
+    #[test]
+    fn the_fleet_table_has_a_row_per_edge_and_stamp() {
+        let fleet = json!({
+            "edge": "edge-1", "connected": false, "last_error": "connect: refused", "revision": 42,
+            "edges": [
+                { "name": "edge-1", "connected": false, "revision": 42, "local_overrides": ["a"],
+                  "stamps": { "a": { "health": "healthy", "admin": "drained", "rtt_ms": 1.25, "error_rate": 0.0, "rps": 10.0, "reason": "probes pass" } } },
+                { "name": "edge-2", "connected": true, "revision": 41, "stamps": {} },
+            ],
+        });
+        let text = render_fleet(&fleet);
+        assert!(
+            text.contains("NOT connected to etcd (connect: refused)"),
+            "{text}"
+        );
+        assert!(text.contains("drained (local override)"), "{text}");
+        assert!(text.contains("1.2ms") || text.contains("1.3ms"), "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        let alone =
+            render_fleet(&json!({ "edge": null, "edges": [], "message": "not in a fleet" }));
+        assert_eq!(alone, "not in a fleet\n");
     }
 
     #[test]

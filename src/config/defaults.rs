@@ -211,3 +211,16 @@ pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
 /// leaves room for bursts after a flush, while a spoofed flood reflected at
 /// a victim is cut to 200 answers a second (BIND's RRL idea, per network).
 pub const DEFAULT_DNS_RESPONSES_PER_SECOND: u32 = 200;
+
+// ---- [fleet] -------------------------------------------------------------
+
+/// Key prefix of a fleet when none is given: one fleet per etcd cluster
+/// unless the operator separates them.
+pub const DEFAULT_FLEET_PREFIX: &str = "/stampgate";
+/// An edge that dies leaves the fleet's view after this long: long enough
+/// to ride out a short etcd leader election, short enough that a dead edge
+/// stops counting toward the health quorum within seconds.
+pub const DEFAULT_FLEET_LEASE_TTL: Duration = Duration::from_secs(10);
+/// etcd grants leases in whole seconds, and a lease shorter than this is
+/// renewed so often that a busy etcd would expire live edges.
+pub const MIN_FLEET_LEASE_TTL: Duration = Duration::from_secs(2);

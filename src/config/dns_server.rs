@@ -1,9 +1,9 @@
-//! The typed `[dns_server]` and `[fleet]` settings: what the authoritative
+//! The typed `[dns_server]` settings: what the authoritative
 //! DNS server (`crate::dns_server`) answers for, and the addresses this
 //! edge advertises for answers of kind `"edges"`. Validated in
 //! `validate::dns_server`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// `[dns_server]`: an authoritative server for one zone, its answers
@@ -57,12 +57,4 @@ impl DnsAnswerKind {
             DnsAnswerKind::Edges => "edges",
         }
     }
-}
-
-/// `[fleet]`: only `advertise` so far; the etcd keys come with the fleet.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FleetSettings {
-    /// Addresses clients reach this edge at, for DNS answers of kind
-    /// `"edges"`.
-    pub advertise: Vec<IpAddr>,
 }

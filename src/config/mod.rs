@@ -10,12 +10,14 @@ use std::time::Duration;
 
 pub mod defaults;
 mod dns_server;
+mod fleet;
 pub mod raw;
 mod summary;
 mod units;
 mod validate;
 
-pub use dns_server::{DnsAnswerKind, DnsRecordConfig, DnsServerSettings, FleetSettings};
+pub use dns_server::{DnsAnswerKind, DnsRecordConfig, DnsServerSettings};
+pub use fleet::{FleetSettings, Quorum};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
@@ -42,8 +44,8 @@ pub struct Config {
     pub access_log: AccessLogSettings,
     /// `[dns_server]`: the authoritative DNS server, when configured.
     pub dns_server: Option<DnsServerSettings>,
-    /// `[fleet]`: this edge's advertised addresses.
-    pub fleet: FleetSettings,
+    /// `[fleet]`: shared operator state through etcd; `None` is a lone edge.
+    pub fleet: Option<FleetSettings>,
 }
 
 /// `[access_log]`

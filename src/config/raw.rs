@@ -29,7 +29,7 @@ pub struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     /// `[dns_server]`; optional (no DNS server without it).
     pub dns_server: Option<RawDnsServer>,
-    /// `[fleet]`; optional.
+    /// `[fleet]`; optional: without it this edge stands alone.
     pub fleet: Option<RawFleet>,
 }
 
@@ -65,12 +65,32 @@ pub struct RawDnsRecord {
     pub answer: Option<String>,
 }
 
-/// `[fleet]`: only `advertise` so far.
+/// `[fleet]`: edges that share operator state through etcd.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFleet {
-    /// IP addresses clients reach this edge at.
+    /// This edge's unique name; default: the host name.
+    pub name: Option<String>,
+    /// etcd endpoints (`http://host:port` or `https://...`).
+    pub etcd: Option<Vec<String>>,
+    /// Key prefix of this fleet.
+    pub prefix: Option<String>,
+    /// Duration string: lease of this edge's published view.
+    pub lease_ttl: Option<String>,
+    /// CA bundle for `https://` endpoints, relative to the config file.
+    pub ca_file: Option<String>,
+    /// Client certificate (PEM).
+    pub cert: Option<String>,
+    /// Client key (PEM).
+    pub key: Option<String>,
+    /// etcd user name.
+    pub username: Option<String>,
+    /// Environment variable holding the etcd password.
+    pub password_env: Option<String>,
+    /// Addresses DNS answers with for this edge.
     pub advertise: Option<Vec<String>>,
+    /// `"majority"` or a number.
+    pub health_quorum: Option<toml::Value>,
 }
 
 /// `[access_log]`: one line per request.

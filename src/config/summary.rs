@@ -34,15 +34,20 @@ pub fn summary(cfg: &Config) -> String {
     if !unused.is_empty() {
         let _ = writeln!(out, "note: no route uses pool(s) {}", unused.join(", "));
     }
+    fleet(&mut out, cfg);
     if let Some(dns) = &cfg.dns_server {
-        dns_zone(&mut out, dns, &cfg.fleet);
+        let advertise = cfg
+            .fleet
+            .as_ref()
+            .map_or(&[][..], |f| f.advertise.as_slice());
+        dns_zone(&mut out, dns, advertise);
     }
     out
 }
 
 /// The zone the DNS server is authoritative for, and which pool each
 /// record follows.
-fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, fleet: &super::FleetSettings) {
+fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, advertise: &[std::net::IpAddr]) {
     let listen: Vec<String> = dns.listen.iter().map(|a| a.to_string()).collect();
     let limit = match dns.responses_per_second {
         0 => "off".to_string(),
@@ -67,7 +72,7 @@ fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, fleet: &super::Fle
         let what = match r.answer {
             super::DnsAnswerKind::Stamps => format!("the usable stamps of pool {}", r.pool),
             super::DnsAnswerKind::Edges => {
-                let own: Vec<String> = fleet.advertise.iter().map(|a| a.to_string()).collect();
+                let own: Vec<String> = advertise.iter().map(|a| a.to_string()).collect();
                 format!(
                     "the live edges that can serve pool {} (this edge: {})",
                     r.pool,
@@ -77,6 +82,40 @@ fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, fleet: &super::Fle
         };
         let _ = writeln!(out, "  {}  A/AAAA  follows {what}", r.fqdn);
     }
+}
+
+fn fleet(out: &mut String, cfg: &Config) {
+    let Some(f) = &cfg.fleet else {
+        out.push_str("fleet: none (this edge stands alone)\n");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "fleet: edge {} in {} on etcd {}",
+        f.name,
+        f.prefix,
+        f.etcd.join(", ")
+    );
+    let auth = match &f.username {
+        Some(u) => format!(
+            "user {u} (password from ${})",
+            f.password_env.as_deref().unwrap_or("")
+        ),
+        None => "no auth".to_owned(),
+    };
+    let tls = match (&f.ca_file, &f.cert) {
+        (_, Some(c)) => format!("client certificate {}", c.display()),
+        (Some(ca), None) => format!("ca {}", ca.display()),
+        (None, None) => "no client certificate".to_owned(),
+    };
+    let advertise: Vec<String> = f.advertise.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        out,
+        "  lease {}, health quorum {}, {tls}, {auth}, advertise [{}]",
+        super::units::format_duration(f.lease_ttl),
+        f.health_quorum,
+        advertise.join(", ")
+    );
 }
 
 fn listeners(out: &mut String, cfg: &Config) {
@@ -335,6 +374,26 @@ weight = 0
         assert_eq!(
             passive_detection(&pool("weighted")),
             Some(Duration::from_millis(200))
+        );
+    }
+
+    #[test]
+    fn summary_shows_the_fleet_or_its_absence() {
+        let text = POOL.replace("METHOD", "priority");
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        assert!(summary(&cfg).contains("fleet: none (this edge stands alone)\n"));
+        let text = format!(
+            "{text}\n[fleet]\nname = \"e1\"\netcd = [\"http://10.0.0.5:2379\"]\nhealth_quorum = 2\n"
+        );
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        let s = summary(&cfg);
+        assert!(
+            s.contains("fleet: edge e1 in /stampgate on etcd http://10.0.0.5:2379\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("lease 10s, health quorum 2, no client certificate, no auth, advertise []"),
+            "{s}"
         );
     }
 

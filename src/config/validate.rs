@@ -5,6 +5,7 @@
 //! and a failed reload tell the operator exactly what to fix.
 
 mod dns_server;
+mod fleet;
 mod interpolate;
 pub(crate) mod locate;
 mod pem;
@@ -309,10 +310,11 @@ impl<'a> Ctx<'a> {
         let routes = self.routes(raw.routes.unwrap_or_default(), &pools)?;
         let dns = self.dns(raw.dns.unwrap_or_default())?;
         let access_log = self.access_log(raw.access_log.unwrap_or_default())?;
-        let fleet = dns_server::fleet(self, raw.fleet.unwrap_or_default())?;
+        let fleet = raw.fleet.map(|f| fleet::fleet(self, f)).transpose()?;
+        let advertise = fleet.as_ref().map_or(&[][..], |f| f.advertise.as_slice());
         let dns_server = raw
             .dns_server
-            .map(|d| dns_server::dns_server(self, d, &pools, &fleet, &proxy, &admin))
+            .map(|d| dns_server::dns_server(self, d, &pools, advertise, &proxy, &admin))
             .transpose()?;
         Ok(Config {
             source: self.file.to_path_buf(),

@@ -38,6 +38,7 @@ use crate::routing::{ProbeResult, RouteShared, RouteStats, RoutingTable, StampIn
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 pub mod events;
+mod fleet;
 mod operator;
 pub mod state_file;
 mod status;
@@ -258,6 +259,8 @@ pub struct Controller {
     resolver: Option<Arc<Discovery>>,
     dns_reports: mpsc::Sender<DnsReport>,
     dns_hosts: BTreeSet<String>,
+    /// Fleet decisions, local overrides and quorum verdicts.
+    fleet: fleet::FleetState,
 }
 
 impl Controller {
@@ -269,9 +272,14 @@ impl Controller {
         stats: Arc<ProxyStats>,
         cancel: CancellationToken,
     ) -> Result<ControllerHandle, ControllerError> {
-        let decisions = match &config.admin.state_file {
-            Some(path) => state_file::load(path)?,
-            None => BTreeMap::new(),
+        let (decisions, fleet_record) = match &config.admin.state_file {
+            Some(path) => state_file::load_all(path)?,
+            None => (BTreeMap::new(), None),
+        };
+        let fleet = fleet::FleetState {
+            enabled: config.fleet.as_ref().is_some_and(|f| f.is_shared()),
+            record: fleet_record.unwrap_or_default(),
+            down: BTreeMap::new(),
         };
         let dns = DnsCache::new();
         let upstreams = config
@@ -308,6 +316,7 @@ impl Controller {
             resolver: None,
             dns_reports: dns_tx,
             dns_hosts: BTreeSet::new(),
+            fleet,
             config,
         };
         controller.start_dns()?;
@@ -705,7 +714,10 @@ impl Controller {
     fn weights(&self, now: Instant) -> Vec<u32> {
         self.stamps
             .iter()
-            .map(|e| effective_weight(e, &self.config.pools[e.pool], now))
+            .map(|e| match self.fleet.quorum_down(&e.config.name) {
+                true => 0,
+                false => effective_weight(e, &self.config.pools[e.pool], now),
+            })
             .collect()
     }
 

@@ -31,10 +31,43 @@ impl Controller {
             who,
             reply,
         } = request;
-        let who = who.as_str();
-        let answer = match command {
-            Command::Reload => return self.load_off_loop(who.to_owned(), reply),
-            Command::Status => Ok(self.status(now)),
+        if let Command::Reload = command {
+            return self.load_off_loop(who, reply);
+        }
+        let answer = self.execute(command, &who, now);
+        // The asker may have gone away; the decision stands.
+        let _ = reply.send(answer);
+    }
+
+    /// Carry out a command that is answered at once (every one but a
+    /// reload): the admin API's through [`Controller::on_admin`], and a
+    /// local override's inner command.
+    pub(super) fn execute(
+        &mut self,
+        command: Command,
+        who: &str,
+        now: Instant,
+    ) -> Result<Value, AdminError> {
+        match command {
+            Command::Reload => Err(AdminError::Invalid {
+                field: "command".into(),
+                message: "a reload is not a decision: it cannot be nested in another command"
+                    .into(),
+            }),
+            Command::Status => {
+                let mut status = self.status(now);
+                if self.fleet.enabled
+                    && let Some(o) = status.as_object_mut()
+                {
+                    o.insert("fleet".into(), self.fleet_status());
+                }
+                Ok(status)
+            }
+            Command::Plan(command) => self.plan(*command, now),
+            Command::ApplyFleet(apply) => self.apply_fleet(apply, now),
+            Command::Local(command) => self.local_override(*command, who, now),
+            Command::ClearLocal { stamp } => self.clear_local(&stamp, who, now),
+            Command::FleetHealth { down } => self.fleet_health(down, now),
             Command::Drain {
                 target,
                 deadline,
@@ -51,9 +84,7 @@ impl Controller {
                 self.set_admin(&target, AdminState::Disabled, None, &what, who, now)
             }
             Command::Weight { stamp, weight } => self.set_weight(stamp, weight, who, now),
-        };
-        // The asker may have gone away; the decision stands.
-        let _ = reply.send(answer);
+        }
     }
 
     fn set_weight(
@@ -79,7 +110,7 @@ impl Controller {
     }
 
     /// Stamp indices named by `target`.
-    fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
+    pub(super) fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
         match target {
             Target::Stamp(name) => self
                 .by_name
@@ -101,7 +132,7 @@ impl Controller {
 
     /// Apply `change` to `stamps`, persist, publish, log; on a failed write
     /// undo the change and report it.
-    fn decide(
+    pub(super) fn decide(
         &mut self,
         stamps: &[usize],
         who: &str,
@@ -208,7 +239,7 @@ impl Controller {
 
     /// Refuse a drain that would leave a pool without any usable stamp:
     /// that is an outage by hand, so it needs `force`.
-    fn refuse_last_usable(
+    pub(super) fn refuse_last_usable(
         &self,
         stamps: &[usize],
         weights_after: &[u32],
@@ -289,9 +320,12 @@ impl Controller {
         all
     }
 
-    fn persist(&self) -> Result<(), state_file::StateFileError> {
+    pub(super) fn persist(&self) -> Result<(), state_file::StateFileError> {
         match &self.config.admin.state_file {
-            Some(path) => state_file::save(path, &self.decisions()),
+            Some(path) => {
+                let fleet = self.fleet.enabled.then_some(&self.fleet.record);
+                state_file::save_all(path, &self.decisions(), fleet)
+            }
             None => Ok(()),
         }
     }
@@ -386,6 +420,9 @@ impl Controller {
             warnings.push(
                 "access_log.path and access_log.format take effect after a restart".to_owned(),
             );
+        }
+        if new.fleet != self.config.fleet {
+            warnings.push("[fleet] changed: it takes effect after a restart".to_owned());
         }
         if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
             warnings.push("certificates changed: they take effect after a restart".to_owned());
@@ -484,7 +521,7 @@ impl Controller {
         Ok(summary)
     }
 
-    fn stamp_brief(&self, i: usize) -> Value {
+    pub(super) fn stamp_brief(&self, i: usize) -> Value {
         let e = &self.stamps[i];
         json!({
             "name": e.config.name,
@@ -528,7 +565,7 @@ enum LoadError {
     Upstream(String),
 }
 
-fn describe(target: &Target) -> String {
+pub(super) fn describe(target: &Target) -> String {
     match target {
         Target::Stamp(s) => format!("stamp {s}"),
         Target::Region(r) => format!("region {r}"),

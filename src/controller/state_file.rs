@@ -4,7 +4,7 @@
 //! or parsed stops start-up and is never overwritten: losing an operator's
 //! drain silently is worse than not starting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,53 @@ impl Decision {
 struct StateFile {
     version: u32,
     stamps: BTreeMap<String, Decision>,
+    /// Only an edge of a fleet writes it; a file without it reads as
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet: Option<FleetRecord>,
+}
+
+/// What an edge of a fleet keeps beside the decisions in force, so that it
+/// starts while etcd is down with what it last knew, and resumes its watch
+/// where it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetRecord {
+    /// The last etcd revision applied.
+    pub revision: i64,
+    /// Stamps under a local (this edge only) override.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub local: BTreeSet<String>,
+    /// The fleet's decision per stamp (what a cleared override returns to).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decisions: BTreeMap<String, FleetStamp>,
+}
+
+/// The fleet's decision on one stamp, as last applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetStamp {
+    /// Admin state.
+    pub admin: AdminState,
+    /// Weight override, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The etcd revision that wrote it.
+    pub revision: i64,
+    /// Who decided, and on which edge.
+    pub by: String,
+    /// The edge whose admin API took it.
+    pub edge: String,
+}
+
+impl FleetStamp {
+    /// The decision itself.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            admin: self.admin,
+            weight: self.weight,
+        }
+    }
 }
 
 /// Why the state file could not be used.
@@ -77,9 +124,17 @@ pub enum StateFileError {
 
 /// Read the decisions; a missing file means none.
 pub fn load(path: &Path) -> Result<BTreeMap<String, Decision>, StateFileError> {
+    load_all(path).map(|(stamps, _)| stamps)
+}
+
+/// Decisions in force and, for an edge of a fleet, its fleet record.
+pub type Loaded = (BTreeMap<String, Decision>, Option<FleetRecord>);
+
+/// Read the decisions and the fleet record; a missing file means none.
+pub fn load_all(path: &Path) -> Result<Loaded, StateFileError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), None)),
         Err(source) => {
             return Err(StateFileError::Read {
                 path: path.to_owned(),
@@ -97,12 +152,21 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, Decision>, StateFileError> {
             message: format!("version {} is not {FORMAT_VERSION}", file.version),
         });
     }
-    Ok(file.stamps)
+    Ok((file.stamps, file.fleet))
 }
 
 /// Write the decisions atomically: a reader (or a crash) sees the old file
 /// or the new one, never half of one.
 pub fn save(path: &Path, decisions: &BTreeMap<String, Decision>) -> Result<(), StateFileError> {
+    save_all(path, decisions, None)
+}
+
+/// Write the decisions and, for an edge of a fleet, its fleet record.
+pub fn save_all(
+    path: &Path,
+    decisions: &BTreeMap<String, Decision>,
+    fleet: Option<&FleetRecord>,
+) -> Result<(), StateFileError> {
     let write_err = |source| StateFileError::Write {
         path: path.to_owned(),
         source,
@@ -114,6 +178,7 @@ pub fn save(path: &Path, decisions: &BTreeMap<String, Decision>) -> Result<(), S
             .filter(|(_, d)| !d.is_default())
             .map(|(k, d)| (k.clone(), *d))
             .collect(),
+        fleet: fleet.cloned(),
     };
     let text = serde_json::to_string_pretty(&file).expect("decisions serialize");
     let dir = path
@@ -174,6 +239,31 @@ mod tests {
         assert_eq!(back.len(), 2, "the default decision is not written");
         assert_eq!(back["a"].admin, AdminState::Draining);
         assert_eq!(back["b"].weight, Some(10));
+    }
+
+    #[test]
+    fn fleet_record_round_trips_and_old_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save(&path, &BTreeMap::new()).unwrap();
+        assert_eq!(load_all(&path).unwrap().1, None);
+        let mut record = FleetRecord {
+            revision: 42,
+            ..FleetRecord::default()
+        };
+        record.local.insert("a".into());
+        record.decisions.insert(
+            "b".into(),
+            FleetStamp {
+                admin: AdminState::Draining,
+                weight: None,
+                revision: 40,
+                by: "alice".into(),
+                edge: "edge-2".into(),
+            },
+        );
+        save_all(&path, &BTreeMap::new(), Some(&record)).unwrap();
+        assert_eq!(load_all(&path).unwrap().1, Some(record));
     }
 
     #[test]

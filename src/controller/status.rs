@@ -45,7 +45,7 @@ impl Controller {
                             "admin": admin_label(e).as_str(),
                             "configured_weight": e.config.weight,
                             "weight_override": e.weight_override,
-                            "effective_weight": effective_weight(e, pool, now),
+                            "effective_weight": if self.fleet.quorum_down(&e.config.name) { 0 } else { effective_weight(e, pool, now) },
                             "traffic_share": (share * 1000.0).round() / 1000.0,
                             "requests_per_second": (e.live.rps() * 10.0).round() / 10.0,
                             "errors_per_second": (e.live.eps() * 10.0).round() / 10.0,

@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DnsServerSettings, FleetSettings};
+use crate::config::DnsServerSettings;
 use crate::controller::events::{EventKind, EventLog, NewEvent};
 use crate::discovery::DnsCache;
 use crate::metrics::{DnsQueryStats, ProxyStats};
@@ -92,10 +92,10 @@ pub struct LiveEdges(Arc<ArcSwap<Vec<EdgeInfo>>>);
 impl LiveEdges {
     /// This edge alone, at its advertised addresses: what answers hold
     /// when there is no fleet.
-    pub fn local(name: &str, fleet: &FleetSettings) -> LiveEdges {
+    pub fn local(name: &str, advertise: &[IpAddr]) -> LiveEdges {
         LiveEdges(Arc::new(ArcSwap::from_pointee(vec![EdgeInfo {
             name: name.into(),
-            addresses: fleet.advertise.clone(),
+            addresses: advertise.to_vec(),
             pools: None,
         }])))
     }

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod admin;
 pub mod builtin;
+pub mod etcd;
+pub mod fleet;
 pub mod junit;
 pub mod load;
 pub mod measure;
@@ -123,7 +125,14 @@ pub struct DrillArgs {
 pub async fn run_cli(args: DrillArgs) -> ExitCode {
     if args.list {
         print!("{}", builtin::list());
+        println!(
+            "{:<20} three edges, a real etcd: fleet-wide drain, etcd killed and restarted, one edge's path cut",
+            "fleet"
+        );
         return ExitCode::from(EXIT_PASSED);
+    }
+    if args.name.as_deref() == Some("fleet") {
+        return fleet::run_cli(&args).await;
     }
     let scenario = match resolve(&args) {
         Ok(s) => s,

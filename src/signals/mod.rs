@@ -8,7 +8,9 @@ use std::time::Duration;
 
 pub mod command;
 
-pub use command::{AdminError, AdminRequest, AdminShown, AdminState, Command, Target};
+pub use command::{
+    AdminError, AdminRequest, AdminShown, AdminState, Command, FleetApply, FleetDecision, Target,
+};
 
 /// What stampgate observed about a stamp: decided by the health state
 /// machine ([`crate::health::state`]), shown by status and metrics. Here,

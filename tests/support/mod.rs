@@ -457,3 +457,4 @@ where
         }
     }
 }
+pub mod etcd;

@@ -1,4 +1,4 @@
-//! Validation of `[dns_server]` and `[fleet]`: names are checked as DNS
+//! Validation of `[dns_server]`: names are checked as DNS
 //! names and made absolute and lower case, records must follow a pool that
 //! exists, and `answer = "edges"` needs addresses to advertise.
 
@@ -7,41 +7,21 @@ use std::net::IpAddr;
 
 use super::{Ctx, overlaps, quote, shown_duration};
 use crate::config::defaults::{DEFAULT_DNS_RESPONSES_PER_SECOND, DEFAULT_DNS_TTL};
-use crate::config::raw::{RawDnsRecord, RawDnsServer, RawFleet};
+use crate::config::raw::{RawDnsRecord, RawDnsServer};
 use crate::config::{
-    AdminSettings, ConfigError, DnsAnswerKind, DnsRecordConfig, DnsServerSettings, FleetSettings,
-    PoolConfig, ProxySettings,
+    AdminSettings, ConfigError, DnsAnswerKind, DnsRecordConfig, DnsServerSettings, PoolConfig,
+    ProxySettings,
 };
 
 /// Largest TTL DNS allows (RFC 2181 section 8: 2^31 - 1 seconds).
 const MAX_TTL_SECS: u64 = i32::MAX as u64;
-
-/// `[fleet]`.
-pub(super) fn fleet(ctx: &Ctx<'_>, raw: RawFleet) -> Result<FleetSettings, ConfigError> {
-    let advertise = raw
-        .advertise
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            a.parse::<IpAddr>().map_err(|_| {
-                ctx.invalid(
-                    &format!("fleet.advertise[{i}]"),
-                    quote(a),
-                    "not an IP address (no port, no name), e.g. \"203.0.113.10\" or \"2001:db8::10\"",
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(FleetSettings { advertise })
-}
 
 /// `[dns_server]`.
 pub(super) fn dns_server(
     ctx: &Ctx<'_>,
     raw: RawDnsServer,
     pools: &[PoolConfig],
-    fleet: &FleetSettings,
+    advertise: &[IpAddr],
     proxy: &ProxySettings,
     admin: &AdminSettings,
 ) -> Result<DnsServerSettings, ConfigError> {
@@ -118,7 +98,7 @@ pub(super) fn dns_server(
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut records = Vec::new();
     for (i, r) in raw.records.unwrap_or_default().into_iter().enumerate() {
-        let record = record(ctx, i, r, &zone, pools, fleet)?;
+        let record = record(ctx, i, r, &zone, pools, advertise)?;
         if let Some(first) = seen.insert(record.fqdn.clone(), i) {
             return Err(ctx.invalid(
                 &format!("dns_server.records[{i}].name"),
@@ -148,7 +128,7 @@ fn record(
     raw: RawDnsRecord,
     zone: &str,
     pools: &[PoolConfig],
-    fleet: &FleetSettings,
+    advertise: &[IpAddr],
 ) -> Result<DnsRecordConfig, ConfigError> {
     let key = |k: &str| format!("dns_server.records[{i}].{k}");
     let fqdn = match raw.name.as_str() {
@@ -185,7 +165,7 @@ fn record(
             ));
         }
     };
-    if answer == DnsAnswerKind::Edges && fleet.advertise.is_empty() {
+    if answer == DnsAnswerKind::Edges && advertise.is_empty() {
         return Err(ctx.invalid(
             &key("answer"),
             quote("edges"),
