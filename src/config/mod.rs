@@ -105,6 +105,20 @@ pub struct CertificateConfig {
     pub key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
 }
 
+/// `upstream_tls = { cert, key }`, loaded and checked to be a pair.
+#[derive(Debug, Clone)]
+pub struct ClientCertConfig {
+    /// Path of the certificate chain (for messages, and to tell a changed
+    /// setting on reload).
+    pub cert_path: PathBuf,
+    /// Path of the private key.
+    pub key_path: PathBuf,
+    /// The certificate chain, DER, leaf first.
+    pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The private key, DER.
+    pub key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+}
+
 /// `[admin]`
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
@@ -186,8 +200,15 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// TLS to stamps.
     pub upstream_tls: bool,
-    /// Extra trust anchors for upstream TLS (PEM), instead of system roots.
+    /// Extra trust anchors for upstream TLS (PEM), instead of system roots
+    /// (pool-level `ca_file` or `upstream_tls.ca_file`).
     pub ca_file: Option<PathBuf>,
+    /// `upstream_tls.cert`/`key`: the client certificate presented to
+    /// stamps that ask for one (mutual TLS).
+    pub client_cert: Option<ClientCertConfig>,
+    /// `upstream_tls.server_name`: sent as SNI and required in the stamp's
+    /// certificate instead of the stamp's host; `None` uses the host.
+    pub tls_server_name: Option<String>,
     /// Speak HTTP/2 to stamps (prior knowledge, or ALPN with TLS).
     pub upstream_http2: bool,
     /// `Host` header sent to stamps; `None` keeps the client's.

@@ -153,8 +153,8 @@ pub struct RawPool {
     pub all_unhealthy: Option<String>,
     /// Duration string.
     pub slow_start: Option<String>,
-    /// TLS to stamps.
-    pub upstream_tls: Option<bool>,
+    /// TLS to stamps: `true`/`false`, or a table with mutual-TLS settings.
+    pub upstream_tls: Option<RawUpstreamTls>,
     /// PEM trust anchors path, relative to the config file.
     pub ca_file: Option<String>,
     /// HTTP/2 to stamps.
@@ -258,4 +258,55 @@ pub struct RawStamp {
     pub weight: Option<i64>,
     /// 1..=255.
     pub priority: Option<i64>,
+}
+
+/// `upstream_tls`: the boolean form (`upstream_tls = true`, trust from the
+/// pool's `ca_file`) or the table form, which turns TLS on and adds the
+/// client certificate and a fixed server name.
+#[derive(Debug)]
+pub enum RawUpstreamTls {
+    /// `upstream_tls = true` or `false`.
+    On(bool),
+    /// `upstream_tls = { ca_file, cert, key, server_name }`.
+    Table(RawUpstreamTlsTable),
+}
+
+/// `upstream_tls = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTlsTable {
+    /// PEM trust anchors path, relative to the config file.
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain presented to stamps.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    pub key: Option<String>,
+    /// SNI sent to stamps and the name their certificate must carry.
+    pub server_name: Option<String>,
+}
+
+/// By hand rather than `#[serde(untagged)]`: untagged enums answer a typo
+/// in the table with "did not match any variant", while this passes the
+/// table's own error (the unknown key, named) through.
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawUpstreamTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table { ca_file, cert, key, server_name }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawUpstreamTls, E> {
+                Ok(RawUpstreamTls::On(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawUpstreamTls, A::Error> {
+                RawUpstreamTlsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawUpstreamTls::Table)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }

@@ -495,6 +495,9 @@ fn same_upstream(a: &crate::config::PoolConfig, b: &crate::config::PoolConfig) -
     a.upstream_tls == b.upstream_tls
         && a.upstream_http2 == b.upstream_http2
         && a.ca_file == b.ca_file
+        && a.client_cert.as_ref().map(|c| (&c.cert_path, &c.key_path))
+            == b.client_cert.as_ref().map(|c| (&c.cert_path, &c.key_path))
+        && a.tls_server_name == b.tls_server_name
         && a.connect_timeout == b.connect_timeout
         && a.probe.https == b.probe.https
 }
