@@ -12,11 +12,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::health_port::{self, HealthPort, HealthPortError, HealthState};
 use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
@@ -45,6 +47,9 @@ pub enum StartError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminStartError),
+    /// The load balancer's readiness listener could not start.
+    #[error(transparent)]
+    HealthPort(#[from] HealthPortError),
 }
 
 /// A running stampgate: both planes and the admin API.
@@ -60,9 +65,14 @@ pub struct App {
     pub controller: ControllerHandle,
     /// The admin API, when started with tokens.
     pub admin: Option<AdminHandle>,
+    /// The load balancer's `/ready` and `/live` listener, when configured.
+    pub health: Option<HealthPort>,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
+    stop_health: CancellationToken,
+    shutting_down: Arc<AtomicBool>,
+    shutdown_delay: Duration,
 }
 
 impl App {
@@ -90,6 +100,25 @@ impl App {
                 return Err(e);
             }
         };
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let stop_health = CancellationToken::new();
+        let health = match config.health.listen {
+            None => None,
+            Some(listen) => {
+                let state = HealthState {
+                    routing: controller.routing.clone(),
+                    shutting_down: shutting_down.clone(),
+                };
+                match health_port::start(listen, state, stop_health.clone()).await {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        proxy.shutdown().await;
+                        stop_controller.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let stop_admin = CancellationToken::new();
         let admin = match admin_tokens {
             None => None,
@@ -104,6 +133,7 @@ impl App {
                 match api.await {
                     Ok(a) => Some(a),
                     Err(e) => {
+                        stop_health.cancel();
                         proxy.shutdown().await;
                         stop_controller.cancel();
                         return Err(e.into());
@@ -117,9 +147,13 @@ impl App {
             routing: controller.routing.clone(),
             controller,
             admin,
+            health,
             proxy,
             stop_controller,
             stop_admin,
+            stop_health,
+            shutting_down,
+            shutdown_delay: config.proxy.shutdown_delay,
         })
     }
 
@@ -128,12 +162,28 @@ impl App {
         self.admin.as_ref().map(|a| a.addr)
     }
 
-    /// Stop gracefully: admin commands first, then new connections; let
+    /// The readiness listener's bound address, when it runs.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().map(|h| h.addr)
+    }
+
+    /// Stop gracefully: `/ready` fails first, for `proxy.shutdown_delay`
+    /// while everything still serves (the balancer's time to stop sending
+    /// us traffic); then admin commands stop, then new connections; let
     /// in-flight requests finish within the grace period; then stop the
     /// controller and wait (bounded) for admin connections.
     pub async fn shutdown(self) -> ShutdownOutcome {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "shutting down: /ready fails, still serving");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.stop_admin.cancel();
         let outcome = self.proxy.shutdown().await;
+        self.stop_health.cancel();
+        if let Some(h) = self.health {
+            h.closed().await;
+        }
         self.stop_controller.cancel();
         if let Some(admin) = self.admin
             && tokio::time::timeout(ADMIN_CLOSE_GRACE, admin.closed())

@@ -248,6 +248,22 @@ fn bad_configs() -> Vec<Bad> {
                 "proxy.certificates[0].server_names[0] = \"bad name\": not a valid host name",
             ],
         },
+        // ---- behind a load balancer ----
+        bad(
+            "redirect without a TLS listener",
+            concat!("[proxy]\nredirect_http_to_https = true\n", base!()),
+            &["proxy.redirect_http_to_https = true: needs a TLS listener to redirect to"],
+        ),
+        bad(
+            "redirect exemption not a path",
+            concat!("[proxy]\nredirect_exempt_paths = [\"acme\"]\n", base!()),
+            &["proxy.redirect_exempt_paths[0] = \"acme\": must be a path prefix starting with '/'"],
+        ),
+        bad(
+            "health listener on the admin port",
+            concat!("[health]\nlisten = \"127.0.0.1:9901\"\n", base!()),
+            &["health.listen = \"127.0.0.1:9901\": overlaps admin.listen (127.0.0.1:9901)"],
+        ),
         // ---- upstream mutual TLS ----
         Bad {
             name: "upstream client certificate missing",

@@ -425,3 +425,45 @@ async fn upstream_mtls_rejection_is_named_in_the_answer_and_in_status() {
         .await;
     }
 }
+
+/// `redirect_http_to_https`: plain HTTP gets a 308 to the TLS listener's
+/// port with host, path and query kept; the ACME path is proxied; HTTPS
+/// is served as usual.
+#[tokio::test]
+async fn plain_http_is_redirected_to_https_except_acme() {
+    let pki = make_pki(&["shop.test"]);
+    let s = stamp("s1", "r1").await;
+    let p = tls_setup(&pki, &s)
+        .proxy("redirect_http_to_https = true")
+        .proxy("redirect_exempt_paths = [\"/.well-known/acme-challenge/\", \"/catalogservice/api/1.0/headers\"]")
+        .start()
+        .await;
+    let tls_port = p.handle.tls_listen[0].port();
+    let mut c = RawClient::connect(p.addr()).await;
+    c.send("POST /catalogservice/x?a=1 HTTP/1.1\r\nHost: shop.test:8080\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 308);
+    assert_eq!(
+        a.header("location"),
+        Some(format!("https://shop.test:{tls_port}/catalogservice/x?a=1").as_str())
+    );
+    assert_eq!(s.requests_served(), 0, "redirected, not proxied");
+
+    // An exempt path goes to the stamp over plain HTTP.
+    let mut c = RawClient::connect(p.addr()).await;
+    c.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["headers"]["x-forwarded-proto"], "http");
+
+    // Over TLS: served, no redirect.
+    let tls = connect(&pki, p.handle.tls_listen[0], "shop.test", &[b"http/1.1"]).await;
+    let mut c = RawClient::new(tls);
+    c.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["headers"]["x-forwarded-proto"], "https");
+}

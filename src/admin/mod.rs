@@ -35,6 +35,7 @@ use crate::controller::ControllerHandle;
 mod api;
 pub mod auth;
 pub mod ctl;
+pub mod health_port;
 mod route;
 mod sse;
 

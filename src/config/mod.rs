@@ -38,6 +38,16 @@ pub struct Config {
     pub dns: crate::discovery::DnsSettings,
     /// `[access_log]`: one line per request.
     pub access_log: AccessLogSettings,
+    /// `[health]`: the load balancer's `/ready` and `/live` listener.
+    pub health: HealthListenerSettings,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthListenerSettings {
+    /// Where `/ready` and `/live` are answered; `None`: no such listener
+    /// (the admin API has its own `/ready`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[access_log]`
@@ -78,6 +88,16 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before exit.
     pub shutdown_grace: Duration,
+    /// On SIGTERM, `/ready` fails this long while requests are still
+    /// served, before the listeners stop (a balancer's time to notice).
+    pub shutdown_delay: Duration,
+    /// Every client connection starts with a PROXY protocol header (v1 or
+    /// v2) naming the client; one without is closed.
+    pub proxy_protocol: bool,
+    /// Plain-HTTP requests are answered 308 to the HTTPS URL.
+    pub redirect_http_to_https: bool,
+    /// Path prefixes served over plain HTTP despite the redirect (ACME).
+    pub redirect_exempt_paths: Vec<String>,
     /// `[[proxy.certificates]]`: the first is the default certificate.
     pub certificates: Vec<CertificateConfig>,
     /// Add `x-stampgate-stamp` to responses (naming the serving stamp).

@@ -27,6 +27,16 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     /// `[access_log]`; optional.
     pub access_log: Option<RawAccessLog>,
+    /// `[health]`: the load balancer's readiness listener; optional.
+    pub health: Option<RawHealthListener>,
+}
+
+/// `[health]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthListener {
+    /// Address of the `/ready` and `/live` listener.
+    pub listen: Option<String>,
 }
 
 /// `[access_log]`: one line per request.
@@ -73,6 +83,14 @@ pub struct RawProxy {
     pub idle_timeout: Option<String>,
     /// Duration string.
     pub shutdown_grace: Option<String>,
+    /// Duration string: `/ready` fails this long before listeners stop.
+    pub shutdown_delay: Option<String>,
+    /// Every client connection starts with a PROXY v1/v2 header.
+    pub proxy_protocol: Option<bool>,
+    /// Answer plain-HTTP requests with a 308 to HTTPS.
+    pub redirect_http_to_https: Option<bool>,
+    /// Path prefixes answered over plain HTTP despite the redirect.
+    pub redirect_exempt_paths: Option<Vec<String>>,
     /// Add the `x-stampgate-stamp` response header.
     pub stamp_header: Option<bool>,
     /// Set `X-Forwarded-For/-Proto/-Host` and `Via` on requests.
