@@ -90,6 +90,7 @@ impl App {
                 signals: controller.signals.clone(),
                 access_log,
                 stats,
+                certificates: controller.certificates.clone(),
             };
             Ok::<_, StartError>(proxy::start(config, wiring).await?)
         };

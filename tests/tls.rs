@@ -467,3 +467,79 @@ async fn plain_http_is_redirected_to_https_except_acme() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["headers"]["x-forwarded-proto"], "https");
 }
+
+/// Certificates are reloaded without a restart: after the files change and
+/// `POST /admin/reload`, a new handshake gets the new certificate while a
+/// connection opened before still works; a broken file is refused by the
+/// reload and the last good certificate stays.
+#[tokio::test]
+async fn certificates_reload_without_a_restart() {
+    let pki = make_pki(&["shop.test"]);
+    let s = stamp("s1", "r1").await;
+    let path = pki.dir.path().join("stampgate.toml");
+    std::fs::write(&path, tls_setup(&pki, &s).toml()).unwrap();
+    let config = stampgate::config::load(&path).unwrap();
+    let app = stampgate::app::App::start(&config, None).await.unwrap();
+    let admin = AdminApi::start(
+        app.controller.clone(),
+        stampgate::admin::Tokens::single("t"),
+    )
+    .await;
+    let addr = app.tls_listen[0];
+    let reload = async || {
+        admin_call(
+            &http1_client(),
+            http::Method::POST,
+            &admin.url("/admin/reload"),
+            Some("t"),
+            "",
+        )
+        .await
+    };
+
+    let old = connect(&pki, addr, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(peer_leaf(&old), pki.leaves[0].1);
+    let mut open = RawClient::new(old);
+    open.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    assert_eq!(open.response().await.status, 200);
+
+    // A new certificate (from a new CA) over the same files.
+    let next = make_pki(&["shop.test"]);
+    for file in ["shop.test.pem", "shop.test-key.pem"] {
+        std::fs::copy(next.dir.path().join(file), pki.dir.path().join(file)).unwrap();
+    }
+    let a = reload().await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let fresh = connect(&next, addr, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(
+        peer_leaf(&fresh),
+        next.leaves[0].1,
+        "new handshake, new certificate"
+    );
+    open.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    assert_eq!(
+        open.response().await.status,
+        200,
+        "the open connection still works"
+    );
+
+    // A broken certificate: the reload says why, the last good one stays.
+    std::fs::write(pki.dir.path().join("shop.test.pem"), "not a certificate\n").unwrap();
+    let a = reload().await;
+    assert_ne!(a.status, StatusCode::OK, "{}", a.text());
+    assert!(
+        a.text().contains("proxy.certificates[0].cert"),
+        "the answer names the key: {}",
+        a.text()
+    );
+    let again = connect(&next, addr, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(
+        peer_leaf(&again),
+        next.leaves[0].1,
+        "still the last good one"
+    );
+    drop(admin);
+    app.shutdown().await;
+}

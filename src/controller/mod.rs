@@ -27,6 +27,7 @@ use crate::health::state::{
     HealthSettings, HealthState, StampHealth, Transition, max_ejected_allows,
 };
 use crate::metrics::ProxyStats;
+use crate::proxy::tls::{Certificates, TlsSetupError};
 use crate::routing::budget::RetryBudget;
 use crate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 use crate::upstream::{Upstream, UpstreamSetupError};
@@ -79,6 +80,9 @@ pub enum ControllerError {
     /// untouched.
     #[error(transparent)]
     State(#[from] state_file::StateFileError),
+    /// A TLS listener certificate is unusable.
+    #[error(transparent)]
+    Certificates(#[from] TlsSetupError),
 }
 
 /// The controller's view of one stamp.
@@ -166,6 +170,8 @@ pub struct ControllerHandle {
     pub events: EventLog,
     /// Proxy-wide counters (connections, reloads, access log), for metrics.
     pub stats: Arc<ProxyStats>,
+    /// The TLS listeners' certificates, replaced on reload.
+    pub certificates: Arc<Certificates>,
 }
 
 impl ControllerHandle {
@@ -213,6 +219,8 @@ pub struct Controller {
     orphans: BTreeMap<String, state_file::Decision>,
     /// The outcome of the last reload, for status.
     last_reload: Option<serde_json::Value>,
+    /// The TLS listeners' certificates; this controller is their writer.
+    certificates: Arc<Certificates>,
     /// DNS: the resolver (made once a host name is configured), the report
     /// channel, and the hosts that have a refresh loop.
     resolver: Option<Arc<Discovery>>,
@@ -233,6 +241,7 @@ impl Controller {
             Some(path) => state_file::load(path)?,
             None => BTreeMap::new(),
         };
+        let certificates = Arc::new(Certificates::new(&config.proxy.certificates)?);
         let dns = DnsCache::new();
         let upstreams = config
             .pools
@@ -260,6 +269,7 @@ impl Controller {
             last_live: now,
             orphans: decisions,
             last_reload: None,
+            certificates: certificates.clone(),
             resolver: None,
             dns_reports: dns_tx,
             dns_hosts: BTreeSet::new(),
@@ -294,6 +304,7 @@ impl Controller {
             signals: tx,
             events,
             stats: controller.stats.clone(),
+            certificates,
         };
         tokio::spawn(controller.run(rx, dns_rx));
         Ok(handle)

@@ -69,6 +69,8 @@ pub struct Wiring {
     pub access_log: AccessLog,
     /// Proxy-wide counters.
     pub stats: Arc<ProxyStats>,
+    /// The TLS listeners' certificates (swapped by the controller on reload).
+    pub certificates: Arc<tls::Certificates>,
 }
 
 /// Running client listeners.
@@ -112,7 +114,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
         None
     } else {
         Some(TlsAcceptor::from(tls::server_config(
-            &config.proxy.certificates,
+            wiring.certificates.clone(),
         )?))
     };
     let plain = bind_all(&config.proxy.listen).await?;

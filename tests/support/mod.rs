@@ -360,6 +360,7 @@ impl FakeController {
             signals: tx,
             events: stampgate::controller::events::EventLog::new(),
             stats: Default::default(),
+            certificates: Default::default(),
         };
         FakeController { handle, seen }
     }
