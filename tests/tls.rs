@@ -543,3 +543,39 @@ async fn certificates_reload_without_a_restart() {
     drop(admin);
     app.shutdown().await;
 }
+
+/// On a TLS listener the PROXY header comes before the handshake.
+#[tokio::test]
+async fn proxy_protocol_header_precedes_the_tls_handshake() {
+    use tokio::io::AsyncWriteExt;
+    let pki = make_pki(&["shop.test"]);
+    let s = stamp("s1", "r1").await;
+    let p = tls_setup(&pki, &s)
+        .proxy("proxy_protocol = true")
+        .start()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(p.handle.tls_listen[0])
+        .await
+        .unwrap();
+    tcp.write_all(b"PROXY TCP6 2001:db8::5 ::1 7000 443\r\n")
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("shop.test").unwrap(), tcp)
+        .await
+        .expect("handshake after the PROXY header");
+    let mut c = RawClient::new(tls);
+    c.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["headers"]["x-forwarded-for"], "2001:db8::5");
+}
