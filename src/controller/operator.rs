@@ -152,12 +152,21 @@ impl Controller {
         let predicted = self.build_table(&weights, self.generation);
         if dry_run {
             let current = self.routing.load();
-            return Ok(json!({
+            let mut answer = json!({
                 "dry_run": true,
                 "target": describe(target),
                 "current_shares": shares(&current),
                 "shares": shares(&predicted),
-            }));
+            });
+            // A dry run answers what the real call would do, refusal
+            // included: "looks fine" followed by a refusal misleads.
+            if !force
+                && let Err(AdminError::Refused(why)) =
+                    self.refuse_last_usable(&stamps, &weights, target)
+            {
+                answer["would_refuse"] = json!(why);
+            }
+            return Ok(answer);
         }
         if !force {
             self.refuse_last_usable(&stamps, &weights, target)?;
