@@ -273,6 +273,7 @@ impl Admin {
                 Ok(response)
             }
             Read::Ready => Ok(self.ready()),
+            Read::History => Ok(json(StatusCode::OK, &self.controller.history.snapshot())),
             Read::Status => {
                 let status = self.controller.command(Command::Status, READER).await?;
                 Ok(json(StatusCode::OK, &status))

@@ -33,6 +33,7 @@ use crate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampSta
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 pub mod events;
+pub mod history;
 mod operator;
 pub mod state_file;
 mod status;
@@ -172,6 +173,8 @@ pub struct ControllerHandle {
     pub stats: Arc<ProxyStats>,
     /// The TLS listeners' certificates, replaced on reload.
     pub certificates: Arc<Certificates>,
+    /// Per-second samples of the last minutes, for the dashboard.
+    pub history: Arc<history::History>,
 }
 
 impl ControllerHandle {
@@ -221,6 +224,8 @@ pub struct Controller {
     last_reload: Option<serde_json::Value>,
     /// The TLS listeners' certificates; this controller is their writer.
     certificates: Arc<Certificates>,
+    /// The dashboard's history; pushed to once per live window.
+    history: Arc<history::History>,
     /// DNS: the resolver (made once a host name is configured), the report
     /// channel, and the hosts that have a refresh loop.
     resolver: Option<Arc<Discovery>>,
@@ -270,6 +275,7 @@ impl Controller {
             orphans: decisions,
             last_reload: None,
             certificates: certificates.clone(),
+            history: Arc::default(),
             resolver: None,
             dns_reports: dns_tx,
             dns_hosts: BTreeSet::new(),
@@ -305,6 +311,7 @@ impl Controller {
             events,
             stats: controller.stats.clone(),
             certificates,
+            history: controller.history.clone(),
         };
         tokio::spawn(controller.run(rx, dns_rx));
         Ok(handle)
@@ -631,8 +638,30 @@ impl Controller {
             let t = self.judge_failure_rate(i, now);
             self.record_transition(i, t);
         }
+        if live_due {
+            self.sample_history();
+        }
         self.advance_drains(now);
         self.publish(now, false);
+    }
+
+    /// One second of figures per stamp into the dashboard's history.
+    fn sample_history(&self) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let stamps: Vec<history::StampSample> = self
+            .stamps
+            .iter()
+            .map(|e| history::StampSample {
+                stamp: e.config.name.clone(),
+                region: e.config.region.clone(),
+                rps: e.rps,
+                eps: e.eps,
+                rtt_ms: e.health.smoothed_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        self.history.push(unix_ms, &stamps);
     }
 
     /// After a state machine call: record the transition, then publish.

@@ -361,6 +361,7 @@ impl FakeController {
             events: stampgate::controller::events::EventLog::new(),
             stats: Default::default(),
             certificates: Default::default(),
+            history: Default::default(),
         };
         FakeController { handle, seen }
     }
