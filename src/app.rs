@@ -13,11 +13,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::health_port::{self, HealthPort, HealthPortError, HealthState};
 use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
@@ -54,6 +56,9 @@ pub enum StartError {
     /// The fleet refused this edge (its name is taken by a live edge).
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    /// The load balancer's readiness listener could not start.
+    #[error(transparent)]
+    HealthPort(#[from] HealthPortError),
 }
 
 /// A running stampgate: both planes and the admin API.
@@ -77,6 +82,11 @@ pub struct App {
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
     stop_dns: CancellationToken,
+    /// The load balancer's `/ready` and `/live` listener, when configured.
+    pub health: Option<HealthPort>,
+    stop_health: CancellationToken,
+    shutting_down: Arc<AtomicBool>,
+    shutdown_delay: Duration,
 }
 
 impl App {
@@ -115,6 +125,7 @@ impl App {
                 signals: controller.signals.clone(),
                 access_log,
                 stats,
+                certificates: controller.certificates.clone(),
             };
             Ok::<_, StartError>(proxy::start(config, wiring).await?)
         };
@@ -134,6 +145,26 @@ impl App {
                 return Err(e.into());
             }
         };
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let stop_health = CancellationToken::new();
+        let health = match config.health.listen {
+            None => None,
+            Some(listen) => {
+                let state = HealthState {
+                    routing: controller.routing.clone(),
+                    shutting_down: shutting_down.clone(),
+                };
+                match health_port::start(listen, state, stop_health.clone()).await {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        stop_dns.cancel();
+                        proxy.shutdown().await;
+                        stop_controller.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let stop_admin = CancellationToken::new();
         let admin = match admin_tokens {
             None => None,
@@ -150,6 +181,7 @@ impl App {
                     Ok(a) => Some(a),
                     Err(e) => {
                         stop_dns.cancel();
+                        stop_health.cancel();
                         proxy.shutdown().await;
                         stop_controller.cancel();
                         return Err(e.into());
@@ -169,6 +201,10 @@ impl App {
             stop_controller,
             stop_admin,
             stop_dns,
+            health,
+            stop_health,
+            shutting_down,
+            shutdown_delay: config.proxy.shutdown_delay,
         })
     }
 
@@ -177,13 +213,29 @@ impl App {
         self.admin.as_ref().map(|a| a.addr)
     }
 
-    /// Stop gracefully: admin commands first, then new connections; let
+    /// The readiness listener's bound address, when it runs.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().map(|h| h.addr)
+    }
+
+    /// Stop gracefully: `/ready` fails first, for `proxy.shutdown_delay`
+    /// while everything still serves (the balancer's time to stop sending
+    /// us traffic); then admin commands stop, then new connections; let
     /// in-flight requests finish within the grace period; then stop the
     /// controller and wait (bounded) for admin connections.
     pub async fn shutdown(self) -> ShutdownOutcome {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "shutting down: /ready fails, still serving");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.stop_admin.cancel();
         self.stop_dns.cancel();
         let outcome = self.proxy.shutdown().await;
+        self.stop_health.cancel();
+        if let Some(h) = self.health {
+            h.closed().await;
+        }
         self.stop_controller.cancel();
         if let Some(dns) = self.dns {
             dns.stopped().await;

@@ -57,6 +57,16 @@ pub enum ProxyError {
         /// The underlying cause, for logs.
         detail: String,
     },
+    /// The stamp refused our TLS client certificate, or asked for one we
+    /// do not have (`upstream_tls.cert`): a setup problem, shown as such in
+    /// status instead of as a generic connect failure.
+    #[error("stamp {stamp} refused the TLS client certificate: {detail}")]
+    UpstreamTlsRejected {
+        /// Stamp name.
+        stamp: String,
+        /// The TLS alert, for logs.
+        detail: String,
+    },
     /// The connection broke before any response byte arrived.
     #[error("stamp {stamp} closed the connection before responding: {detail}")]
     UpstreamReset {
@@ -101,6 +111,7 @@ impl ProxyError {
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamTlsRejected { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTimeout { .. } => Blame::Stamp,
@@ -115,6 +126,7 @@ impl ProxyError {
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamTlsRejected { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTimeout { .. }
@@ -137,6 +149,7 @@ impl ProxyError {
             }
             ProxyError::ConnectRefused { .. }
             | ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamTlsRejected { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
@@ -156,6 +169,7 @@ impl ProxyError {
             ProxyError::ConnectRefused { .. } => "upstream-connect-refused",
             ProxyError::ConnectTimeout { .. } => "upstream-connect-timeout",
             ProxyError::ConnectFailed { .. } => "upstream-connect-failed",
+            ProxyError::UpstreamTlsRejected { .. } => "upstream-tls-client-cert-rejected",
             ProxyError::UpstreamReset { .. } => "upstream-reset",
             ProxyError::UpstreamProtocol { .. } => "upstream-protocol-error",
             ProxyError::UpstreamTimeout { .. } => "upstream-timeout",
@@ -188,8 +202,9 @@ mod tests {
             (ProxyError::UpstreamReset { stamp: stamp(), detail: detail() }, 502, Stamp, true, "upstream-reset"),
             (ProxyError::UpstreamProtocol { stamp: stamp(), detail: detail() }, 502, Stamp, true, "upstream-protocol-error"),
             (ProxyError::UpstreamTimeout { stamp: stamp(), timeout: Duration::from_secs(1) }, 504, Stamp, true, "upstream-timeout"),
+            (ProxyError::UpstreamTlsRejected { stamp: stamp(), detail: detail() }, 502, Stamp, true, "upstream-tls-client-cert-rejected"),
         ];
-        let mut seen = [false; 11];
+        let mut seen = [false; 12];
         for (error, status, blame, retryable, code) in &table {
             assert_eq!(error.status().as_u16(), *status, "{error:?}");
             assert_eq!(error.blame(), *blame, "{error:?}");
@@ -209,6 +224,7 @@ mod tests {
                 ProxyError::UpstreamReset { .. } => 8,
                 ProxyError::UpstreamProtocol { .. } => 9,
                 ProxyError::UpstreamTimeout { .. } => 10,
+                ProxyError::UpstreamTlsRejected { .. } => 11,
             };
             assert!(!seen[row], "{error:?} has two rows");
             seen[row] = true;

@@ -292,6 +292,76 @@ fn bad_configs() -> Vec<Bad> {
                 "proxy.certificates[0].server_names[0] = \"bad name\": not a valid host name",
             ],
         },
+        // ---- behind a load balancer ----
+        bad(
+            "redirect without a TLS listener",
+            concat!("[proxy]\nredirect_http_to_https = true\n", base!()),
+            &["proxy.redirect_http_to_https = true: needs a TLS listener to redirect to"],
+        ),
+        bad(
+            "redirect exemption not a path",
+            concat!("[proxy]\nredirect_exempt_paths = [\"acme\"]\n", base!()),
+            &["proxy.redirect_exempt_paths[0] = \"acme\": must be a path prefix starting with '/'"],
+        ),
+        bad(
+            "health listener on the admin port",
+            concat!("[health]\nlisten = \"127.0.0.1:9901\"\n", base!()),
+            &["health.listen = \"127.0.0.1:9901\": overlaps admin.listen (127.0.0.1:9901)"],
+        ),
+        // ---- upstream mutual TLS ----
+        Bad {
+            name: "upstream client certificate missing",
+            toml: concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { cert = \"edge.pem\", key = \"k.pem\" }\n"
+            ),
+            files: &[("k.pem", File::Key)],
+            expect: &["pools.p.upstream_tls.cert = \"edge.pem\": file missing: "],
+        },
+        Bad {
+            name: "upstream client key without its certificate",
+            toml: concat!(base!(), "[pools.p]\nupstream_tls = { key = \"k.pem\" }\n"),
+            files: &[("k.pem", File::Key)],
+            expect: &["pools.p.upstream_tls.key = \"k.pem\": needs pools.p.upstream_tls.cert too"],
+        },
+        Bad {
+            name: "upstream client key of another certificate",
+            toml: concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { cert = \"c.pem\", key = \"k.pem\" }\n"
+            ),
+            files: &[("c.pem", File::Cert), ("k.pem", File::OtherKey)],
+            expect: &["pools.p.upstream_tls.key = \"k.pem\": does not match the certificate in "],
+        },
+        Bad {
+            name: "two trust files for one pool",
+            toml: concat!(
+                base!(),
+                "[pools.p]\nca_file = \"c.pem\"\nupstream_tls = { ca_file = \"c.pem\" }\n"
+            ),
+            files: &[("c.pem", File::Cert)],
+            expect: &[
+                "pools.p.upstream_tls.ca_file = \"c.pem\": pools.p.ca_file is set too; name the trust file once",
+            ],
+        },
+        bad(
+            "upstream server_name not a name",
+            concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { server_name = \"bad name\" }\n"
+            ),
+            &[
+                "pools.p.upstream_tls.server_name = \"bad name\": must be a DNS name or an IP address",
+            ],
+        ),
+        bad(
+            "unknown key in the upstream_tls table",
+            concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { certificate = \"c.pem\" }\n"
+            ),
+            &["unknown field `certificate`"],
+        ),
         // ---- admin ----
         bad(
             "token_env not a variable name",

@@ -313,6 +313,7 @@ impl Admin {
                     }),
                 },
             )),
+            Read::History => Ok(json(StatusCode::OK, &self.controller.history.snapshot())),
             Read::Status => {
                 let mut status = self.controller.command(Command::Status, READER).await?;
                 // The DNS server's current answers, when it runs.
@@ -351,7 +352,16 @@ impl Admin {
     /// Ready once the controller has published a table in which at least
     /// one pool can take a request.
     fn ready(&self) -> Response<Body> {
-        let table = self.controller.routing.load();
+        let (status, body) = readiness(&self.controller.routing.load());
+        json(status, &body)
+    }
+}
+
+/// Whether `table` can serve: a published table with at least one pool
+/// that can take a request. Shared by the admin API's `/ready` and the
+/// load balancer's (`[health] listen`).
+pub fn readiness(table: &crate::routing::RoutingTable) -> (StatusCode, Value) {
+    {
         let serving: Vec<&str> = table
             .pools
             .iter()
@@ -359,9 +369,9 @@ impl Admin {
             .map(|p| &*p.name)
             .collect();
         if table.generation > 0 && !serving.is_empty() {
-            json(
+            (
                 StatusCode::OK,
-                &json!({ "status": "ready", "generation": table.generation, "serving_pools": serving }),
+                json!({ "status": "ready", "generation": table.generation, "serving_pools": serving }),
             )
         } else {
             let reason = if table.generation == 0 {
@@ -369,9 +379,9 @@ impl Admin {
             } else {
                 "no pool has a stamp that can take traffic"
             };
-            json(
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "status": "not-ready", "generation": table.generation, "reason": reason }),
+                json!({ "status": "not-ready", "generation": table.generation, "reason": reason }),
             )
         }
     }

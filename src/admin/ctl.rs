@@ -310,6 +310,13 @@ async fn drain(api: &AdminClient, path: &str, body: Value, what: &str) -> Result
         .await
         .map_err(force_hint)?;
     print!("{}", render_change(what, &answer));
+    // A dry run of a call the server would refuse fails like the call.
+    if let Some(why) = answer.get("would_refuse").and_then(Value::as_str) {
+        return Err(force_hint(ClientError::Refused {
+            status: StatusCode::CONFLICT,
+            message: format!("dry run: the real call would be refused: {why}"),
+        }));
+    }
     Ok(())
 }
 
@@ -407,7 +414,7 @@ fn render_change(what: &str, answer: &Value) -> String {
     for (key, value) in object {
         if !matches!(
             key.as_str(),
-            "ok" | "by" | "dry_run" | "shares" | "current_shares" | "stamps"
+            "ok" | "by" | "dry_run" | "shares" | "current_shares" | "stamps" | "would_refuse"
         ) {
             let _ = writeln!(out, "  {}: {}", key.replace('_', " "), plain(value));
         }
@@ -429,7 +436,9 @@ fn render_change(what: &str, answer: &Value) -> String {
                 .map_or_else(|| "-".to_owned(), |(_, _, v)| percent(*v));
             rows.push(vec![pool, stamp, before, percent(share)]);
         }
-        out.push_str("  traffic shares:\n");
+        // Planned, from the weights the selector uses; `status`'s OBSERVED-SHARE
+        // is what was observed (requests per second), so say which.
+        out.push_str("  planned traffic shares (by effective weight; `ctl status` OBSERVED-SHARE is measured):\n");
         for line in align(&rows, &[false, false, true, true]) {
             let _ = writeln!(out, "    {line}");
         }
@@ -739,7 +748,7 @@ fn render_status(status: &Value, url: &str) -> String {
         "HEALTH",
         "ADMIN",
         "WEIGHT",
-        "SHARE",
+        "OBSERVED-SHARE",
         "RPS",
         "IN-FLIGHT",
         "RTT",

@@ -37,6 +37,7 @@ mod api;
 pub mod auth;
 pub mod client;
 pub mod ctl;
+pub mod health_port;
 mod route;
 mod sse;
 

@@ -29,6 +29,8 @@ pub enum Read {
     Status,
     /// `GET /admin/events` (`?since=`, `?follow=1`)
     Events,
+    /// `GET /admin/history`: the dashboard's last minutes, per second.
+    History,
     /// `GET /metrics`: Prometheus (OpenMetrics text) exposition.
     Metrics,
     /// `GET /admin/fleet`: every live edge of the fleet and its view.
@@ -82,6 +84,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoRoute> {
         ["admin", "status"] => ("GET", Endpoint::Read(Read::Status)),
         ["admin", "events"] => ("GET", Endpoint::Read(Read::Events)),
         ["admin", "fleet"] => ("GET", Endpoint::Read(Read::Fleet)),
+        ["admin", "history"] => ("GET", Endpoint::Read(Read::History)),
         ["admin", "reload"] => ("POST", Endpoint::Change(Change::Reload)),
         ["admin", "stamps", name, action] if !name.is_empty() => {
             let name = (*name).to_owned();

@@ -30,6 +30,19 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lets in-flight API calls finish on SIGTERM while staying well inside a
 /// container orchestrator's usual 30 s kill deadline.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Zero: on bare metal nothing needs telling before the listeners stop.
+/// Behind a Kubernetes Service or a cloud balancer set 5–10 s: longer than
+/// the balancer's readiness probe interval times its failure threshold, so
+/// it stops sending before we stop accepting.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Off: a PROXY header is only sent by a balancer configured to, and a
+/// listener expecting one refuses every client that connects directly.
+pub const DEFAULT_PROXY_PROTOCOL: bool = false;
+/// Off: redirecting needs a TLS listener, which is off by default too.
+pub const DEFAULT_REDIRECT_HTTP_TO_HTTPS: bool = false;
+/// ACME HTTP-01 challenges must be answered over plain HTTP (RFC 8555
+/// §8.3), or certificates could never be renewed.
+pub const DEFAULT_REDIRECT_EXEMPT_PATHS: &[&str] = &["/.well-known/acme-challenge/"];
 /// On: seeing which stamp served a response is the first thing an operator
 /// needs during a failover, and the header reveals nothing sensitive.
 pub const DEFAULT_STAMP_HEADER: bool = true;

@@ -46,6 +46,16 @@ pub struct Config {
     pub dns_server: Option<DnsServerSettings>,
     /// `[fleet]`: shared operator state through etcd; `None` is a lone edge.
     pub fleet: Option<FleetSettings>,
+    /// `[health]`: the load balancer's `/ready` and `/live` listener.
+    pub health: HealthListenerSettings,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthListenerSettings {
+    /// Where `/ready` and `/live` are answered; `None`: no such listener
+    /// (the admin API has its own `/ready`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[access_log]`
@@ -90,6 +100,16 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before exit.
     pub shutdown_grace: Duration,
+    /// On SIGTERM, `/ready` fails this long while requests are still
+    /// served, before the listeners stop (a balancer's time to notice).
+    pub shutdown_delay: Duration,
+    /// Every client connection starts with a PROXY protocol header (v1 or
+    /// v2) naming the client; one without is closed.
+    pub proxy_protocol: bool,
+    /// Plain-HTTP requests are answered 308 to the HTTPS URL.
+    pub redirect_http_to_https: bool,
+    /// Path prefixes served over plain HTTP despite the redirect (ACME).
+    pub redirect_exempt_paths: Vec<String>,
     /// `[[proxy.certificates]]`: the first is the default certificate.
     pub certificates: Vec<CertificateConfig>,
     /// Add `x-stampgate-stamp` to responses (naming the serving stamp).
@@ -110,6 +130,20 @@ pub struct CertificateConfig {
     /// Path of the certificate chain (for messages).
     pub cert_path: PathBuf,
     /// Path of the private key (for messages).
+    pub key_path: PathBuf,
+    /// The certificate chain, DER, leaf first.
+    pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The private key, DER.
+    pub key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+}
+
+/// `upstream_tls = { cert, key }`, loaded and checked to be a pair.
+#[derive(Debug, Clone)]
+pub struct ClientCertConfig {
+    /// Path of the certificate chain (for messages, and to tell a changed
+    /// setting on reload).
+    pub cert_path: PathBuf,
+    /// Path of the private key.
     pub key_path: PathBuf,
     /// The certificate chain, DER, leaf first.
     pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -198,8 +232,15 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// TLS to stamps.
     pub upstream_tls: bool,
-    /// Extra trust anchors for upstream TLS (PEM), instead of system roots.
+    /// Extra trust anchors for upstream TLS (PEM), instead of system roots
+    /// (pool-level `ca_file` or `upstream_tls.ca_file`).
     pub ca_file: Option<PathBuf>,
+    /// `upstream_tls.cert`/`key`: the client certificate presented to
+    /// stamps that ask for one (mutual TLS).
+    pub client_cert: Option<ClientCertConfig>,
+    /// `upstream_tls.server_name`: sent as SNI and required in the stamp's
+    /// certificate instead of the stamp's host; `None` uses the host.
+    pub tls_server_name: Option<String>,
     /// Speak HTTP/2 to stamps (prior knowledge, or ALPN with TLS).
     pub upstream_http2: bool,
     /// `Host` header sent to stamps; `None` keeps the client's.

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub dns_server: Option<RawDnsServer>,
     /// `[fleet]`; optional: without it this edge stands alone.
     pub fleet: Option<RawFleet>,
+    /// `[health]`: the load balancer's readiness listener; optional.
+    pub health: Option<RawHealthListener>,
 }
 
 /// `[dns_server]`: the authoritative DNS server.
@@ -93,6 +95,14 @@ pub struct RawFleet {
     pub health_quorum: Option<toml::Value>,
 }
 
+/// `[health]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthListener {
+    /// Address of the `/ready` and `/live` listener.
+    pub listen: Option<String>,
+}
+
 /// `[access_log]`: one line per request.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +153,14 @@ pub struct RawProxy {
     /// Duration string.
     #[serde(default, deserialize_with = "duration")]
     pub shutdown_grace: Option<String>,
+    /// Duration string: `/ready` fails this long before listeners stop.
+    pub shutdown_delay: Option<String>,
+    /// Every client connection starts with a PROXY v1/v2 header.
+    pub proxy_protocol: Option<bool>,
+    /// Answer plain-HTTP requests with a 308 to HTTPS.
+    pub redirect_http_to_https: Option<bool>,
+    /// Path prefixes answered over plain HTTP despite the redirect.
+    pub redirect_exempt_paths: Option<Vec<String>>,
     /// Add the `x-stampgate-stamp` response header.
     pub stamp_header: Option<bool>,
     /// Set `X-Forwarded-For/-Proto/-Host` and `Via` on requests.
@@ -227,8 +245,8 @@ pub struct RawPool {
     /// Duration string.
     #[serde(default, deserialize_with = "duration")]
     pub slow_start: Option<String>,
-    /// TLS to stamps.
-    pub upstream_tls: Option<bool>,
+    /// TLS to stamps: `true`/`false`, or a table with mutual-TLS settings.
+    pub upstream_tls: Option<RawUpstreamTls>,
     /// PEM trust anchors path, relative to the config file.
     pub ca_file: Option<String>,
     /// HTTP/2 to stamps.
@@ -373,4 +391,55 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
         }
     }
     d.deserialize_any(Visitor)
+}
+
+/// `upstream_tls`: the boolean form (`upstream_tls = true`, trust from the
+/// pool's `ca_file`) or the table form, which turns TLS on and adds the
+/// client certificate and a fixed server name.
+#[derive(Debug)]
+pub enum RawUpstreamTls {
+    /// `upstream_tls = true` or `false`.
+    On(bool),
+    /// `upstream_tls = { ca_file, cert, key, server_name }`.
+    Table(RawUpstreamTlsTable),
+}
+
+/// `upstream_tls = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTlsTable {
+    /// PEM trust anchors path, relative to the config file.
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain presented to stamps.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    pub key: Option<String>,
+    /// SNI sent to stamps and the name their certificate must carry.
+    pub server_name: Option<String>,
+}
+
+/// By hand rather than `#[serde(untagged)]`: untagged enums answer a typo
+/// in the table with "did not match any variant", while this passes the
+/// table's own error (the unknown key, named) through.
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawUpstreamTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table { ca_file, cert, key, server_name }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawUpstreamTls, E> {
+                Ok(RawUpstreamTls::On(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawUpstreamTls, A::Error> {
+                RawUpstreamTlsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawUpstreamTls::Table)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }

@@ -24,8 +24,8 @@ use super::raw::{
 };
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
-    AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config, PoolConfig,
-    ProxySettings, RetryConfig, RouteConfig,
+    AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config,
+    HealthListenerSettings, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
 };
 use crate::discovery::DnsSettings;
 
@@ -316,6 +316,13 @@ impl<'a> Ctx<'a> {
             .dns_server
             .map(|d| dns_server::dns_server(self, d, &pools, advertise, &proxy, &admin))
             .transpose()?;
+        let health = match raw.health.unwrap_or_default().listen {
+            Some(l) => HealthListenerSettings {
+                listen: Some(self.socket_addr("health.listen", &l)?),
+            },
+            None => HealthListenerSettings::default(),
+        };
+        self.check_health_overlap(&proxy, &admin, &health)?;
         Ok(Config {
             source: self.file.to_path_buf(),
             proxy,
@@ -326,6 +333,7 @@ impl<'a> Ctx<'a> {
             access_log,
             dns_server,
             fleet,
+            health,
         })
     }
 
@@ -424,6 +432,34 @@ impl<'a> Ctx<'a> {
             ));
         }
         let key = |k: &str| format!("proxy.{k}");
+        let redirect = raw
+            .redirect_http_to_https
+            .unwrap_or(DEFAULT_REDIRECT_HTTP_TO_HTTPS);
+        if redirect && tls_listen.is_empty() {
+            return Err(self.invalid(
+                &key("redirect_http_to_https"),
+                "true",
+                "needs a TLS listener to redirect to: set proxy.tls_listen",
+            ));
+        }
+        let exempt = match raw.redirect_exempt_paths {
+            None => DEFAULT_REDIRECT_EXEMPT_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            Some(paths) => {
+                for (i, p) in paths.iter().enumerate() {
+                    if !p.starts_with('/') {
+                        return Err(self.invalid(
+                            &format!("proxy.redirect_exempt_paths[{i}]"),
+                            quote(p),
+                            "must be a path prefix starting with '/'",
+                        ));
+                    }
+                }
+                paths
+            }
+        };
         Ok(ProxySettings {
             listen,
             tls_listen,
@@ -447,6 +483,14 @@ impl<'a> Ctx<'a> {
                 raw.shutdown_grace.as_deref(),
                 DEFAULT_SHUTDOWN_GRACE,
             )?,
+            shutdown_delay: self.duration(
+                &key("shutdown_delay"),
+                raw.shutdown_delay.as_deref(),
+                DEFAULT_SHUTDOWN_DELAY,
+            )?,
+            proxy_protocol: raw.proxy_protocol.unwrap_or(DEFAULT_PROXY_PROTOCOL),
+            redirect_http_to_https: redirect,
+            redirect_exempt_paths: exempt,
             certificates,
             stamp_header: raw.stamp_header.unwrap_or(DEFAULT_STAMP_HEADER),
             forwarded_headers: raw.forwarded_headers.unwrap_or(DEFAULT_FORWARDED_HEADERS),
@@ -547,6 +591,38 @@ impl<'a> Ctx<'a> {
                     quote(&addr.to_string()),
                     format!(
                         "overlaps {earlier} ({other}): both would bind port {}",
+                        addr.port()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `health.listen` must not take a port another listener binds
+    /// (port 0 never collides).
+    fn check_health_overlap(
+        &self,
+        proxy: &ProxySettings,
+        admin: &AdminSettings,
+        health: &HealthListenerSettings,
+    ) -> Result<(), ConfigError> {
+        let Some(addr) = health.listen else {
+            return Ok(());
+        };
+        let others = proxy
+            .listen
+            .iter()
+            .map(|a| ("proxy.listen", *a))
+            .chain(proxy.tls_listen.iter().map(|a| ("proxy.tls_listen", *a)))
+            .chain(std::iter::once(("admin.listen", admin.listen)));
+        for (key, other) in others {
+            if overlaps(addr, other) {
+                return Err(self.invalid(
+                    "health.listen",
+                    quote(&addr.to_string()),
+                    format!(
+                        "overlaps {key} ({other}): both would bind port {}",
                         addr.port()
                     ),
                 ));

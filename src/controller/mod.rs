@@ -33,12 +33,14 @@ use crate::health::state::{
     HealthSettings, HealthState, StampHealth, Transition, max_ejected_allows,
 };
 use crate::metrics::ProxyStats;
+use crate::proxy::tls::{Certificates, TlsSetupError};
 use crate::routing::budget::RetryBudget;
 use crate::routing::{ProbeResult, RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 pub mod events;
 mod fleet;
+pub mod history;
 mod operator;
 pub mod state_file;
 mod status;
@@ -82,6 +84,9 @@ pub enum ControllerError {
     /// untouched.
     #[error(transparent)]
     State(#[from] state_file::StateFileError),
+    /// A TLS listener certificate is unusable.
+    #[error(transparent)]
+    Certificates(#[from] TlsSetupError),
 }
 
 /// The controller's view of one stamp.
@@ -172,12 +177,17 @@ pub struct ControllerHandle {
     pub dns: DnsCache,
     /// The generation of the table last stored in `routing`.
     published: watch::Receiver<u64>,
+    /// The TLS listeners' certificates, replaced on reload.
+    pub certificates: Arc<Certificates>,
+    /// Per-second samples of the last minutes, for the dashboard.
+    pub history: Arc<history::History>,
 }
 
 impl ControllerHandle {
     /// A handle over parts made elsewhere: `published` carries the
     /// generation of each table stored in `routing`. The controller makes
     /// its own in [`Controller::start`]; tests make one around a stand-in.
+    #[allow(clippy::too_many_arguments)] // each is one shared part the controller owns
     pub fn new(
         routing: Arc<ArcSwap<RoutingTable>>,
         signals: mpsc::Sender<Signal>,
@@ -185,6 +195,8 @@ impl ControllerHandle {
         stats: Arc<ProxyStats>,
         published: watch::Receiver<u64>,
         dns: DnsCache,
+        certificates: Arc<Certificates>,
+        history: Arc<history::History>,
     ) -> ControllerHandle {
         ControllerHandle {
             routing,
@@ -192,6 +204,8 @@ impl ControllerHandle {
             events,
             stats,
             dns,
+            certificates,
+            history,
             published,
         }
     }
@@ -254,6 +268,10 @@ pub struct Controller {
     orphans: BTreeMap<String, state_file::Decision>,
     /// The outcome of the last reload, for status.
     last_reload: Option<serde_json::Value>,
+    /// The TLS listeners' certificates; this controller is their writer.
+    certificates: Arc<Certificates>,
+    /// The dashboard's history; pushed to once per live window.
+    history: Arc<history::History>,
     /// DNS: the resolver (made once a host name is configured), the report
     /// channel, and the hosts that have a refresh loop.
     resolver: Option<Arc<Discovery>>,
@@ -281,6 +299,7 @@ impl Controller {
             record: fleet_record.unwrap_or_default(),
             down: BTreeMap::new(),
         };
+        let certificates = Arc::new(Certificates::new(&config.proxy.certificates)?);
         let dns = DnsCache::new();
         let upstreams = config
             .pools
@@ -313,6 +332,8 @@ impl Controller {
             live_clock: LiveClock::new(now),
             orphans: decisions,
             last_reload: None,
+            certificates: certificates.clone(),
+            history: Arc::default(),
             resolver: None,
             dns_reports: dns_tx,
             dns_hosts: BTreeSet::new(),
@@ -350,6 +371,8 @@ impl Controller {
             controller.stats.clone(),
             published_rx,
             controller.dns.clone(),
+            certificates,
+            controller.history.clone(),
         );
         tokio::spawn(controller.run(rx, dns_rx, loaded_rx));
         Ok(handle)
@@ -655,8 +678,30 @@ impl Controller {
             let t = self.judge_failure_rate(i, now);
             self.record_transition(i, t);
         }
+        if live_window.is_some() {
+            self.sample_history();
+        }
         self.advance_drains(now);
         self.publish(now, false);
+    }
+
+    /// One second of figures per stamp into the dashboard's history.
+    fn sample_history(&self) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let stamps: Vec<history::StampSample> = self
+            .stamps
+            .iter()
+            .map(|e| history::StampSample {
+                stamp: e.config.name.clone(),
+                region: e.config.region.clone(),
+                rps: e.live.rps(),
+                eps: e.live.eps(),
+                rtt_ms: e.health.smoothed_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        self.history.push(unix_ms, &stamps);
     }
 
     /// After a state machine call: record the transition, then publish.

@@ -195,12 +195,21 @@ impl Controller {
         let predicted = self.build_table(&weights, self.generation);
         if dry_run {
             let current = self.routing.load();
-            return Ok(json!({
+            let mut answer = json!({
                 "dry_run": true,
                 "target": describe(target),
                 "current_shares": shares(&current),
                 "shares": shares(&predicted),
-            }));
+            });
+            // A dry run answers what the real call would do, refusal
+            // included: "looks fine" followed by a refusal misleads.
+            if !force
+                && let Err(AdminError::Refused(why)) =
+                    self.refuse_last_usable(&stamps, &weights, target)
+            {
+                answer["would_refuse"] = json!(why);
+            }
+            return Ok(answer);
         }
         if !force {
             self.refuse_last_usable(&stamps, &weights, target)?;
@@ -424,9 +433,6 @@ impl Controller {
         if new.fleet != self.config.fleet {
             warnings.push("[fleet] changed: it takes effect after a restart".to_owned());
         }
-        if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
-            warnings.push("certificates changed: they take effect after a restart".to_owned());
-        }
 
         // Upstream clients: keep those whose pool's connection settings
         // did not change, so their warm connections survive; else the one
@@ -449,6 +455,20 @@ impl Controller {
                 ),
             };
             upstreams.push(u);
+        }
+        // Certificates last among the fallible steps: once they are
+        // swapped, nothing below can refuse the reload. Their files were
+        // read and checked by `config::load`, so a broken new certificate
+        // was refused above, and the old one is still served.
+        if let Err(e) = self.certificates.replace(&new.proxy.certificates) {
+            let message = format!("proxy.certificates: {e}");
+            tracing::error!(%who, error = %message, "reload refused; still serving the previous config");
+            self.events.push(NewEvent::proxy_wide(
+                EventKind::Config,
+                format!("reload refused (by {who}): {message}"),
+            ));
+            self.last_reload = Some(json!({ "ok": false, "by": who, "error": message }));
+            return Err(AdminError::Reload(message));
         }
         self.config = new;
         self.upstreams = upstreams;
@@ -624,6 +644,11 @@ fn same_upstream(a: &crate::config::PoolConfig, b: &crate::config::PoolConfig) -
     a.upstream_tls == b.upstream_tls
         && a.upstream_http2 == b.upstream_http2
         && a.ca_file == b.ca_file
+        // The chain as read, not only the paths: a rotated client
+        // certificate keeps its file names.
+        && a.client_cert.as_ref().map(|c| (&c.cert_path, &c.key_path, &c.cert_chain))
+            == b.client_cert.as_ref().map(|c| (&c.cert_path, &c.key_path, &c.cert_chain))
+        && a.tls_server_name == b.tls_server_name
         && a.connect_timeout == b.connect_timeout
         && a.probe.https == b.probe.https
 }

@@ -49,6 +49,8 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Proxy-wide counters.
     pub stats: Arc<ProxyStats>,
+    /// `proxy.redirect_http_to_https`: plain-HTTP requests get a 308.
+    pub redirect: Option<super::redirect::Redirect>,
 }
 
 /// What the access log needs of the request, taken before the request is
@@ -72,6 +74,12 @@ impl Gateway {
         conn: &ConnInfo,
         timer: Option<&TryTimer>,
     ) -> Response<ResponseBody> {
+        if !conn.tls
+            && let Some(redirect) = &self.redirect
+            && let Some(resp) = redirect.answer(&req)
+        {
+            return resp;
+        }
         let mut guard = InFlight::begin(&conn.activity, req.version());
         let table = self.routing.load_full();
         let client_id = req.headers().get(&X_REQUEST_ID).cloned();

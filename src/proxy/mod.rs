@@ -28,6 +28,8 @@ pub mod h1_server;
 pub mod handler;
 pub mod headers;
 pub mod in_flight;
+pub mod proxy_protocol;
+pub mod redirect;
 pub mod request_body;
 pub mod server;
 pub mod tls;
@@ -67,6 +69,8 @@ pub struct Wiring {
     pub access_log: AccessLog,
     /// Proxy-wide counters.
     pub stats: Arc<ProxyStats>,
+    /// The TLS listeners' certificates (swapped by the controller on reload).
+    pub certificates: Arc<tls::Certificates>,
 }
 
 /// Running client listeners.
@@ -110,7 +114,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
         None
     } else {
         Some(TlsAcceptor::from(tls::server_config(
-            &config.proxy.certificates,
+            wiring.certificates.clone(),
         )?))
     };
     let plain = bind_all(&config.proxy.listen).await?;
@@ -119,14 +123,23 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
     };
+    let redirect = match (config.proxy.redirect_http_to_https, secure.first()) {
+        (true, Some(l)) => Some(redirect::Redirect {
+            https_port: l.local_addr().map_or(443, |a| a.port()),
+            exempt: config.proxy.redirect_exempt_paths.clone(),
+        }),
+        _ => None,
+    };
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {
             routing: wiring.routing,
             signals: wiring.signals,
             access_log: wiring.access_log,
             stats: wiring.stats,
+            redirect,
         }),
         limits,
+        proxy_protocol: config.proxy.proxy_protocol,
         http: Arc::new(server::http_builder()),
         shutdown: Arc::new(Tripwire::new()),
         tracker: TaskTracker::new(),

@@ -26,6 +26,7 @@ use super::conn::{ConnActivity, ConnInfo};
 use super::h1_server::{self, Served};
 use super::handler::Gateway;
 use super::headers;
+use super::proxy_protocol;
 use crate::metrics::{HandshakeFailure, Listener};
 use crate::tripwire::Tripwire;
 
@@ -50,6 +51,8 @@ pub struct Acceptor {
     pub gateway: Arc<Gateway>,
     /// Connection limits.
     pub limits: ConnLimits,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// hyper's HTTP/1 + HTTP/2 server settings.
     pub http: Arc<auto::Builder<TokioExecutor>>,
     /// Tripped on shutdown: stop accepting, finish in-flight requests.
@@ -151,8 +154,31 @@ impl Acceptor {
         }
     }
 
-    async fn serve(self, stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn serve(self, mut stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = stream.set_nodelay(true);
+        // Behind a balancer speaking the PROXY protocol, the peer is the
+        // balancer; the header (before any TLS) names the client. A
+        // connection without a valid one within the head timeout is
+        // closed: serving it would log the balancer as the client.
+        let remote = if self.proxy_protocol {
+            let header = Box::pin(tokio::time::timeout(
+                self.limits.header_read_timeout,
+                proxy_protocol::read_header(&mut stream),
+            ));
+            match header.await {
+                Ok(Ok(client)) => client.unwrap_or(remote),
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "PROXY header refused; closing");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "no PROXY header within header_read_timeout; closing");
+                    return;
+                }
+            }
+        } else {
+            remote
+        };
         match tls {
             None => self.serve_io(stream, remote, false).await,
             // The TLS arm is boxed: a task holds its future's largest state,

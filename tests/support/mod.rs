@@ -404,6 +404,8 @@ impl FakeController {
             Default::default(),
             published,
             Default::default(),
+            Default::default(),
+            Default::default(),
         );
         FakeController { handle, seen }
     }

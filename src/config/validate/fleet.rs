@@ -222,6 +222,17 @@ mod tests {
     }
 
     #[test]
+    fn without_etcd_the_section_only_names_this_edge() {
+        let text = "[fleet]\nname = \"edge-1\"\nadvertise = [\"203.0.113.10\"]\n";
+        let f = parse_str(&format!("{BASE}{text}"), Path::new("t.toml"))
+            .unwrap()
+            .fleet
+            .unwrap();
+        assert!(!f.is_shared());
+        assert_eq!(f.advertise.len(), 1);
+    }
+
+    #[test]
     fn a_full_fleet_section_parses() {
         let text = "[fleet]\nname = \"edge-1\"\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sg/prod\"\nlease_ttl = \"5s\"\nadvertise = [\"203.0.113.10\"]\nhealth_quorum = 2\n";
         let f = parse_str(&format!("{BASE}{text}"), Path::new("t.toml"))
@@ -238,7 +249,10 @@ mod tests {
     #[test]
     fn bad_values_name_key_and_value() {
         let base = "name = \"e\"\netcd = [\"http://127.0.0.1:2379\"]\n";
-        assert!(err("name = \"e\"\netcd = []").contains("fleet.etcd = []"));
+        assert!(
+            err("name = \"e\"\netcd = []\nusername = \"u\"")
+                .contains("fleet.etcd = []: fleet.username is only used with etcd endpoints")
+        );
         assert!(
             err("name = \"e\"\netcd = [\"10.0.0.5:2379\"]")
                 .contains("fleet.etcd[0] = \"10.0.0.5:2379\": expected http://")
