@@ -30,6 +30,9 @@ pub struct ConnActivity {
     /// Milliseconds since `born`, plus one, at which a request head started
     /// arriving with nothing in flight; 0: no head pending.
     head_started_ms: AtomicU64,
+    /// Milliseconds since `born`, plus one, at which an HTTP/2 header
+    /// block was opened and not yet finished; 0: none open.
+    block_started_ms: AtomicU64,
     /// An HTTP/2 connection: frames arrive between requests (pings,
     /// settings), so only the idle timer applies once it is known.
     pub(super) h2: AtomicBool,
@@ -51,6 +54,7 @@ impl ConnActivity {
             last_active_ms: AtomicU64::new(0),
             // A new connection owes its first request head at once.
             head_started_ms: AtomicU64::new(1),
+            block_started_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             resting: AtomicBool::new(false),
             born: Instant::now(),
@@ -115,6 +119,21 @@ impl ConnActivity {
             return None;
         }
         match self.head_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
+        }
+    }
+
+    /// An HTTP/2 header block was opened (`true`) or finished (`false`).
+    pub(super) fn header_block(&self, open: bool) {
+        let at = if open { self.now_ms() + 1 } else { 0 };
+        self.block_started_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// When an open HTTP/2 header block becomes late, if one is open: it
+    /// stops the whole connection, so requests in flight do not excuse it.
+    pub fn header_block_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        match self.block_started_ms.load(Ordering::Relaxed) {
             0 => None,
             started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
         }
