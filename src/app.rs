@@ -60,6 +60,8 @@ pub struct App {
     pub controller: ControllerHandle,
     /// The admin API, when started with tokens.
     pub admin: Option<AdminHandle>,
+    /// Proxy-wide counters (what `/metrics` shows of the proxy itself).
+    pub stats: Arc<ProxyStats>,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
@@ -79,7 +81,7 @@ impl App {
                 routing: controller.routing.clone(),
                 signals: controller.signals.clone(),
                 access_log,
-                stats,
+                stats: stats.clone(),
             };
             Ok::<_, StartError>(proxy::start(config, wiring).await?)
         };
@@ -117,6 +119,7 @@ impl App {
             routing: controller.routing.clone(),
             controller,
             admin,
+            stats,
             proxy,
             stop_controller,
             stop_admin,

@@ -147,3 +147,123 @@ fn has_frame(bytes: &[u8], kind: u8) -> bool {
 fn has_frame_on(bytes: &[u8], kind: u8, stream: u32) -> bool {
     frames(bytes).contains(&(kind, stream))
 }
+
+/// Read from `tcp` until the proxy closes it (panics after 10 s).
+async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
+    closed_within(tcp, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|seen| {
+            panic!(
+                "still open after 10 s; read {:?}",
+                String::from_utf8_lossy(&seen)
+            )
+        })
+}
+
+/// A stamp that stops mid-body (Content-Length framing): after
+/// `read_timeout` the proxy aborts the response short of its length,
+/// which the client can tell from a complete one.
+#[tokio::test]
+async fn stamp_silent_mid_body_is_cut_short_of_content_length() {
+    let stamp =
+        support::raw::raw_stamp(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+    let p = Setup::new()
+        .address("stuck", "r1", &stamp.to_string())
+        .pool("read_timeout = \"300ms\"")
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
+    tcp.write_all(support::raw::get(ITEMS).as_bytes())
+        .await
+        .unwrap();
+    let seen = read_to_close(&mut tcp).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &seen[seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body, b"hello", "{text}");
+}
+
+/// The same with chunked framing: the terminating chunk never comes.
+#[tokio::test]
+async fn stamp_silent_mid_chunked_body_is_cut_without_the_last_chunk() {
+    let stamp = support::raw::raw_stamp(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
+    let p = Setup::new()
+        .address("stuck", "r1", &stamp.to_string())
+        .pool("read_timeout = \"300ms\"")
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
+    tcp.write_all(support::raw::get(ITEMS).as_bytes())
+        .await
+        .unwrap();
+    let seen = read_to_close(&mut tcp).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "presented as complete: {text}"
+    );
+}
+
+/// Over HTTP/2 the stalled stream is reset: the client's body read fails
+/// instead of ending.
+#[tokio::test]
+async fn stamp_silent_mid_body_resets_the_h2_stream() {
+    use http_body_util::BodyExt;
+    let stamp =
+        support::raw::raw_stamp(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+    let p = Setup::new()
+        .address("stuck", "r1", &stamp.to_string())
+        .pool("read_timeout = \"300ms\"")
+        .start()
+        .await;
+    let client = h2c_client();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get(p.url(ITEMS).parse().unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("body ends within 10 s");
+    assert!(body.is_err(), "stalled body presented as complete");
+}
+
+/// A client that reads nothing of a large answer is cut at idle_timeout
+/// instead of holding the exchange (and the stamp's connection) for ever.
+#[tokio::test]
+async fn client_that_stops_reading_is_cut() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .proxy("idle_timeout = \"300ms\"")
+        .start()
+        .await;
+    let len: usize = 64 * 1024 * 1024;
+    let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let path = format!("/catalogservice/api/1.0/blob?bytes={len}");
+    tcp.write_all(support::raw::get(&path).as_bytes())
+        .await
+        .unwrap();
+    let stats = p.handle.stats.clone();
+    let load = |n: &std::sync::atomic::AtomicI64| n.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the connection is accepted and cut", async || {
+        stats.accepted[0].load(std::sync::atomic::Ordering::Relaxed) == 1
+            && stats.connections.iter().flatten().all(|n| load(n) == 0)
+    })
+    .await;
+    let seen = read_to_close(&mut tcp).await;
+    assert!(
+        seen.len() < len,
+        "the whole answer got through: {} bytes, {:?}",
+        seen.len(),
+        String::from_utf8_lossy(&seen[..300.min(seen.len())])
+    );
+}

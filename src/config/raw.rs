@@ -163,6 +163,8 @@ pub struct RawPool {
     pub host_header: Option<String>,
     /// Duration string.
     pub connect_timeout: Option<String>,
+    /// Duration string.
+    pub read_timeout: Option<String>,
     /// `[pools.NAME.probe]`
     pub probe: Option<RawProbe>,
     /// `[pools.NAME.outlier]`

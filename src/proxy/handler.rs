@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::access_log::{AccessLog, Entry};
 use super::attempts::{Attempts, Failure, Verdict, classify};
-use super::body::{ClientBody, ResponseBody};
+use super::body::{ClientBody, ResponseBody, Stall};
 use super::conn::{ConnInfo, TryTimer};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
@@ -30,6 +30,7 @@ use crate::metrics::ProxyStats;
 use crate::routing::{Outcome, PoolView, RoutingTable, StampStats, StampView, host_without_port};
 use crate::signals::Signal;
 use crate::upstream::StampBody;
+use crate::upstream::body::BoxError;
 
 /// Seconds a fail-closed pool asks clients to wait before trying again:
 /// about one probe interval, after which a recovered stamp is back.
@@ -285,12 +286,17 @@ impl Gateway {
             let failure = match sent {
                 Ok(Ok(resp)) => {
                     match classify(resp.status(), route.retry.on_server_error, this.last) {
-                        Verdict::Deliver(outcome) => {
-                            stamp.stats.record(outcome);
-                            let resp =
-                                respond(resp, stamp, request_id.as_ref(), table.stamp_header);
-                            return Ok((resp, request_id));
-                        }
+                        Verdict::Deliver(outcome) => match first_frame(resp) {
+                            Ok((resp, first)) => {
+                                stamp.stats.record(outcome);
+                                let resp = respond(resp, first, stamp, pool, table, &request_id);
+                                return Ok((resp, request_id));
+                            }
+                            Err(e) => Failure::Error(ProxyError::UpstreamProtocol {
+                                stamp: stamp.name.to_string(),
+                                detail: format!("response body: {e}"),
+                            }),
+                        },
                         Verdict::ServerError => {
                             stamp.stats.record(Outcome::ServerError);
                             Failure::ServerError(resp)
@@ -321,7 +327,7 @@ impl Gateway {
             }
             return match failure {
                 Failure::Status(resp) | Failure::ServerError(resp) => {
-                    let resp = respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                    let resp = respond(resp, None, stamp, pool, table, &request_id);
                     Ok((resp, request_id))
                 }
                 Failure::Error(e) => Err(fail(e)),
@@ -352,16 +358,47 @@ impl Gateway {
     }
 }
 
+/// Read what of the body is already there without waiting: a body whose
+/// first bytes are broken (bad chunk line, oversized trailer) fails here,
+/// while nothing has been sent, and the client gets a 502 instead of a
+/// bare close. A frame read is handed back to go out first.
+#[allow(clippy::type_complexity)] // the response and its first frame
+fn first_frame(
+    mut resp: Response<StampBody>,
+) -> Result<(Response<StampBody>, Option<http_body::Frame<bytes::Bytes>>), BoxError> {
+    if resp.body().is_end_stream() {
+        return Ok((resp, None));
+    }
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(resp.body_mut()).poll_frame(&mut cx) {
+        Poll::Ready(Some(Err(e))) => Err(e),
+        Poll::Ready(Some(Ok(frame))) => Ok((resp, Some(frame))),
+        Poll::Ready(None) | Poll::Pending => Ok((resp, None)),
+    }
+}
+
 /// The stamp's response, on its way to the client.
 fn respond(
     resp: Response<StampBody>,
+    first: Option<http_body::Frame<bytes::Bytes>>,
     stamp: &StampView,
-    request_id: Option<&HeaderValue>,
-    stamp_header: bool,
+    pool: &PoolView,
+    table: &RoutingTable,
+    request_id: &Option<HeaderValue>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
-    headers::prepare_response(&mut parts.headers, request_id);
-    if stamp_header {
+    headers::prepare_response(&mut parts.headers, request_id.as_ref());
+    // 1xx, 204 and 304 answers carry no body, so a length on them only
+    // misleads (RFC 9110, 8.6); HAProxy removes it too.
+    let status = parts.status;
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    if table.stamp_header {
         parts
             .headers
             .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
@@ -373,6 +410,8 @@ fn respond(
             inner: body,
             guard: None,
             cut,
+            first,
+            stall: Stall::new(pool.read_timeout),
         },
     )
 }

@@ -162,7 +162,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        this.activity.write_polled(polled.is_pending());
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -178,7 +181,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.write_polled(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -389,6 +395,14 @@ impl ConnLimits {
             && late <= now
         {
             tracing::debug!(%remote, "HTTP/2 header block not finished within header_read_timeout");
+            return Timers::HeadLate;
+        }
+        // A client that reads nothing holds the response (and the stamp's
+        // connection behind it) as long as it likes unless cut.
+        if let Some(late) = activity.write_deadline(idle)
+            && late <= now
+        {
+            tracing::debug!(%remote, "client read nothing for idle_timeout");
             return Timers::HeadLate;
         }
         match activity.head_deadline(head) {
