@@ -21,7 +21,7 @@ use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
 use crate::metrics::ProxyStats;
-use crate::proxy::access_log::{AccessLog, AccessLogError};
+use crate::proxy::access_log::{AccessLog, AccessLogError, Reopen};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
 use crate::routing::RoutingTable;
 
@@ -62,6 +62,7 @@ pub struct App {
     pub admin: Option<AdminHandle>,
     /// Proxy-wide counters (what `/metrics` shows of the proxy itself).
     pub stats: Arc<ProxyStats>,
+    access_log: Reopen,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
@@ -77,15 +78,16 @@ impl App {
         let controller = Controller::start(config.clone(), stats.clone(), stop_controller.clone())?;
         let started = async {
             let access_log = AccessLog::start(&config.access_log, stats.clone())?;
+            let reopen = access_log.reopener();
             let wiring = Wiring {
                 routing: controller.routing.clone(),
                 signals: controller.signals.clone(),
                 access_log,
                 stats: stats.clone(),
             };
-            Ok::<_, StartError>(proxy::start(config, wiring).await?)
+            Ok::<_, StartError>((proxy::start(config, wiring).await?, reopen))
         };
-        let proxy = match started.await {
+        let (proxy, access_log) = match started.await {
             Ok(p) => p,
             Err(e) => {
                 stop_controller.cancel();
@@ -120,10 +122,17 @@ impl App {
             controller,
             admin,
             stats,
+            access_log,
             proxy,
             stop_controller,
             stop_admin,
         })
+    }
+
+    /// What opens the access log file again by name before its next line
+    /// (log rotation; `stampgate run` asks on SIGUSR1).
+    pub fn access_log_reopener(&self) -> Reopen {
+        self.access_log.clone()
     }
 
     /// The admin API's bound address, when it runs.
