@@ -196,12 +196,25 @@ impl Gateway {
             version: parts.version,
             host: host.as_ref(),
         };
+        // `TE` is hop-by-hop, but `te: trailers` is the one value HTTP/2
+        // allows and gRPC servers require it: it goes on to HTTP/2 stamps.
+        let te_trailers = pool.upstream.version() == http::Version::HTTP_2
+            && parts
+                .headers
+                .get_all(header::TE)
+                .iter()
+                .any(headers::names_trailers);
         let request_id = headers::prepare_request(
             &mut parts.headers,
             &client,
             pool.host_header.as_ref(),
             table.header_rules,
         );
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         let fail = |e: ProxyError| (e, request_id.clone());
 
         // The route's timeout runs from the request's arrival.
