@@ -40,6 +40,10 @@ pub struct ProxyStats {
     pub access_log_written: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Connections upgraded (101 from a stamp) and spliced.
+    pub upgrades: AtomicU64,
+    /// Upgraded connections open now.
+    pub upgraded_open: AtomicI64,
 }
 
 /// Listener labels of [`ProxyStats::connections`].
@@ -166,6 +170,26 @@ impl Collector for TableCollector {
             &mut fam,
             &vec![],
             self.stats.unrouted.load(Ordering::Relaxed),
+        )?;
+        let mut fam = family!(
+            "stampgate_upgrades",
+            "Client connections upgraded (101 Switching Protocols, e.g. WebSocket) and spliced to a stamp",
+            MetricType::Counter,
+        )?;
+        counter(
+            &mut fam,
+            &vec![],
+            self.stats.upgrades.load(Ordering::Relaxed),
+        )?;
+        let mut fam = family!(
+            "stampgate_upgraded_connections",
+            "Upgraded connections open now",
+            MetricType::Gauge,
+        )?;
+        gauge(
+            &mut fam,
+            &vec![],
+            self.stats.upgraded_open.load(Ordering::Relaxed).max(0),
         )?;
         let mut fam = family!(
             "stampgate_retries",

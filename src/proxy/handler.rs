@@ -48,6 +48,9 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Proxy-wide counters.
     pub stats: Arc<ProxyStats>,
+    /// An upgraded connection with no bytes either way for this long is
+    /// closed (`proxy.idle_timeout`).
+    pub upgrade_idle: std::time::Duration,
 }
 
 /// What the access log needs of the request, taken before the request is
@@ -198,6 +201,15 @@ impl Gateway {
         };
         // `TE` is hop-by-hop, but `te: trailers` is the one value HTTP/2
         // allows and gRPC servers require it: it goes on to HTTP/2 stamps.
+        // An upgrade goes through only to an HTTP/1.1 stamp and only with
+        // hyper's handle on the client connection (the fast path hands
+        // upgrade requests to hyper).
+        let upgrade = if pool.upstream.version() == http::Version::HTTP_11 {
+            super::upgrade::requested(&parts.headers, parts.version)
+                .zip(parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        } else {
+            None
+        };
         let te_trailers = pool.upstream.version() == http::Version::HTTP_2
             && parts
                 .headers
@@ -215,6 +227,13 @@ impl Gateway {
                 .headers
                 .insert(header::TE, HeaderValue::from_static("trailers"));
         }
+        let (upgrade_value, mut on_upgrade) = match upgrade {
+            Some((value, on)) => (Some(value), Some(on)),
+            None => (None, None),
+        };
+        if let Some(value) = &upgrade_value {
+            super::upgrade::restore(&mut parts.headers, value.clone());
+        }
         let fail = |e: ProxyError| (e, request_id.clone());
 
         // The route's timeout runs from the request's arrival.
@@ -224,7 +243,8 @@ impl Gateway {
         let mut body = RequestBody::new(body, &parts, length, route, table.max_request_body)
             .await
             .map_err(fail)?;
-        let limit = if body.replayable() {
+        // An upgrade is never retried: the stamp may have switched.
+        let limit = if body.replayable() && upgrade_value.is_none() {
             route.retry.attempts as usize
         } else {
             1
@@ -297,6 +317,34 @@ impl Gateway {
             observe(&stamp.stats, &sent, elapsed);
             guard.upstream = Some(elapsed);
             let failure = match sent {
+                Ok(Ok(mut resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    let switched = match resp.body_mut() {
+                        StampBody::H1(body) => body.take_switched(),
+                        StampBody::H2(_) => None,
+                    };
+                    match (on_upgrade.take(), switched, upgrade_value.clone()) {
+                        (Some(client), Some((io, early)), Some(value)) => {
+                            stamp.stats.record(Outcome::Answered);
+                            super::upgrade::splice(
+                                client,
+                                io,
+                                early,
+                                self.upgrade_idle,
+                                self.stats.clone(),
+                            );
+                            let mut resp = respond(resp, None, stamp, pool, table, &request_id);
+                            super::upgrade::restore(resp.headers_mut(), value);
+                            *resp.body_mut() = ResponseBody::local(bytes::Bytes::new());
+                            return Ok((resp, request_id));
+                        }
+                        _ => Failure::Error(ProxyError::UpstreamProtocol {
+                            stamp: stamp.name.to_string(),
+                            detail:
+                                "101 Switching Protocols to a request that asked for no upgrade"
+                                    .to_owned(),
+                        }),
+                    }
+                }
                 Ok(Ok(resp)) => {
                     match classify(resp.status(), route.retry.on_server_error, this.last) {
                         Verdict::Deliver(outcome) => match first_frame(resp) {

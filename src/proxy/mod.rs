@@ -31,6 +31,7 @@ pub mod in_flight;
 pub mod request_body;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use access_log::AccessLog;
 use handler::Gateway;
@@ -126,6 +127,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
             signals: wiring.signals,
             access_log: wiring.access_log,
             stats: wiring.stats,
+            upgrade_idle: config.proxy.idle_timeout,
         }),
         limits,
         http: Arc::new(server::http_builder()),

@@ -309,7 +309,7 @@ impl Acceptor {
                 Ok::<_, std::convert::Infallible>(gateway.handle(req, &info, None).await)
             })
         });
-        let conn = self.http.serve_connection(io, service);
+        let conn = self.http.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
         let timer = tokio::time::sleep(head.min(idle));
