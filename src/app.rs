@@ -26,7 +26,7 @@ use crate::controller::{Controller, ControllerError, ControllerHandle};
 use crate::dns_server::{self, DnsServerError, DnsServerHandle};
 use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::ProxyStats;
-use crate::proxy::access_log::{AccessLog, AccessLogError};
+use crate::proxy::access_log::{AccessLog, AccessLogError, Reopen};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
 use crate::routing::RoutingTable;
 
@@ -78,6 +78,9 @@ pub struct App {
     pub dns: Option<DnsServerHandle>,
     /// The fleet sync, when `[fleet]` is configured.
     pub fleet: Option<FleetHandle>,
+    /// Proxy-wide counters (what `/metrics` shows of the proxy itself).
+    pub stats: Arc<ProxyStats>,
+    access_log: Reopen,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
@@ -120,16 +123,17 @@ impl App {
         };
         let started = async {
             let access_log = AccessLog::start(&config.access_log, stats.clone())?;
+            let reopen = access_log.reopener();
             let wiring = Wiring {
                 routing: controller.routing.clone(),
                 signals: controller.signals.clone(),
                 access_log,
-                stats,
+                stats: stats.clone(),
                 certificates: controller.certificates.clone(),
             };
-            Ok::<_, StartError>(proxy::start(config, wiring).await?)
+            Ok::<_, StartError>((proxy::start(config, wiring).await?, reopen))
         };
-        let proxy = match started.await {
+        let (proxy, access_log) = match started.await {
             Ok(p) => p,
             Err(e) => {
                 stop_controller.cancel();
@@ -197,6 +201,8 @@ impl App {
             admin,
             dns,
             fleet,
+            stats,
+            access_log,
             proxy,
             stop_controller,
             stop_admin,
@@ -206,6 +212,12 @@ impl App {
             shutting_down,
             shutdown_delay: config.proxy.shutdown_delay,
         })
+    }
+
+    /// What opens the access log file again by name before its next line
+    /// (log rotation; `stampgate run` asks on SIGUSR1).
+    pub fn access_log_reopener(&self) -> Reopen {
+        self.access_log.clone()
     }
 
     /// The admin API's bound address, when it runs.

@@ -75,8 +75,8 @@ pub enum ProxyError {
         /// The underlying cause, for logs.
         detail: String,
     },
-    /// The stamp's response was not valid HTTP (or used an unsupported
-    /// feature such as `101 Switching Protocols`).
+    /// The stamp's response was not valid HTTP (including a body broken
+    /// at its first read, or a `101` to a request that asked no upgrade).
     #[error("stamp {stamp} sent an invalid response: {detail}")]
     UpstreamProtocol {
         /// Stamp name.

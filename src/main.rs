@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stampgate::admin::{self, Tokens};
 use stampgate::app::App;
 use stampgate::controller::ControllerHandle;
+use stampgate::proxy::access_log::Reopen;
 use stampgate::signals::command::Command as AdminCommand;
 use stampgate::{config, demo, drill, stamp};
 use tokio_util::sync::CancellationToken;
@@ -146,6 +147,10 @@ async fn run(command: Command) -> ExitCode {
                 std::task::Poll::Ready(stop.as_mut().poll(cx).is_ready())
             })
             .await;
+            // SIGUSR1 too: its default action ends the process, and log
+            // rotation sends it as soon as the file is renamed.
+            let user1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
             let app = match App::start(&cfg, Some(tokens)).await {
                 Ok(app) => app,
                 Err(e) => {
@@ -153,6 +158,14 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            match user1 {
+                Ok(user1) => {
+                    tokio::spawn(reopen_on_sigusr1(app.access_log_reopener(), user1));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGUSR1; the access log is not reopened on it")
+                }
+            }
             let stop_reload = CancellationToken::new();
             tokio::spawn(reload_on_sighup(
                 app.controller.clone(),
@@ -255,6 +268,15 @@ fn demo_admin_banner(admin: SocketAddr, token: Option<&str>) -> String {
          Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
          {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
     )
+}
+
+/// SIGUSR1 reopens the access log file by name (log rotation: rename,
+/// then signal; the next line goes to a new file at the configured path).
+async fn reopen_on_sigusr1(reopen: Reopen, mut user1: tokio::signal::unix::Signal) {
+    while user1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the access log");
+        reopen.request();
+    }
 }
 
 /// SIGHUP asks the controller to reload the config file, as

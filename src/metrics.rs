@@ -45,6 +45,10 @@ pub struct ProxyStats {
     /// The DNS server's counters, set when it starts (absent without
     /// `[dns_server]`).
     pub dns_server: arc_swap::ArcSwapOption<DnsQueryStats>,
+    /// Connections upgraded (101 from a stamp) and spliced.
+    pub upgrades: AtomicU64,
+    /// Upgraded connections open now.
+    pub upgraded_open: AtomicI64,
 }
 
 /// Query type labels of [`DnsQueryStats`].
@@ -318,6 +322,26 @@ impl Collector for TableCollector {
             self.stats.unrouted.load(Ordering::Relaxed),
         )?;
         let mut fam = family!(
+            "stampgate_upgrades",
+            "Client connections upgraded (101 Switching Protocols, e.g. WebSocket) and spliced to a stamp",
+            MetricType::Counter,
+        )?;
+        counter(
+            &mut fam,
+            &vec![],
+            self.stats.upgrades.load(Ordering::Relaxed),
+        )?;
+        let mut fam = family!(
+            "stampgate_upgraded_connections",
+            "Upgraded connections open now",
+            MetricType::Gauge,
+        )?;
+        gauge(
+            &mut fam,
+            &vec![],
+            self.stats.upgraded_open.load(Ordering::Relaxed).max(0),
+        )?;
+        let mut fam = family!(
             "stampgate_retries",
             "Retries granted by each route's retry budget",
             MetricType::Counter,
@@ -566,3 +590,69 @@ pub fn render(registry: &Registry) -> String {
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `Content-Type` of [`render_prometheus`]'s output.
+pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition in the Prometheus text format 0.0.4, for scrapers that
+/// do not read OpenMetrics. prometheus-client writes only OpenMetrics; the
+/// two differ, for what this registry holds, in the `TYPE` line of
+/// counters (named without `_total` in OpenMetrics, as their samples in
+/// 0.0.4), in the types 0.0.4 lacks (`info`, `unknown`), and in the
+/// `UNIT` and `EOF` lines 0.0.4 does not have.
+pub fn render_prometheus(registry: &Registry) -> String {
+    let open = render(registry);
+    let mut out = String::with_capacity(open.len());
+    // OpenMetrics writes HELP before TYPE; the name both carry in 0.0.4
+    // is known only at TYPE.
+    let mut help: Option<&str> = None;
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').map_or("", |(_, h)| h));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "unknown" => ("", "untyped"),
+                other => ("", other),
+            };
+            if let Some(help) = help.take() {
+                out.push_str(&format!("# HELP {name}{suffix} {help}\n"));
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a scraper's `Accept` prefers the Prometheus text format 0.0.4
+/// (`text/plain`) over OpenMetrics, by quality value; OpenMetrics when it
+/// asks for neither or both equally.
+pub fn wants_prometheus_text(accept: Option<&str>) -> bool {
+    let mut open = -1.0f32;
+    let mut text = -1.0f32;
+    for range in accept.unwrap_or_default().split(',') {
+        let mut params = range.split(';').map(str::trim);
+        let kind = params.next().unwrap_or_default().to_ascii_lowercase();
+        let q = params
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match kind.as_str() {
+            "application/openmetrics-text" => open = open.max(q),
+            "text/plain" => text = text.max(q),
+            _ => {}
+        }
+    }
+    text > open
+}

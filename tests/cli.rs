@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use stampgate::demo::{Demo, DemoPorts};
 use support::*;
@@ -273,4 +274,93 @@ fn run_notifies_systemd_and_logs_without_colours_off_a_terminal() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("proxy listening"), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}
+
+/// Log rotation: rename the access log, send SIGUSR1; the process lives
+/// on (the signal's default action would end it) and the next request's
+/// line lands in a new file at the configured path.
+#[test]
+fn sigusr1_reopens_the_access_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let path = dir.path().join("run.toml");
+    let setup = Setup::new()
+        .address("s1", "r1", "127.0.0.1:1")
+        .access_log(&format!(
+            "enabled = true\npath = {:?}",
+            log.to_str().unwrap()
+        ));
+    std::fs::write(&path, setup.toml()).unwrap();
+    let mut child = stampgate()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
+        .find(|v| v["message"] == "proxy listening")
+        .expect("the proxy announced its listeners");
+    let addr = listening["listen"]
+        .as_str()
+        .unwrap()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    // Keep reading stderr so that the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let request = |n: u32| {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            tcp,
+            "GET /catalogservice/r{n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    };
+    let has_line = |file: &std::path::Path| {
+        std::fs::read_to_string(file).is_ok_and(|t| t.contains("/catalogservice/r"))
+    };
+    let start = std::time::Instant::now();
+    let wait = |what: &str| {
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "not within {EVENTUALLY:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    request(1);
+    while !has_line(&log) {
+        wait("the first line in the log");
+    }
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let status = Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The signal is handled asynchronously: ask until a line reaches a
+    // file at the configured path again (the old one was renamed away).
+    let mut n = 2;
+    while !has_line(&log) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGUSR1 ended the process"
+        );
+        request(n);
+        n += 1;
+        wait("a line in the reopened log");
+    }
+    assert!(has_line(&rotated), "the rotated file keeps its line");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
 }

@@ -190,6 +190,11 @@ async fn get_then_post_on_one_tls_connection() {
 /// A TLS "stamp": a hyper server behind tokio-rustls answering with the
 /// SNI name it saw, so the test can check the proxy verified and named it.
 async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
+    tls_stamp_with_alpn(pki, name, &[b"http/1.1"]).await
+}
+
+/// [`tls_stamp`] offering `alpn` (HTTP/1.1 is spoken whatever it says).
+async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net::SocketAddr {
     let dir = pki.dir.path();
     let certs = rustls_pemfile::certs(
         &mut std::fs::read(dir.join(format!("{name}.pem")))
@@ -212,7 +217,7 @@ async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -578,4 +583,28 @@ async fn proxy_protocol_header_precedes_the_tls_handshake() {
     let a = c.response().await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["headers"]["x-forwarded-for"], "2001:db8::5");
+}
+
+/// `upstream_http2` over TLS to a stamp whose ALPN offers no h2 (none at
+/// all, or only http/1.1): a 502 whose message names ALPN, instead of a
+/// vague reset after an HTTP/2 preface sent to an HTTP/1.1 server.
+#[tokio::test]
+async fn upstream_http2_to_a_stamp_without_h2_alpn_names_alpn() {
+    let pki = make_pki(&["localhost"]);
+    let ca_path = pki.dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    for alpn in [&[][..], &[&b"http/1.1"[..]][..]] {
+        let addr = tls_stamp_with_alpn(&pki, "localhost", alpn).await;
+        let p = Setup::new()
+            .address("tls-1", "r1", &format!("localhost:{}", addr.port()))
+            .pool("upstream_tls = true\nupstream_http2 = true")
+            .pool(&format!("ca_file = \"{}\"", ca_path.display()))
+            .route("retry = { attempts = 1 }")
+            .start()
+            .await;
+        let a = get(&http1_client(), &p.url("/catalogservice/x")).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{alpn:?}: {}", a.text());
+        assert_eq!(a.header("x-stampgate-error"), "upstream-connect-failed");
+        assert!(a.text().contains("ALPN"), "{alpn:?}: {}", a.text());
+    }
 }

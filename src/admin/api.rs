@@ -195,7 +195,7 @@ impl Admin {
         let change = match endpoint {
             Endpoint::Read(read) => {
                 let query = Query::parse(parts.uri.query())?;
-                return self.read(read, &query).await;
+                return self.read(read, &query, &parts.headers).await;
             }
             Endpoint::Change(change) => change,
         };
@@ -288,17 +288,30 @@ impl Admin {
         }
     }
 
-    async fn read(&self, read: Read, query: &Query) -> Result<Response<Body>, ApiError> {
+    async fn read(
+        &self,
+        read: Read,
+        query: &Query,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<Body>, ApiError> {
         match read {
             Read::Dashboard => Ok(html(DASHBOARD)),
             Read::Live => Ok(json(StatusCode::OK, &json!({ "status": "live" }))),
             Read::Metrics => {
-                let body = crate::metrics::render(&self.metrics);
+                let accept = headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (body, kind) = if crate::metrics::wants_prometheus_text(accept) {
+                    let body = crate::metrics::render_prometheus(&self.metrics);
+                    (body, crate::metrics::CONTENT_TYPE_PROMETHEUS)
+                } else {
+                    let body = crate::metrics::render(&self.metrics);
+                    (body, crate::metrics::CONTENT_TYPE)
+                };
                 let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                );
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
                 Ok(response)
             }
             Read::Ready => Ok(self.ready()),

@@ -122,6 +122,10 @@ pub const DEFAULT_UPSTREAM_HTTP2: bool = false;
 /// A TCP connect in one cloud region takes milliseconds; after 1 s the stamp
 /// is down or drowning and the retry should go elsewhere.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A stamp that sends nothing for 30 s in the middle of a body is stuck,
+/// not slow: streaming APIs that pause longer send keep-alive bytes. Same
+/// as HAProxy's common `timeout server`.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---- [pools.NAME.probe] --------------------------------------------------
 

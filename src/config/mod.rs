@@ -247,6 +247,8 @@ pub struct PoolConfig {
     pub host_header: Option<String>,
     /// Upstream TCP connect time limit.
     pub connect_timeout: Duration,
+    /// Longest a stamp may stay silent while its response body is read.
+    pub read_timeout: Duration,
     /// Active health probe.
     pub probe: ProbeConfig,
     /// Passive health (outlier detection).

@@ -256,6 +256,8 @@ pub struct RawPool {
     /// Duration string.
     #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<String>,
+    /// Duration string.
+    pub read_timeout: Option<String>,
     /// `[pools.NAME.probe]`
     pub probe: Option<RawProbe>,
     /// `[pools.NAME.outlier]`

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,14 @@ use crate::signals::AdminState;
 /// Format version written into the file, so a future change of shape can
 /// be told apart from corruption.
 const FORMAT_VERSION: u32 = 1;
+
+/// Largest state file read. A real one holds a line per stamp with a
+/// decision (a few KiB for thousands of stamps); without a cap a path that
+/// points at `/dev/zero` or a runaway file ran the machine out of memory.
+pub const MAX_STATE_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Largest weight override, as the admin API and `stampgate ctl` accept.
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// The operator's word on one stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +111,14 @@ pub enum StateFileError {
         #[source]
         source: std::io::Error,
     },
+    /// It is larger than [`MAX_STATE_FILE_BYTES`].
+    #[error(
+        "state file {path}: larger than the {MAX_STATE_FILE_BYTES}-byte (16 MiB) limit; refusing to start (the file is left untouched)"
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
     /// It was read but is not a state file.
     #[error("state file {path}: {message}; refusing to start (the file is left untouched)")]
     Parse {
@@ -132,16 +148,26 @@ pub type Loaded = (BTreeMap<String, Decision>, Option<FleetRecord>);
 
 /// Read the decisions and the fleet record; a missing file means none.
 pub fn load_all(path: &Path) -> Result<Loaded, StateFileError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), None)),
-        Err(source) => {
-            return Err(StateFileError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let read_err = |source| StateFileError::Read {
+        path: path.to_owned(),
+        source,
     };
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), None)),
+        Err(source) => return Err(read_err(source)),
+    };
+    // One byte past the limit tells a file at the limit from a larger one
+    // (a device or pipe has no size to ask for first).
+    let mut text = String::new();
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_STATE_FILE_BYTES {
+        return Err(StateFileError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
     let file: StateFile = serde_json::from_str(&text).map_err(|e| StateFileError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
@@ -150,6 +176,16 @@ pub fn load_all(path: &Path) -> Result<Loaded, StateFileError> {
         return Err(StateFileError::Parse {
             path: path.to_owned(),
             message: format!("version {} is not {FORMAT_VERSION}", file.version),
+        });
+    }
+    if let Some((stamp, weight)) = file
+        .stamps
+        .iter()
+        .find_map(|(s, d)| d.weight.filter(|&w| w > MAX_WEIGHT).map(|w| (s, w)))
+    {
+        return Err(StateFileError::Parse {
+            path: path.to_owned(),
+            message: format!("stamps.{stamp}.weight = {weight} is out of range (0..={MAX_WEIGHT})"),
         });
     }
     Ok((file.stamps, file.fleet))

@@ -10,7 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime};
 
@@ -86,6 +86,19 @@ pub struct AccessLogError {
 pub struct AccessLog {
     tx: SyncSender<Box<Entry>>,
     stats: Arc<ProxyStats>,
+    reopen: Arc<AtomicBool>,
+}
+
+/// Asks the access log's writer to open its file again by name before the
+/// next line (log rotation: SIGUSR1 after the file was renamed).
+#[derive(Debug, Clone)]
+pub struct Reopen(Arc<AtomicBool>);
+
+impl Reopen {
+    /// The next line goes to a file opened afresh at the configured path.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl AccessLog {
@@ -111,14 +124,24 @@ impl AccessLog {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let format = settings.format;
         let written = stats.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let dest = Destination {
+            path: settings.path.clone(),
+            reopen: reopen.clone(),
+        };
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, out, format, &written))
+            .spawn(move || write_lines(rx, out, format, &written, &dest))
             .map_err(|source| AccessLogError {
                 path: settings.path.clone().unwrap_or_else(|| "-".into()),
                 source,
             })?;
-        Ok(AccessLog { tx, stats })
+        Ok(AccessLog { tx, stats, reopen })
+    }
+
+    /// The handle that asks for the file to be reopened.
+    pub fn reopener(&self) -> Reopen {
+        Reopen(self.reopen.clone())
     }
 
     /// Queue `entry` without waiting; a full queue drops it (counted).
@@ -143,10 +166,12 @@ fn write_lines(
     out: Box<dyn Write + Send>,
     format: AccessLogFormat,
     stats: &ProxyStats,
+    dest: &Destination,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
     let mut write = |entry: Box<Entry>, out: &mut BufWriter<Box<dyn Write + Send>>| {
+        dest.reopen_if_asked(out);
         line.clear();
         match format {
             AccessLogFormat::Json => json_line(&entry, &mut line),
@@ -185,6 +210,31 @@ fn write_lines(
         }
     }
     let _ = out.flush();
+}
+
+/// Where the writer thread writes, and the flag that asks it to reopen.
+struct Destination {
+    /// `None`: standard output, never reopened.
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Destination {
+    /// Swap `out` for the file now at the path, when asked. On failure the
+    /// old file is kept: lines in a renamed file beat no lines.
+    fn reopen_if_asked(&self, out: &mut BufWriter<Box<dyn Write + Send>>) {
+        if !self.reopen.load(Ordering::Relaxed) || !self.reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let Some(path) = &self.path else { return };
+        let _ = out.flush();
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => *out.get_mut() = Box::new(file),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot reopen the access log; writing on to the old file");
+            }
+        }
+    }
 }
 
 /// How long the writer lets lines gather while requests keep coming: the
@@ -482,6 +532,7 @@ mod tests {
         let log = AccessLog {
             tx,
             stats: stats.clone(),
+            reopen: Arc::default(),
         };
         log.send(Box::new(entry()));
         log.send(Box::new(entry()));

@@ -36,6 +36,12 @@ pub struct ConnActivity {
     /// Milliseconds since `born`, plus one, at which a request head started
     /// arriving with nothing in flight; 0: no head pending.
     head_started_ms: AtomicU64,
+    /// Milliseconds since `born`, plus one, at which an HTTP/2 header
+    /// block was opened and not yet finished; 0: none open.
+    block_started_ms: AtomicU64,
+    /// Milliseconds since `born`, plus one, since which a write to the
+    /// client has been waiting (it reads nothing); 0: not waiting.
+    write_blocked_ms: AtomicU64,
     /// An HTTP/2 connection: frames arrive between requests (pings,
     /// settings), so only the idle timer applies once it is known.
     pub(super) h2: AtomicBool,
@@ -57,6 +63,8 @@ impl ConnActivity {
             last_active_ms: AtomicU64::new(0),
             // A new connection owes its first request head at once.
             head_started_ms: AtomicU64::new(1),
+            block_started_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             resting: AtomicBool::new(false),
             born: Instant::now(),
@@ -129,6 +137,41 @@ impl ConnActivity {
         match self.head_started_ms.load(Ordering::Relaxed) {
             0 => None,
             started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
+        }
+    }
+
+    /// An HTTP/2 header block was opened (`true`) or finished (`false`).
+    pub(super) fn header_block(&self, open: bool) {
+        let at = if open { self.now_ms() + 1 } else { 0 };
+        self.block_started_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// When an open HTTP/2 header block becomes late, if one is open: it
+    /// stops the whole connection, so requests in flight do not excuse it.
+    pub fn header_block_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        match self.block_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
+        }
+    }
+
+    /// A write to the client returned: `blocked` when it could not take a
+    /// byte. The clock is read only when a wait starts.
+    pub(super) fn write_polled(&self, blocked: bool) {
+        let since = self.write_blocked_ms.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        } else if !blocked && since != 0 {
+            self.write_blocked_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When a client that stopped reading is cut, if a write waits on it.
+    pub fn write_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        match self.write_blocked_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.born + std::time::Duration::from_millis(since - 1) + limit),
         }
     }
 

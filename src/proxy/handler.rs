@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::access_log::{AccessLog, Entry};
 use super::attempts::{Attempts, Failure, Verdict, classify};
-use super::body::{ClientBody, ResponseBody};
+use super::body::{ClientBody, ResponseBody, Stall};
 use super::conn::{ConnInfo, TryTimer};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
@@ -32,6 +32,7 @@ use crate::routing::{
 };
 use crate::signals::Signal;
 use crate::upstream::StampBody;
+use crate::upstream::body::BoxError;
 
 /// Seconds a fail-closed pool asks clients to wait before trying again:
 /// about one probe interval, after which a recovered stamp is back.
@@ -51,6 +52,9 @@ pub struct Gateway {
     pub stats: Arc<ProxyStats>,
     /// `proxy.redirect_http_to_https`: plain-HTTP requests get a 308.
     pub redirect: Option<super::redirect::Redirect>,
+    /// An upgraded connection with no bytes either way for this long is
+    /// closed (`proxy.idle_timeout`).
+    pub upgrade_idle: std::time::Duration,
 }
 
 /// What the access log needs of the request, taken before the request is
@@ -211,12 +215,41 @@ impl Gateway {
             version: parts.version,
             host: host.as_ref(),
         };
+        // `TE` is hop-by-hop, but `te: trailers` is the one value HTTP/2
+        // allows and gRPC servers require it: it goes on to HTTP/2 stamps.
+        // An upgrade goes through only to an HTTP/1.1 stamp and only with
+        // hyper's handle on the client connection (the fast path hands
+        // upgrade requests to hyper).
+        let upgrade = if pool.upstream.version() == http::Version::HTTP_11 {
+            super::upgrade::requested(&parts.headers, parts.version)
+                .zip(parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        } else {
+            None
+        };
+        let te_trailers = pool.upstream.version() == http::Version::HTTP_2
+            && parts
+                .headers
+                .get_all(header::TE)
+                .iter()
+                .any(headers::names_trailers);
         let request_id = headers::prepare_request(
             &mut parts.headers,
             &client,
             pool.host_header.as_ref(),
             table.header_rules,
         );
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let (upgrade_value, mut on_upgrade) = match upgrade {
+            Some((value, on)) => (Some(value), Some(on)),
+            None => (None, None),
+        };
+        if let Some(value) = &upgrade_value {
+            super::upgrade::restore(&mut parts.headers, value.clone());
+        }
         let fail = |e: ProxyError| (e, request_id.clone());
 
         // The route's timeout runs from the request's arrival.
@@ -226,7 +259,8 @@ impl Gateway {
         let mut body = RequestBody::new(body, &parts, length, route, table.max_request_body)
             .await
             .map_err(fail)?;
-        let limit = if body.replayable() {
+        // An upgrade is never retried: the stamp may have switched.
+        let limit = if body.replayable() && upgrade_value.is_none() {
             route.retry.attempts as usize
         } else {
             1
@@ -299,14 +333,47 @@ impl Gateway {
             observe(&stamp.stats, &sent, elapsed);
             guard.upstream = Some(elapsed);
             let failure = match sent {
-                Ok(Ok(resp)) => {
-                    match classify(resp.status(), route.retry.on_server_error, this.last) {
-                        Verdict::Deliver(outcome) => {
-                            stamp.stats.record(outcome);
-                            let resp =
-                                respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                Ok(Ok(mut resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    let switched = match resp.body_mut() {
+                        StampBody::H1(body) => body.take_switched(),
+                        StampBody::H2(_) => None,
+                    };
+                    match (on_upgrade.take(), switched, upgrade_value.clone()) {
+                        (Some(client), Some((io, early)), Some(value)) => {
+                            stamp.stats.record(Outcome::Answered);
+                            super::upgrade::splice(
+                                client,
+                                io,
+                                early,
+                                self.upgrade_idle,
+                                self.stats.clone(),
+                            );
+                            let mut resp = respond(resp, None, stamp, pool, table, &request_id);
+                            super::upgrade::restore(resp.headers_mut(), value);
+                            *resp.body_mut() = ResponseBody::local(bytes::Bytes::new());
                             return Ok((resp, request_id));
                         }
+                        _ => Failure::Error(ProxyError::UpstreamProtocol {
+                            stamp: stamp.name.to_string(),
+                            detail:
+                                "101 Switching Protocols to a request that asked for no upgrade"
+                                    .to_owned(),
+                        }),
+                    }
+                }
+                Ok(Ok(resp)) => {
+                    match classify(resp.status(), route.retry.on_server_error, this.last) {
+                        Verdict::Deliver(outcome) => match first_frame(resp) {
+                            Ok((resp, first)) => {
+                                stamp.stats.record(outcome);
+                                let resp = respond(resp, first, stamp, pool, table, &request_id);
+                                return Ok((resp, request_id));
+                            }
+                            Err(e) => Failure::Error(ProxyError::UpstreamProtocol {
+                                stamp: stamp.name.to_string(),
+                                detail: format!("response body: {e}"),
+                            }),
+                        },
                         Verdict::ServerError => {
                             stamp.stats.record(Outcome::ServerError);
                             Failure::ServerError(resp)
@@ -337,7 +404,7 @@ impl Gateway {
             }
             return match failure {
                 Failure::Status(resp) | Failure::ServerError(resp) => {
-                    let resp = respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                    let resp = respond(resp, None, stamp, pool, table, &request_id);
                     Ok((resp, request_id))
                 }
                 Failure::Error(e) => Err(fail(e)),
@@ -368,16 +435,47 @@ impl Gateway {
     }
 }
 
+/// Read what of the body is already there without waiting: a body whose
+/// first bytes are broken (bad chunk line, oversized trailer) fails here,
+/// while nothing has been sent, and the client gets a 502 instead of a
+/// bare close. A frame read is handed back to go out first.
+#[allow(clippy::type_complexity)] // the response and its first frame
+fn first_frame(
+    mut resp: Response<StampBody>,
+) -> Result<(Response<StampBody>, Option<http_body::Frame<bytes::Bytes>>), BoxError> {
+    if resp.body().is_end_stream() {
+        return Ok((resp, None));
+    }
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(resp.body_mut()).poll_frame(&mut cx) {
+        Poll::Ready(Some(Err(e))) => Err(e),
+        Poll::Ready(Some(Ok(frame))) => Ok((resp, Some(frame))),
+        Poll::Ready(None) | Poll::Pending => Ok((resp, None)),
+    }
+}
+
 /// The stamp's response, on its way to the client.
 fn respond(
     resp: Response<StampBody>,
+    first: Option<http_body::Frame<bytes::Bytes>>,
     stamp: &StampView,
-    request_id: Option<&HeaderValue>,
-    stamp_header: bool,
+    pool: &PoolView,
+    table: &RoutingTable,
+    request_id: &Option<HeaderValue>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
-    headers::prepare_response(&mut parts.headers, request_id);
-    if stamp_header {
+    headers::prepare_response(&mut parts.headers, request_id.as_ref());
+    // 1xx, 204 and 304 answers carry no body, so a length on them only
+    // misleads (RFC 9110, 8.6); HAProxy removes it too.
+    let status = parts.status;
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    if table.stamp_header {
         parts
             .headers
             .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
@@ -389,6 +487,8 @@ fn respond(
             inner: body,
             guard: None,
             cut,
+            first,
+            stall: Stall::new(pool.read_timeout),
         },
     )
 }

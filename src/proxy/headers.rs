@@ -40,6 +40,20 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
     ]
 }
 
+/// Whether a `TE` value lists `trailers` (case-insensitive, parameters
+/// allowed on the other codings).
+pub fn names_trailers(te: &HeaderValue) -> bool {
+    te.to_str().is_ok_and(|v| {
+        v.split(',').any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+    })
+}
+
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 ///
 /// One pass over the names finds which of the eight are present (comparing

@@ -33,6 +33,7 @@ pub mod redirect;
 pub mod request_body;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use access_log::AccessLog;
 use handler::Gateway;
@@ -122,6 +123,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
     let limits = ConnLimits {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
+        close_grace: config.proxy.shutdown_grace,
     };
     let redirect = match (config.proxy.redirect_http_to_https, secure.first()) {
         (true, Some(l)) => Some(redirect::Redirect {
@@ -137,6 +139,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
             access_log: wiring.access_log,
             stats: wiring.stats,
             redirect,
+            upgrade_idle: config.proxy.idle_timeout,
         }),
         limits,
         proxy_protocol: config.proxy.proxy_protocol,

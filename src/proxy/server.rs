@@ -42,6 +42,11 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Close a connection with nothing in flight after this long.
     pub idle_timeout: Duration,
+    /// Once a graceful close started (GOAWAY, or `Connection: close` on the
+    /// next answer), drop the connection after this long whatever the
+    /// client does: an HTTP/2 client that never answers the shutdown PING
+    /// would otherwise hold it for ever (`proxy.shutdown_grace`).
+    pub close_grace: Duration,
 }
 
 /// What every accept loop shares.
@@ -68,6 +73,73 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: I,
         activity: Arc<ConnActivity>,
+        frames: H2Frames,
+    }
+}
+
+/// HTTP/2 client connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows the frame headers of an HTTP/2 client connection just far
+/// enough to see a header block left open (HEADERS without END_HEADERS and
+/// no final CONTINUATION): hyper holds such a block without a request in
+/// flight, so neither of its timers nor ours would end it, while the
+/// block stops every other stream of the connection. An HTTP/1 connection
+/// is recognised by its first bytes and costs nothing after them.
+#[derive(Debug, Default)]
+struct H2Frames {
+    /// Bytes of the preface matched so far; `u8::MAX` once it failed
+    /// (not HTTP/2: stop looking).
+    preface: u8,
+    /// The frame header being read, and how much of it.
+    head: [u8; 9],
+    head_len: u8,
+    /// Payload bytes of the current frame still to pass.
+    skip: u32,
+}
+
+impl H2Frames {
+    const OFF: u8 = u8::MAX;
+    const HEADERS: u8 = 0x1;
+    const CONTINUATION: u8 = 0x9;
+    const END_HEADERS: u8 = 0x4;
+
+    fn feed(&mut self, mut bytes: &[u8], activity: &ConnActivity) {
+        while !bytes.is_empty() {
+            let matched = usize::from(self.preface);
+            if self.preface == Self::OFF {
+                return;
+            } else if matched < H2_PREFACE.len() {
+                let n = bytes.len().min(H2_PREFACE.len() - matched);
+                if bytes[..n] != H2_PREFACE[matched..matched + n] {
+                    self.preface = Self::OFF;
+                    return;
+                }
+                self.preface += n as u8;
+                bytes = &bytes[n..];
+            } else if self.skip > 0 {
+                let n = bytes.len().min(self.skip as usize);
+                self.skip -= n as u32;
+                bytes = &bytes[n..];
+            } else {
+                let have = usize::from(self.head_len);
+                let n = bytes.len().min(9 - have);
+                self.head[have..have + n].copy_from_slice(&bytes[..n]);
+                self.head_len += n as u8;
+                bytes = &bytes[n..];
+                if self.head_len == 9 {
+                    let h = self.head;
+                    self.head_len = 0;
+                    self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+                    let end = h[4] & Self::END_HEADERS != 0;
+                    match h[3] {
+                        Self::HEADERS if !end => activity.header_block(true),
+                        Self::CONTINUATION if end => activity.header_block(false),
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -82,6 +154,7 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.bytes_read();
+            this.frames.feed(&buf.filled()[before..], this.activity);
         }
         polled
     }
@@ -93,7 +166,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        this.activity.write_polled(polled.is_pending());
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -109,7 +185,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.write_polled(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -217,6 +296,7 @@ impl Acceptor {
         let io = Watched {
             inner: io,
             activity: activity.clone(),
+            frames: H2Frames::default(),
         };
         let info = ConnInfo {
             remote,
@@ -255,7 +335,7 @@ impl Acceptor {
                 Ok::<_, std::convert::Infallible>(gateway.handle(req, &info, None).await)
             })
         });
-        let conn = self.http.serve_connection(io, service);
+        let conn = self.http.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
         let timer = tokio::time::sleep(head.min(idle));
@@ -274,17 +354,25 @@ impl Acceptor {
                 () = &mut stop, if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + self.limits.close_grace);
                 }
-                () = &mut timer, if !closing => match self.limits.check(activity, remote) {
-                    // Slowloris: drop the connection, not a graceful close
-                    // that would wait for the head to finish.
-                    Timers::HeadLate => break,
-                    Timers::Idle => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                () = &mut timer => {
+                    if closing {
+                        tracing::debug!(%remote, "graceful close not finished within shutdown_grace");
+                        break;
                     }
-                    Timers::Wait(at) => timer.as_mut().reset(at),
-                },
+                    match self.limits.check(activity, remote) {
+                        // Slowloris: drop the connection, not a graceful close
+                        // that would wait for the head to finish.
+                        Timers::HeadLate => break,
+                        Timers::Idle => {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            timer.as_mut().reset(tokio::time::Instant::now() + self.limits.close_grace);
+                        }
+                        Timers::Wait(at) => timer.as_mut().reset(at),
+                    }
+                }
             }
         }
     }
@@ -329,6 +417,20 @@ impl ConnLimits {
     fn check(&self, activity: &ConnActivity, remote: SocketAddr) -> Timers {
         let (head, idle) = (self.header_read_timeout, self.idle_timeout);
         let now = tokio::time::Instant::now();
+        if let Some(late) = activity.header_block_deadline(head)
+            && late <= now
+        {
+            tracing::debug!(%remote, "HTTP/2 header block not finished within header_read_timeout");
+            return Timers::HeadLate;
+        }
+        // A client that reads nothing holds the response (and the stamp's
+        // connection behind it) as long as it likes unless cut.
+        if let Some(late) = activity.write_deadline(idle)
+            && late <= now
+        {
+            tracing::debug!(%remote, "client read nothing for idle_timeout");
+            return Timers::HeadLate;
+        }
         match activity.head_deadline(head) {
             Some(late) if late <= now => {
                 tracing::debug!(%remote, "request head not received within header_read_timeout");
@@ -356,6 +458,7 @@ mod tests {
         ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            close_grace: Duration::from_secs(30),
         }
     }
 

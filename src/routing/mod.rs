@@ -235,12 +235,15 @@ pub struct PoolView {
     /// Consecutive gateway failures after which the request path asks the
     /// controller to eject a stamp.
     pub outlier_threshold: u32,
+    /// Longest silence of a stamp while its response body is read.
+    pub read_timeout: std::time::Duration,
 }
 
 impl PoolView {
     fn routes_like(&self, other: &PoolView) -> bool {
         self.selector == other.selector
             && self.failing_open == other.failing_open
+            && self.read_timeout == other.read_timeout
             && Arc::ptr_eq(&self.upstream, &other.upstream)
             && self.stamps.len() == other.stamps.len()
             && self
@@ -498,6 +501,7 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
             .and_then(|h| http::HeaderValue::from_str(h).ok()),
         upstream,
         outlier_threshold: pool.outlier.consecutive_failures,
+        read_timeout: pool.read_timeout,
     }
 }
 

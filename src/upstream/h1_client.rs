@@ -608,10 +608,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| protocol(format!("status {code}")))?;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(protocol("101 Switching Protocols is not supported"));
-    }
-    if status.is_informational() {
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(Parsed::Informational));
     }
     let version = if minor == 1 {
@@ -660,27 +657,30 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     }
 
     let mut reuse = !close && (version == Version::HTTP_11 || keep_alive);
-    let framing =
-        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Length(0)
-        } else if has_te {
-            if length.is_some() {
-                // Both: a smuggling attempt or a broken stamp. The chunked
-                // framing wins (RFC 9112 §6.3), the stated length must not
-                // reach the client, and the connection is not trusted again.
-                headers.remove(header::CONTENT_LENGTH);
-                reuse = false;
-            }
-            if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            }
-        } else if let Some(n) = length {
-            Framing::Length(n)
+    let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
+        reuse = false;
+        Framing::Switched
+    } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if has_te {
+        if length.is_some() {
+            // Both: a smuggling attempt or a broken stamp. The chunked
+            // framing wins (RFC 9112 §6.3), the stated length must not
+            // reach the client, and the connection is not trusted again.
+            headers.remove(header::CONTENT_LENGTH);
+            reuse = false;
+        }
+        if chunked {
+            Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
-        };
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
     if framing == Framing::Close {
         reuse = false;
     }
@@ -724,6 +724,9 @@ enum Framing {
     Chunked(Chunk),
     /// Until the stamp closes the connection.
     Close,
+    /// `101 Switching Protocols`: no HTTP body; the connection is the
+    /// request path's to take ([`H1Body::take_switched`]), never pooled.
+    Switched,
 }
 
 /// Where a chunked body's decoder stands.
@@ -861,6 +864,17 @@ impl H1Body {
         body
     }
 
+    /// After `101 Switching Protocols`: the raw connection and the bytes
+    /// the stamp already sent past the head. `None` for any other answer.
+    pub fn take_switched(&mut self) -> Option<(Io, BytesMut)> {
+        if !matches!(&self.reading, Some(r) if r.framing == Framing::Switched) {
+            return None;
+        }
+        let conn = self.reading.take()?.conn;
+        let H1Conn { io, read, .. } = *conn;
+        Some((io, read))
+    }
+
     /// The body was read to its end: the connection goes back if it may.
     /// Bytes after the response (the stamp must send none) make it
     /// unusable.
@@ -880,7 +894,7 @@ impl Reading {
         loop {
             let buf = &mut self.conn.read;
             match &mut self.framing {
-                Framing::Length(0) => return Poll::Ready(Ok(None)),
+                Framing::Length(0) | Framing::Switched => return Poll::Ready(Ok(None)),
                 Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
                     let n = (*left).min(buf.len() as u64);
                     *left -= n;

@@ -312,6 +312,22 @@ impl Upstream {
         key: Authority,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        // The URI names the stamp to connect to; `:authority` must say
+        // what `Host` says (RFC 9113, 8.3.1), so the Host header becomes
+        // the URI's authority and is not sent twice.
+        let target = if let Some(host) = req.headers_mut().remove(http::header::HOST)
+            && let Ok(authority) = Authority::try_from(host.as_bytes())
+        {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            let mut stamp_uri = http::uri::Parts::default();
+            stamp_uri.scheme = parts.scheme.clone();
+            stamp_uri.authority = parts.authority.replace(authority);
+            stamp_uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
+            Uri::from_parts(stamp_uri).expect("the stamp's own URI")
+        } else {
+            req.uri().clone()
+        };
         if let Some(mut tx) = self.conns.h2(&key) {
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
@@ -319,7 +335,7 @@ impl Upstream {
             }
         }
         // Boxed for the same reason as in `send_h1`.
-        let mut tx = Box::pin(self.connect_h2(stamp, req.uri())).await?;
+        let mut tx = Box::pin(self.connect_h2(stamp, &target)).await?;
         self.conns.set_h2(&key, &tx);
         tx.send_request(req).await.map_err(|e| classify(stamp, &e))
     }
@@ -378,7 +394,28 @@ impl Upstream {
     }
 
     async fn connect_h2(&self, stamp: &str, target: &Uri) -> Result<Http2Sender, ProxyError> {
-        let io = self.connect(stamp, target).await?;
+        use hyper_util::client::legacy::connect::Connection as _;
+        let io = self.connect(stamp, target).await.map_err(|e| match e {
+            // A stamp whose ALPN list lacks h2 refuses the handshake.
+            ProxyError::ConnectFailed { stamp, detail } if detail.contains("NoApplicationProtocol") => {
+                ProxyError::ConnectFailed {
+                    stamp,
+                    detail: format!("{detail}: the stamp's TLS ALPN offered no h2 (upstream_http2 = true needs it)"),
+                }
+            }
+            other => other,
+        })?;
+        // Over TLS, HTTP/2 needs the stamp to pick `h2` by ALPN; one that
+        // picks nothing speaks HTTP/1.1 and would answer the HTTP/2
+        // preface with garbage, which showed as a vague reset.
+        if target.scheme() == Some(&Scheme::HTTPS) && !io.connected().is_negotiated_h2() {
+            return Err(ProxyError::ConnectFailed {
+                stamp: stamp.to_owned(),
+                detail: "the stamp's TLS ALPN offered no h2; upstream_http2 = true needs it \
+                         (set upstream_http2 = false for an HTTP/1.1-only stamp)"
+                    .to_owned(),
+            });
+        }
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

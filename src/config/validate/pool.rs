@@ -132,6 +132,11 @@ fn pool(ctx: &Ctx<'_>, name: &str, raw: RawPool) -> Result<PoolConfig, ConfigErr
             raw.connect_timeout.as_deref(),
             DEFAULT_CONNECT_TIMEOUT,
         )?,
+        read_timeout: ctx.positive_duration(
+            &key("read_timeout"),
+            raw.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        )?,
         probe,
         outlier: outlier(ctx, &key("outlier"), raw.outlier.unwrap_or_default())?,
         health: health(ctx, &key("health"), raw.health.unwrap_or_default())?,
