@@ -304,10 +304,10 @@ fn sigusr1_reopens_the_access_log() {
         .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
         .find(|v| v["message"] == "proxy listening")
         .expect("the proxy announced its listeners");
-    let addr = listening["listen"]
+    // List fields are JSON arrays in the JSON log format.
+    let addr = listening["listen"][0]
         .as_str()
-        .unwrap()
-        .trim_matches(['[', ']'])
+        .expect("the listen addresses as a JSON array")
         .to_owned();
     // Keep reading stderr so that the child never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
