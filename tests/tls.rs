@@ -187,14 +187,15 @@ async fn get_then_post_on_one_tls_connection() {
     assert_eq!(s.requests_served(), 2);
 }
 
-/// A TLS "stamp": a hyper server behind tokio-rustls answering with the
-/// SNI name it saw, so the test can check the proxy verified and named it.
-async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
-    tls_stamp_with_alpn(pki, name, &[b"http/1.1"]).await
-}
-
-/// [`tls_stamp`] offering `alpn` (HTTP/1.1 is spoken whatever it says).
-async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net::SocketAddr {
+/// The certificate chain and key `make_pki` wrote for `name`, for a test
+/// stamp's TLS server.
+fn stamp_identity(
+    pki: &Pki,
+    name: &str,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
     let dir = pki.dir.path();
     let certs = rustls_pemfile::certs(
         &mut std::fs::read(dir.join(format!("{name}.pem")))
@@ -210,6 +211,18 @@ async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net:
     )
     .unwrap()
     .unwrap();
+    (certs, key)
+}
+
+/// A TLS "stamp": a hyper server behind tokio-rustls answering with the
+/// SNI name it saw, so the test can check the proxy verified and named it.
+async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
+    tls_stamp_with_alpn(pki, name, &[b"http/1.1"]).await
+}
+
+/// [`tls_stamp`] offering `alpn` (HTTP/1.1 is spoken whatever it says).
+async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net::SocketAddr {
+    let (certs, key) = stamp_identity(pki, name);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -285,21 +298,7 @@ async fn upstream_tls_verifies_the_stamp_against_ca_file_and_sends_sni() {
 /// `WebPkiClientVerifier`), serving HTTP/1.1 and h2 by ALPN, answering
 /// with the SNI name it saw.
 async fn mtls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
-    let dir = pki.dir.path();
-    let certs = rustls_pemfile::certs(
-        &mut std::fs::read(dir.join(format!("{name}.pem")))
-            .unwrap()
-            .as_slice(),
-    )
-    .collect::<Result<Vec<_>, _>>()
-    .unwrap();
-    let key = rustls_pemfile::private_key(
-        &mut std::fs::read(dir.join(format!("{name}-key.pem")))
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap()
-    .unwrap();
+    let (certs, key) = stamp_identity(pki, name);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
