@@ -317,6 +317,9 @@ impl Controller {
                 "access_log.path and access_log.format take effect after a restart".to_owned(),
             );
         }
+        if new.proxy.http1_engine != self.config.proxy.http1_engine {
+            warnings.push("proxy.http1_engine takes effect after a restart".to_owned());
+        }
         if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
             warnings.push("certificates changed: they take effect after a restart".to_owned());
         }

@@ -118,6 +118,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
     let limits = ConnLimits {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
+        http1_engine: config.proxy.http1_engine,
     };
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {

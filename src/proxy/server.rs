@@ -26,6 +26,7 @@ use super::conn::{ConnActivity, ConnInfo};
 use super::h1_server::{self, Served};
 use super::handler::Gateway;
 use super::headers;
+use crate::config::Http1Engine;
 use crate::tripwire::Tripwire;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
@@ -40,6 +41,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Close a connection with nothing in flight after this long.
     pub idle_timeout: Duration,
+    /// Whether HTTP/1.1 starts on the fast path or goes straight to hyper.
+    pub http1_engine: Http1Engine,
 }
 
 /// What every accept loop shares.
@@ -198,6 +201,12 @@ impl Acceptor {
             tls,
             activity: activity.clone(),
         };
+        if self.limits.http1_engine == Http1Engine::Hyper {
+            // As a hand-off with nothing read: one hyper serving function
+            // per stream type, not two.
+            let io = h1_server::Prefixed::new(bytes::Bytes::new(), io);
+            return Box::pin(self.serve_hyper(io, info, &activity)).await;
+        }
         // Requests without a body are served by the fast path; the first
         // request it does not take hands the connection to hyper for good.
         let fast = h1_server::serve(io, &self.gateway, &info, &self.shutdown);
@@ -330,6 +339,7 @@ mod tests {
         ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            http1_engine: Http1Engine::Fast,
         }
     }
 
