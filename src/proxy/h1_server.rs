@@ -888,4 +888,6 @@ mod date {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
