@@ -495,3 +495,31 @@ async fn h2c_prior_knowledge_still_works_on_both_engines() {
         assert_eq!(a.version, http::Version::HTTP_2, "{engine}");
     }
 }
+
+/// HTTP/2 follows the same rule as absolute-form: `:authority` and a
+/// `Host` that names another host are refused; the same host is served.
+#[tokio::test]
+async fn http2_authority_and_host_must_agree() {
+    let (mut origin, p) = proxy("fast").await;
+    let c = h2c_client();
+    let ask = |host: String| {
+        let req = http::Request::get(p.url(P))
+            .header("host", host)
+            .body(empty())
+            .unwrap();
+        send(&c, req)
+    };
+    let refused = ask("admin.internal".into()).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.header("x-stampgate-error"), "host-mismatch");
+    assert_eq!(
+        refused.header("connection"),
+        "",
+        "no Connection header in HTTP/2"
+    );
+    let served = ask(p.addr().to_string()).await;
+    assert_eq!(served.status, 200, "{}", served.text());
+    // Only the agreeing request reached the stamp.
+    let seen = String::from_utf8_lossy(&origin.next().await).to_ascii_lowercase();
+    assert!(seen.contains(&format!("host: {}", p.addr())), "{seen}");
+}
