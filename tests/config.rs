@@ -71,6 +71,11 @@ const TLS_HEAD: &str = "[proxy]\ntls_listen = [\"127.0.0.1:8443\"]\n";
 
 fn bad_configs() -> Vec<Bad> {
     vec![
+        bad(
+            "unknown HTTP/1.1 engine names the key and the choices",
+            concat!("[proxy]\nhttp1_engine = \"turbo\"\n", base!()),
+            &["proxy.http1_engine = \"turbo\": must be \"fast\" or \"hyper\""],
+        ),
         // ---- syntax and shape: line:column and the key path ----
         bad(
             "unknown key names key and line",
@@ -760,6 +765,7 @@ fn defaults_fill_every_optional_key() {
     assert!(proxy.stamp_header);
     assert!(proxy.forwarded_headers);
     assert!(proxy.request_id);
+    assert_eq!(proxy.http1_engine, config::Http1Engine::Fast);
     assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(
         (
@@ -860,7 +866,7 @@ fn dependent_defaults_follow_the_values_they_depend_on() {
 fn explicit_values_are_kept_and_normalised() {
     let cfg = parse(concat!(
         "[proxy]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nmax_request_body = \"1kB\"\nstamp_header = false\n",
-        "forwarded_headers = false\nrequest_id = false\n",
+        "forwarded_headers = false\nrequest_id = false\nhttp1_engine = \"hyper\"\n",
         "[[routes]]\nname = \"r\"\nhosts = [\"Catalog.Example.COM\", \"*\"]\npath_prefix = \"/api/\"\npool = \"p\"\n",
         "retry = { attempts = 1, budget_percent = 0, replay_limit = \"0\" }\n",
         "[pools.p]\nmethod = \"priority\"\nall_unhealthy = \"fail-closed\"\nslow_start = \"0s\"\nhost_header = \"catalog.internal:8443\"\n",
@@ -873,6 +879,7 @@ fn explicit_values_are_kept_and_normalised() {
     assert!(!cfg.proxy.stamp_header);
     assert!(!cfg.proxy.forwarded_headers);
     assert!(!cfg.proxy.request_id);
+    assert_eq!(cfg.proxy.http1_engine, config::Http1Engine::Hyper);
     assert_eq!(cfg.routes[0].hosts, ["catalog.example.com", "*"]);
     assert_eq!(cfg.routes[0].retry.attempts, 1);
     let pool = &cfg.pools[0];

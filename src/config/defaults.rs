@@ -53,6 +53,9 @@ pub const DEFAULT_FORWARDED_HEADERS: bool = true;
 /// On: one id in the client's answer, our access log and the stamp's logs
 /// is what ties a complaint to a request (Envoy's `generate_request_id`).
 pub const DEFAULT_REQUEST_ID: bool = true;
+/// The fast path: it serves body-less requests at a fraction of hyper's
+/// cost (bench/RESULTS.md), and hands everything unusual to hyper anyway.
+pub const DEFAULT_HTTP1_ENGINE: &str = "fast";
 
 // ---- [access_log] --------------------------------------------------------
 

@@ -119,6 +119,19 @@ pub struct ProxySettings {
     /// Make an `X-Request-Id` for a request that has none, send it to the
     /// stamp and return it on the response.
     pub request_id: bool,
+    /// Which engine serves HTTP/1.1 client requests.
+    pub http1_engine: Http1Engine,
+}
+
+/// Which engine serves HTTP/1.1 client requests (`proxy.http1_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http1Engine {
+    /// The proxy's own parser for requests without a body, hyper for the
+    /// rest of a connection from the first request it does not take.
+    Fast,
+    /// hyper for every connection: a one-line way to take the fast path
+    /// out of service should a parser bug turn up in it.
+    Hyper,
 }
 
 /// One `[[proxy.certificates]]` entry, already loaded from disk and checked

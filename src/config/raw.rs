@@ -167,6 +167,8 @@ pub struct RawProxy {
     pub forwarded_headers: Option<bool>,
     /// Make an `X-Request-Id` when the client sent none, and return it.
     pub request_id: Option<bool>,
+    /// `"fast"` or `"hyper"`: which engine serves HTTP/1.1 requests.
+    pub http1_engine: Option<String>,
     /// `[[proxy.certificates]]`
     pub certificates: Option<Vec<RawCertificate>>,
 }

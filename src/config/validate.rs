@@ -25,7 +25,7 @@ use super::raw::{
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
     AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config,
-    HealthListenerSettings, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
+    HealthListenerSettings, Http1Engine, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
 };
 use crate::discovery::DnsSettings;
 
@@ -495,6 +495,17 @@ impl<'a> Ctx<'a> {
             stamp_header: raw.stamp_header.unwrap_or(DEFAULT_STAMP_HEADER),
             forwarded_headers: raw.forwarded_headers.unwrap_or(DEFAULT_FORWARDED_HEADERS),
             request_id: raw.request_id.unwrap_or(DEFAULT_REQUEST_ID),
+            http1_engine: match raw.http1_engine.as_deref().unwrap_or(DEFAULT_HTTP1_ENGINE) {
+                "fast" => Http1Engine::Fast,
+                "hyper" => Http1Engine::Hyper,
+                other => {
+                    return Err(self.invalid(
+                        &key("http1_engine"),
+                        quote(other),
+                        "must be \"fast\" or \"hyper\"",
+                    ));
+                }
+            },
         })
     }
 

@@ -433,6 +433,9 @@ impl Controller {
         if new.fleet != self.config.fleet {
             warnings.push("[fleet] changed: it takes effect after a restart".to_owned());
         }
+        if new.proxy.http1_engine != self.config.proxy.http1_engine {
+            warnings.push("proxy.http1_engine takes effect after a restart".to_owned());
+        }
 
         // Upstream clients: keep those whose pool's connection settings
         // did not change, so their warm connections survive; else the one

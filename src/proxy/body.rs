@@ -39,6 +39,15 @@ impl ClientBody {
             ClientBody::Hyper(b) => b.is_end_stream(),
         }
     }
+
+    /// Whether the body's length is not known up front: the only kind
+    /// of body that a `Transfer-Encoding` can have framed.
+    pub fn length_unknown(&self) -> bool {
+        match self {
+            ClientBody::Empty => false,
+            ClientBody::Hyper(b) => b.size_hint().exact().is_none(),
+        }
+    }
 }
 
 pin_project! {

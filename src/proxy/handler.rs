@@ -25,7 +25,7 @@ use super::headers::{
 };
 use super::in_flight::InFlight;
 use super::request_body::RequestBody;
-use crate::error::{Blame, ProxyError};
+use crate::error::{BadRequest, Blame, ProxyError};
 use crate::metrics::ProxyStats;
 use crate::routing::{
     ConnectError, Outcome, PoolView, RoutingTable, StampStats, StampView, host_without_port,
@@ -37,6 +37,8 @@ use crate::upstream::body::BoxError;
 /// Seconds a fail-closed pool asks clients to wait before trying again:
 /// about one probe interval, after which a recovered stamp is back.
 const RETRY_AFTER_SECS: &str = "5";
+/// The `Allow` of a 405 to CONNECT: every method the proxy forwards.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
 
 /// Everything the request path shares, read-only apart from atomics.
 /// Locks: none. The routing table is swapped by the controller only.
@@ -84,7 +86,8 @@ impl Gateway {
         {
             return resp;
         }
-        let mut guard = InFlight::begin(&conn.activity, req.version());
+        let version = req.version();
+        let mut guard = InFlight::begin(&conn.activity, version);
         let table = self.routing.load_full();
         let client_id = req.headers().get(&X_REQUEST_ID).cloned();
         let head = table.access_log.map(|_| RequestHead {
@@ -111,7 +114,11 @@ impl Gateway {
                 if matches!(err, ProxyError::NoRoute) {
                     self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
                 }
-                (error_response(&err, &id), Some(id), Some(err.code()))
+                (
+                    error_response(&err, &id, version),
+                    Some(id),
+                    Some(err.code()),
+                )
             }
         };
         let status = resp.status().as_u16();
@@ -190,7 +197,10 @@ impl Gateway {
     {
         let (mut parts, body) = req.into_parts();
 
-        let host = client_host(&parts);
+        let (host, repeated) = checked_host(&parts, &body).map_err(|e| (e, None))?;
+        if let (true, Some(host)) = (repeated, &host) {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         let host_name = host
             .as_ref()
             .and_then(|h| h.to_str().ok())
@@ -523,15 +533,80 @@ fn observe(
 #[derive(Debug)]
 struct TimedOut;
 
-/// The host the client asked for: the Host header (HTTP/1.1) or the URI
-/// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
-fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
+/// The host the client asked for, after refusing heads that a stamp
+/// could read differently from the proxy. Both engines (the fast path and
+/// hyper) leave these to this one place; each check is a compare on
+/// fields already parsed, with no allocation on the way through.
+///
+/// - `CONNECT` is answered 405: the proxy opens no tunnels.
+/// - Two `Host` headers with different values are 400; the same value
+///   twice is folded to one (the `bool` returned says to).
+/// - A target with an authority (absolute-form in HTTP/1.1, `:authority`
+///   in HTTP/2) and a `Host` that differs (ASCII case aside) is 400, as
+///   HAProxy answers; when they agree the request is routed by that host
+///   and forwarded in origin-form.
+/// - An HTTP/1.1 request without `Host` is 400 (RFC 9112 §3.2).
+/// - A body whose `Transfer-Encoding` names a coding other than `chunked`
+///   is 501 (the stamp would get it re-chunked and still encoded), and
+///   `chunked` twice is 400. Only a request whose body has no length yet
+///   can carry one, so the common request skips the header lookup.
+fn checked_host(
+    parts: &http::request::Parts,
+    body: &ClientBody,
+) -> Result<(Option<HeaderValue>, bool), ProxyError> {
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    let mut repeated = false;
+    if let Some(first) = host {
+        for other in hosts {
+            if other != first {
+                return Err(ProxyError::BadRequest(BadRequest::ConflictingHost));
+            }
+            repeated = true;
+        }
+    }
+    let authority = parts.uri.authority();
+    match (host, authority) {
+        (Some(h), Some(a)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err(ProxyError::BadRequest(BadRequest::HostMismatch));
+        }
+        (None, _) if parts.version == http::Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest(BadRequest::MissingHost));
+        }
+        _ => {}
+    }
+    if body.length_unknown() {
+        check_transfer_coding(&parts.headers)?;
+    }
+    let host = host
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    Ok((host, repeated))
+}
+
+/// Refuse every `Transfer-Encoding` but one `chunked` (see [`checked_host`]).
+fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut chunked = false;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(ProxyError::UnsupportedTransferCoding {
+                    coding: String::from_utf8_lossy(coding).into_owned(),
+                });
+            }
+            if std::mem::replace(&mut chunked, true) {
+                return Err(ProxyError::BadRequest(BadRequest::ChunkedTwice));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -559,8 +634,13 @@ fn upstream_uri(
 }
 
 /// The one place a [`ProxyError`] becomes a response: status from the
-/// error, a short JSON body, the cause in `x-stampgate-error`.
-pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+/// error, a short JSON body, the cause in `x-stampgate-error`, and
+/// `connection: close` (HTTP/1.x) when the connection cannot go on.
+pub fn error_response(
+    err: &ProxyError,
+    request_id: &HeaderValue,
+    version: http::Version,
+) -> Response<ResponseBody> {
     let body = serde_json::json!({
         "error": err.code(),
         "message": err.to_string(),
@@ -583,6 +663,14 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Re
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
         );
+    }
+    if matches!(err, ProxyError::ConnectMethod) {
+        // RFC 9110 §15.5.6: a 405 lists what the target does allow.
+        h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
+    // HTTP/2 has no Connection header; its streams are framed apart.
+    if err.closes_connection() && version < http::Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -124,6 +124,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
         close_grace: config.proxy.shutdown_grace,
+        http1_engine: config.proxy.http1_engine,
     };
     let redirect = match (config.proxy.redirect_http_to_https, secure.first()) {
         (true, Some(l)) => Some(redirect::Redirect {

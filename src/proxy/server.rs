@@ -27,6 +27,7 @@ use super::h1_server::{self, Served};
 use super::handler::Gateway;
 use super::headers;
 use super::proxy_protocol;
+use crate::config::Http1Engine;
 use crate::metrics::{HandshakeFailure, Listener};
 use crate::tripwire::Tripwire;
 
@@ -47,6 +48,8 @@ pub struct ConnLimits {
     /// client does: an HTTP/2 client that never answers the shutdown PING
     /// would otherwise hold it for ever (`proxy.shutdown_grace`).
     pub close_grace: Duration,
+    /// Whether HTTP/1.1 starts on the fast path or goes straight to hyper.
+    pub http1_engine: Http1Engine,
 }
 
 /// What every accept loop shares.
@@ -304,6 +307,12 @@ impl Acceptor {
             tls,
             activity: activity.clone(),
         };
+        if self.limits.http1_engine == Http1Engine::Hyper {
+            // As a hand-off with nothing read: one hyper serving function
+            // per stream type, not two.
+            let io = h1_server::Prefixed::new(bytes::Bytes::new(), io);
+            return Box::pin(self.serve_hyper(io, info, &activity)).await;
+        }
         // Requests without a body are served by the fast path; the first
         // request it does not take hands the connection to hyper for good.
         let fast = h1_server::serve(io, &self.gateway, &info, &self.shutdown);
@@ -459,6 +468,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             close_grace: Duration::from_secs(30),
+            http1_engine: Http1Engine::Fast,
         }
     }
 
