@@ -11,6 +11,7 @@
 #   bench/compare.sh            # full run, 3 rounds, about 8 minutes
 #   bench/compare.sh --quick    # 1 short round: a smoke test of the script
 #   bench/compare.sh --profile  # instructions per request under callgrind
+#   bench/compare.sh --idle     # memory per idle keep-alive connection only
 #
 # --profile replaces the load runs: each proxy runs under valgrind's
 # callgrind and serves a fixed number of requests per protocol, and the
@@ -25,13 +26,16 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/compare.sh [--quick] [--rounds N] [--profile] [--only PROXY] [--pgo]
+usage: bench/compare.sh [--quick] [--rounds N] [--profile | --idle] [--only PROXY] [--pgo]
                         [--same-headers | --no-added-headers] [--raw FILE] [--keep]
 
   --quick      one short round (3 s runs, 1,000 held connections): smoke test
   --rounds N   rounds of every load test (default 3)
   --profile    callgrind instead of load runs: instructions per request
-  --only PROXY with --profile: profile only stampgate, haproxy or nginx
+  --idle       no load runs: each proxy serves a short warm-up, then holds
+               the idle keep-alive connections; prints RSS per held
+               connection (about a minute; issue 17's measure)
+  --only PROXY with --profile or --idle: only stampgate, haproxy or nginx
                (a quicker before/after check of one proxy)
   --same-headers
                HAProxy and nginx also do the header work stampgate does by
@@ -55,6 +59,7 @@ EOF
 ROUNDS=3
 QUICK=0
 PROFILE=0
+IDLE=0
 ONLY=""
 RAW_OUT=""
 KEEP=0
@@ -66,6 +71,7 @@ while (($#)); do
         --quick) QUICK=1; ROUNDS=1 ;;
         --rounds) ROUNDS=$2; shift ;;
         --profile) PROFILE=1 ;;
+        --idle) IDLE=1 ;;
         --only) ONLY=$2; shift ;;
         --raw) RAW_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
@@ -78,6 +84,7 @@ while (($#)); do
     shift
 done
 ((SAME_HEADERS && NO_ADDED_HEADERS)) && { usage >&2; exit 2; }
+((PROFILE && IDLE)) && { usage >&2; exit 2; }
 [[ -n ${SG_BIN:-} ]] && ((PGO)) && { echo "--pgo and SG_BIN exclude each other" >&2; exit 2; }
 
 # Durations in seconds: saturated HTTP/1.1, fixed-rate latency, h2c, TLS
@@ -556,10 +563,13 @@ EOF
 }
 
 # Idle keep-alive connections: peak RSS while HOLD_CONNS of them are held
-# (sampling starts when all are open), and how many the proxy closed.
+# (sampling starts when all are open), RSS per held connection (the growth
+# over the RSS just before, divided by the connections opened), and how
+# many the proxy closed.
 run_hold() {
-    local proxy=$1 pid=${PID[$1]} out=$WORK/hold-$1.txt peak=0 r holder
+    local proxy=$1 pid=${PID[$1]} out=$WORK/hold-$1.txt peak=0 r holder before
     local port=${H1[$proxy]##*:}
+    before=$(rss_kib "$pid")
     taskset -c "$LOAD_CPU" python3 "$BENCH/hold_conns.py" --port "${port%/}" \
         --conns "$HOLD_CONNS" --hold "$D_HOLD" >"$out" 2>&1 &
     holder=$!
@@ -581,10 +591,43 @@ run_hold() {
     done_line=$(grep '^DONE' "$out" || echo "DONE opened=0 failed=$HOLD_CONNS closed_by_peer=0")
     opened=$(sed -E 's/.*opened=([0-9]+).*/\1/' <<<"$done_line")
     closed=$(sed -E 's/.*closed_by_peer=([0-9]+).*/\1/' <<<"$done_line")
+    local per_conn
+    per_conn=$(python3 -c "print(f'{($peak - $before) / max($opened, 1):.2f}')")
     record rss.held_mib "$proxy" 1 "$(mib "$peak")"
+    record held.kib_per_conn "$proxy" 1 "$per_conn"
     record held.opened "$proxy" 1 "$opened"
     record held.closed "$proxy" 1 "$closed"
-    log "hold $proxy: $done_line, peak RSS $(mib "$peak") MiB"
+    log "hold $proxy: $done_line, RSS $(mib "$before") MiB before, peak $(mib "$peak") MiB: $per_conn KiB per connection"
+}
+
+# --idle: only the hold, after a warm-up that leaves each proxy as a used
+# one is (its upstream connections open, its allocator's pools warm), so
+# that the growth measured is the held connections' own.
+run_idle() {
+    start_origin
+    local p
+    for p in "${PROXIES[@]}"; do
+        "start_$p"
+    done
+    for p in "${PROXIES[@]}"; do
+        wait_ok "${H1[$p]}" "$p" "$WAIT_TRIES"
+        timeout 60 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "${H1[$p]}" >/dev/null 2>&1 ||
+            log "warm-up of $p failed"
+    done
+    printf 'idle: %s connections held %ss after one GET each, after a 2 s wrk warm-up\n' \
+        "$HOLD_CONNS" "$D_HOLD" >>"$WORK/header.txt"
+    cat "$WORK/header.txt" >&2
+    sleep 2
+    for p in "${PROXIES[@]}"; do
+        run_hold "$p"
+        sleep 1
+    done
+    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/header.txt"
+    [[ -n $RAW_OUT ]] && cp "$RESULTS" "$RAW_OUT"
+    echo
+    cat "$WORK/header.txt"
+    echo
+    python3 "$BENCH/summarize.py" --idle "$RESULTS" "$HOLD_CONNS"
 }
 
 # ---- profile mode -----------------------------------------------------------
@@ -724,6 +767,10 @@ versions=(
 
 if ((PROFILE)); then
     run_profile
+    exit 0
+fi
+if ((IDLE)); then
+    run_idle
     exit 0
 fi
 

@@ -3,6 +3,7 @@
 
     summarize.py RESULTS.tsv HELD_CONNS    load runs: medians and ratios
     summarize.py --profile RESULTS.tsv     callgrind: instructions per request
+    summarize.py --idle RESULTS.tsv HELD   idle connections: RSS per connection
     summarize.py --top REQUESTS < annotate callgrind_annotate output: top functions
 
 RESULTS.tsv holds `metric <TAB> proxy <TAB> round <TAB> value` lines.
@@ -39,9 +40,12 @@ LOAD_ROWS = [
     ("rss.idle_mib", "RSS idle (MiB)", "lower"),
     ("rss.load_mib", "RSS peak under HTTP/1.1 load (MiB)", "lower"),
     ("rss.held_mib", "RSS with {held} idle keep-alive conns (MiB)", "lower"),
+    ("held.kib_per_conn", "RSS per idle keep-alive conn (KiB)", "lower"),
     ("held.opened", "idle conns opened (of {held})", "higher"),
     ("held.closed", "idle conns closed by the proxy during the hold", "lower"),
 ]
+#: `compare.sh --idle`: the idle-connection rows alone.
+IDLE_ROWS = LOAD_ROWS[-4:]
 ERROR_METRICS = ["h1.errors", "lat.errors", "h2c.errors", "tls.errors", "handshake.errors"]
 PROFILE_ROWS = [
     ("ir.h1", "HTTP/1.1 keep-alive: user-space instructions per request", "lower"),
@@ -154,6 +158,8 @@ def main():
     args = sys.argv[1:]
     if args[:1] == ["--profile"]:
         profile_report(args[1])
+    elif args[:1] == ["--idle"]:
+        table(load(args[1]), IDLE_ROWS, args[2])
     elif args[:1] == ["--top"]:
         # Read everything first: stopping early would SIGPIPE the writer.
         top_functions(int(args[1]), sys.stdin.readlines())
