@@ -216,17 +216,21 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 impl Acceptor {
     /// Accept on `listener` until shutdown; `tls` makes it a TLS listener.
     pub async fn run(self, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        // Shared by the connections: each task holds one pointer (the
+        // connection task's size is what an idle connection costs), and
+        // an accept costs one reference count, not five.
+        let this = Arc::new(self);
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
-                () = self.shutdown.tripped() => break,
+                () = this.shutdown.tripped() => break,
             };
             match accepted {
                 Ok((stream, remote)) => {
-                    let this = self.clone();
-                    let tls = tls.clone();
-                    self.tracker
-                        .spawn(async move { this.serve(stream, remote, tls).await });
+                    // `serve`'s future itself, not an async block around
+                    // it that would hold its arguments a second time.
+                    let serving = this.clone().serve(stream, remote, tls.clone());
+                    this.tracker.spawn(serving);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -236,7 +240,12 @@ impl Acceptor {
         }
     }
 
-    async fn serve(self, mut stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn serve(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) {
         let _ = stream.set_nodelay(true);
         // Behind a balancer speaking the PROXY protocol, the peer is the
         // balancer; the header (before any TLS) names the client. A
@@ -263,25 +272,32 @@ impl Acceptor {
         };
         match tls {
             None => self.serve_io(stream, remote, false).await,
-            // The TLS arm is boxed: a task holds its future's largest state,
-            // and the handshake and TLS stream would otherwise make every
-            // plaintext connection's task several KiB bigger.
-            Some(acceptor) => {
-                let handshake = Box::pin(tokio::time::timeout(
-                    self.limits.header_read_timeout,
-                    acceptor.accept(stream),
-                ));
-                match handshake.await {
-                    Ok(Ok(tls_stream)) => Box::pin(self.serve_io(tls_stream, remote, true)).await,
-                    Ok(Err(e)) => {
-                        self.handshake_failed(HandshakeFailure::Error);
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        self.handshake_failed(HandshakeFailure::Timeout);
-                        tracing::debug!(%remote, "TLS handshake timed out");
-                    }
-                }
+            // The TLS arm is boxed, handshake included: a task holds its
+            // future's largest state, and the handshake's result (1.2 KiB)
+            // and the TLS stream would otherwise make every plaintext
+            // connection's task bigger.
+            Some(acceptor) => Box::pin(self.serve_tls(stream, remote, acceptor)).await,
+        }
+    }
+
+    async fn serve_tls(&self, stream: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor) {
+        let handshake = Box::pin(tokio::time::timeout(
+            self.limits.header_read_timeout,
+            acceptor.accept(stream),
+        ));
+        match handshake.await {
+            // Boxed: the TLS state (over 1 KiB) would otherwise be moved
+            // with the fast path's connection into and out of each
+            // request's exchange, and held again by every layer of the
+            // connection's future.
+            Ok(Ok(tls_stream)) => self.serve_io(Box::new(tls_stream), remote, true).await,
+            Ok(Err(e)) => {
+                self.handshake_failed(HandshakeFailure::Error);
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.handshake_failed(HandshakeFailure::Timeout);
+                tracing::debug!(%remote, "TLS handshake timed out");
             }
         }
     }
@@ -290,7 +306,7 @@ impl Acceptor {
         self.gateway.stats.tls_handshake_failures[reason].fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn serve_io<I>(self, io: I, remote: SocketAddr, tls: bool)
+    async fn serve_io<I>(&self, io: I, remote: SocketAddr, tls: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -315,10 +331,14 @@ impl Acceptor {
         }
         // Requests without a body are served by the fast path; the first
         // request it does not take hands the connection to hyper for good.
-        let fast = h1_server::serve(io, &self.gateway, &info, &self.shutdown);
-        let io = match self.timed(fast, &activity, remote).await {
-            Some(Served::Handoff(io)) => io,
-            Some(Served::Closed) | None => return,
+        // Pinned here and lent to `timed`: passed by value, it would be
+        // held twice (as `timed`'s argument and as its pinned local).
+        let io = {
+            let fast = pin!(h1_server::serve(io, &self.gateway, &info, &self.shutdown));
+            match self.timed(fast, &activity, &info.remote).await {
+                Some(Served::Handoff(io)) => io,
+                Some(Served::Closed) | None => return,
+            }
         };
         // Boxed: hyper's connection state would otherwise size the task of
         // every connection, most of which never leave the fast path.
@@ -392,18 +412,19 @@ impl Acceptor {
     /// (see [`ConnActivity::busy`]).
     async fn timed<F: Future>(
         &self,
-        serving: F,
+        mut serving: Pin<&mut F>,
         activity: &ConnActivity,
-        remote: SocketAddr,
+        remote: &SocketAddr,
     ) -> Option<F::Output> {
-        let mut serving = pin!(serving);
-        let limits = self.limits;
+        // `self.limits` is read in place: a copy would be held for the
+        // connection's life (56 bytes of every connection task).
+        let limits = &self.limits;
         let timer = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
         tokio::pin!(timer);
         loop {
             tokio::select! {
                 out = serving.as_mut() => return Some(out),
-                () = &mut timer => match limits.check(activity, remote) {
+                () = &mut timer => match limits.check(activity, *remote) {
                     Timers::HeadLate | Timers::Idle => return None,
                     Timers::Wait(at) => timer.as_mut().reset(at),
                 },
