@@ -197,7 +197,7 @@ impl ConnActivity {
     }
 
     /// Whether the connection's timer found it idle since the last call:
-    /// memory kept warm for the next request (the fast path's handler
+    /// memory kept warm for the next request (the fast path's exchange
     /// allocation) may be released.
     pub fn take_resting(&self) -> bool {
         self.resting.load(Ordering::Relaxed) && self.resting.swap(false, Ordering::Relaxed)

@@ -71,6 +71,13 @@ pub enum Served<I> {
 
 /// Serve `io` until it closes, or until a request the fast path does not
 /// take arrives.
+///
+/// This future is the connection task's state for the connection's whole
+/// life, most of it spent idle, so it holds only what waiting for a
+/// request head needs (the connection, its try timer, the shutdown
+/// waiter: a few hundred bytes). Everything a request needs while it is
+/// served (the handler's future, the response and its body) lives in
+/// [`exchange`]'s future, which is boxed.
 pub async fn serve<I>(io: I, gateway: &Gateway, info: &ConnInfo, shutdown: &Tripwire) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -82,13 +89,14 @@ where
     };
     // One try timer for the connection's requests, moved for each.
     let try_timer = TryTimer::default();
-    // The handler's future (about 4 KiB) lives in one allocation reused
-    // by each request: a new one per request missed the allocator's thread
-    // cache and showed as a tenth of the proxy's user time in the profile.
-    // Only connections holding a permit keep it between requests (so many
-    // idle connections do not each hold 4 KiB), and the connection's timer
-    // lets go of it (and of the try timer) while the connection is idle.
-    let mut handler = None;
+    // The exchange's future (5.6 KiB in a release build, most of it the
+    // handler's) lives in one allocation reused by each request: a new one
+    // per request missed the allocator's thread cache and showed as a
+    // tenth of the proxy's user time in the profile. Only connections
+    // holding a permit keep it between requests (so many idle connections
+    // do not each hold 5.6 KiB), and the connection's timer lets go of it
+    // (and of the try timer) while the connection is idle.
+    let mut slot = None;
     let mut keep: Option<KeepPermit> = None;
     // One shutdown waiter for the connection's life, not one per request.
     let mut closing = pin!(shutdown.tripped());
@@ -98,104 +106,145 @@ where
     // hand-off).
     let mut served = false;
     loop {
-        let (req, close) = match conn.read_head(closing.as_mut(), &info.activity).await {
-            Ok(Head::Request(req, close)) => (req, close),
-            Ok(Head::Rest) => {
-                handler = None;
+        let head = match conn.read_head(closing.as_mut(), &info.activity).await {
+            Ok(head) => head,
+            Err(Gone) => return Served::Closed,
+        };
+        let (req, close) = match head {
+            Head::Request(req, close) => (req, close),
+            Head::Rest => {
+                slot = None;
                 keep = None;
                 try_timer.release();
                 continue;
             }
-            Ok(Head::Handoff(bytes)) if served && bytes.starts_with(H2_PREFACE_LINE) => {
-                conn.refuse(&ProxyError::BadRequest(BadRequest::LateHttp2Preface))
-                    .await;
-                return Served::Closed;
-            }
-            Ok(Head::Handoff(bytes)) => {
+            Head::Handoff(bytes) if served && bytes.starts_with(H2_PREFACE_LINE) => break,
+            Head::Handoff(bytes) => {
                 return Served::Handoff(Prefixed {
                     prefix: bytes,
                     inner: conn.io,
                 });
             }
-            Err(Gone) => return Served::Closed,
         };
-        // Busy from here until the response is written: the connection's
-        // idle timer must not close it in between.
-        let busy = info.activity.busy();
-        let head_request = req.method() == Method::HEAD;
-        // Boxed, not inline: the connection's future would otherwise hold a
-        // slot the size of the handler's future for its whole life.
-        let handling = match &mut handler {
+        let exchanging = match &mut slot {
             Some(slot) => {
                 let slot: &mut Pin<Box<Option<_>>> = slot;
-                slot.set(Some(gateway.handle(req, info, Some(&try_timer))));
+                slot.set(Some(exchange(
+                    conn, req, close, gateway, info, &try_timer, shutdown,
+                )));
                 slot
             }
-            None => handler.insert(crate::upstream::boxed_in_place(|| {
-                Some(gateway.handle(req, info, Some(&try_timer)))
+            None => slot.insert(crate::upstream::boxed_in_place(|| {
+                Some(exchange(
+                    conn, req, close, gateway, info, &try_timer, shutdown,
+                ))
             })),
         };
-        let resp = std::future::poll_fn(|cx| {
-            let handle = handling.as_mut().as_pin_mut().expect("set just above");
-            if let Poll::Ready(resp) = handle.poll(cx) {
+        let kept = exchanging
+            .as_mut()
+            .as_pin_mut()
+            .expect("set just above")
+            .await;
+        exchanging.set(None);
+        if keep.is_none() {
+            // A connection asks for a permit from its second request on:
+            // one that has made a single request is as likely to stay idle
+            // (a held browser connection) as to send another, and one extra
+            // allocation is all that costs a busy one.
+            if served {
+                keep = KeepPermit::take(&KEPT_HANDLERS, MAX_KEPT_HANDLERS);
+            }
+            if keep.is_none() {
+                // Nothing kept between requests without a permit, the try
+                // timer included (112 bytes and a timer wheel entry).
+                slot = None;
+                try_timer.release();
+            }
+        }
+        match kept {
+            Some(kept) => conn = kept,
+            None => return Served::Closed,
+        }
+        served = true;
+    }
+    // Boxed: a rare path whose state would otherwise size every
+    // connection's task.
+    Box::pin(conn.refuse(&ProxyError::BadRequest(BadRequest::LateHttp2Preface))).await;
+    Served::Closed
+}
+
+/// Serve one request read by [`serve`] on `conn`: the gateway's answer,
+/// while reading ahead what the client sends next, then the response
+/// written. Returns the connection when it may serve another request.
+async fn exchange<I>(
+    mut conn: Conn<I>,
+    req: Request<ClientBody>,
+    close: bool,
+    gateway: &Gateway,
+    info: &ConnInfo,
+    try_timer: &TryTimer,
+    shutdown: &Tripwire,
+) -> Option<Conn<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    // Busy from here until the response is written: the connection's
+    // idle timer must not close it in between.
+    let busy = info.activity.busy();
+    let head_request = req.method() == Method::HEAD;
+    let resp = {
+        // Dropped at the end of this block: the handler's borrows end (and,
+        // if the client left, the request with them).
+        let mut handling = pin!(gateway.handle(req, info, Some(try_timer)));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Ok(resp));
             }
             conn.poll_read_ahead(cx).map(Err)
         })
-        .await;
-        // Ends the handler's borrows (and, if the client left, the request).
-        handling.set(None);
-        if keep.is_none() {
-            keep = KeepPermit::take(&KEPT_HANDLERS, MAX_KEPT_HANDLERS);
-            if keep.is_none() {
-                handler = None;
-            }
+        .await
+    };
+    // The client left: the request was cancelled with the handler.
+    let Ok(resp) = resp else { return None };
+    let close = close || shutdown.is_tripped();
+    // Only the body and its progress live across the writes: the
+    // response head is encoded and dropped before the first one.
+    // The body (and the request's in-flight guard in it) ends with this
+    // block, before the connection counts as idle below.
+    let (written, pump) = {
+        let (body, mut pump) = conn.start_response(resp, head_request, close);
+        let mut body = pin!(body);
+        let written = std::future::poll_fn(|cx| conn.poll_pump(cx, body.as_mut(), &mut pump)).await;
+        (written, pump)
+    };
+    match conn.end_response(written, &pump) {
+        Ok(true) if !shutdown.is_tripped() => {}
+        Ok(_) => {
+            conn.close().await;
+            return None;
         }
-        let Ok(resp) = resp else {
-            // The client left: dropping the handler cancels the request.
-            return Served::Closed;
-        };
-        let close = close || shutdown.is_tripped();
-        // Only the body and its progress live across the writes: the
-        // response head is encoded and dropped before the first one, so
-        // the connection's future does not hold it.
-        // The body (and the request's in-flight guard in it) ends with this
-        // block, before the connection counts as idle below.
-        let (written, pump) = {
-            let (body, mut pump) = conn.start_response(resp, head_request, close);
-            let mut body = pin!(body);
-            let written =
-                std::future::poll_fn(|cx| conn.poll_pump(cx, body.as_mut(), &mut pump)).await;
-            (written, pump)
-        };
-        match conn.end_response(written, &pump) {
-            Ok(true) if !shutdown.is_tripped() => {}
-            Ok(_) => {
-                conn.close().await;
-                return Served::Closed;
-            }
-            Err(Gone) => return Served::Closed,
-        }
-        drop(busy);
-        served = true;
-        // A buffer with nothing in it is released: an idle keep-alive
-        // connection holds no read buffer. Part of the next head read
-        // ahead starts that head's timer now, as its first byte would have.
-        if conn.read.is_empty() {
-            conn.read = BytesMut::new();
-        } else {
-            info.activity.bytes_read();
-        }
+        Err(Gone) => return None,
     }
+    drop(busy);
+    // A buffer with nothing in it is released: an idle keep-alive
+    // connection holds no read buffer. Part of the next head read
+    // ahead starts that head's timer now, as its first byte would have.
+    if conn.read.is_empty() {
+        conn.read = BytesMut::new();
+    } else {
+        info.activity.bytes_read();
+    }
+    Some(conn)
 }
 
-/// Most connections that keep their handler's allocation between requests,
-/// process-wide (4 KiB each): enough for every busy connection of a
-/// loaded proxy, few enough that idle connections cost little.
+/// Most connections that keep their exchange's allocation between
+/// requests, process-wide (5.6 KiB each, 5.6 MiB in all): enough for every
+/// busy connection of a loaded proxy, few enough that idle connections
+/// cost little.
 const MAX_KEPT_HANDLERS: usize = 1024;
 static KEPT_HANDLERS: AtomicUsize = AtomicUsize::new(0);
 
-/// A connection's right to keep its handler's allocation between
+/// A connection's right to keep its exchange's allocation between
 /// requests; see [`MAX_KEPT_HANDLERS`]. Given back on drop.
 struct KeepPermit<'a>(&'a AtomicUsize);
 
