@@ -600,10 +600,8 @@ run_hold() {
     log "hold $proxy: $done_line, RSS $(mib "$before") MiB before, peak $(mib "$peak") MiB: $per_conn KiB per connection"
 }
 
-# --idle: only the hold, after a warm-up that leaves each proxy as a used
-# one is (its upstream connections open, its allocator's pools warm), so
-# that the growth measured is the held connections' own.
-run_idle() {
+# The origin and the proxies in PROXIES (--only), each answering.
+start_selected() {
     start_origin
     local p
     for p in "${PROXIES[@]}"; do
@@ -611,6 +609,16 @@ run_idle() {
     done
     for p in "${PROXIES[@]}"; do
         wait_ok "${H1[$p]}" "$p" "$WAIT_TRIES"
+    done
+}
+
+# --idle: only the hold, after a warm-up that leaves each proxy as a used
+# one is (its upstream connections open, its allocator's pools warm), so
+# that the growth measured is the held connections' own.
+run_idle() {
+    start_selected
+    local p
+    for p in "${PROXIES[@]}"; do
         timeout 60 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "${H1[$p]}" >/dev/null 2>&1 ||
             log "warm-up of $p failed"
     done
@@ -618,6 +626,13 @@ run_idle() {
         "$HOLD_CONNS" "$D_HOLD" >>"$WORK/header.txt"
     cat "$WORK/header.txt" >&2
     sleep 2
+    hold_and_report --idle "$RESULTS" "$HOLD_CONNS"
+}
+
+# The idle-connection hold on each proxy in turn, then the header and the
+# table: summarize.py's arguments are this function's.
+hold_and_report() {
+    local p
     for p in "${PROXIES[@]}"; do
         run_hold "$p"
         sleep 1
@@ -627,7 +642,7 @@ run_idle() {
     echo
     cat "$WORK/header.txt"
     echo
-    python3 "$BENCH/summarize.py" --idle "$RESULTS" "$HOLD_CONNS"
+    python3 "$BENCH/summarize.py" "$@"
 }
 
 # ---- profile mode -----------------------------------------------------------
@@ -673,14 +688,8 @@ run_profile() {
     # CALLGRIND_ARGS: extra options, e.g. "--cache-sim=yes" for cache misses.
     # shellcheck disable=SC2206
     WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/callgrind.%p.out" ${CALLGRIND_ARGS:-})
-    start_origin
+    start_selected
     local p
-    for p in "${PROXIES[@]}"; do
-        "start_$p"
-    done
-    for p in "${PROXIES[@]}"; do
-        wait_ok "${H1[$p]}" "$p" "$WAIT_TRIES"
-    done
     for p in "${PROXIES[@]}"; do
         profile_run "$p" h1 --h1 "${H1[$p]}"
         profile_run "$p" h2c -m "$H2_STREAMS" "${H2C[$p]}"
@@ -849,14 +858,4 @@ done
 
 # Let the handshake runs' TIME_WAIT sockets age a little, then hold.
 sleep 2
-for p in "${PROXIES[@]}"; do
-    run_hold "$p"
-    sleep 1
-done
-
-echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/header.txt"
-[[ -n $RAW_OUT ]] && cp "$RESULTS" "$RAW_OUT"
-echo
-cat "$WORK/header.txt"
-echo
-python3 "$BENCH/summarize.py" "$RESULTS" "$HOLD_CONNS"
+hold_and_report "$RESULTS" "$HOLD_CONNS"
