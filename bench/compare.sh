@@ -563,9 +563,11 @@ EOF
 }
 
 # Idle keep-alive connections: peak RSS while HOLD_CONNS of them are held
-# (sampling starts when all are open), RSS per held connection (the growth
-# over the RSS just before, divided by the connections opened), and how
-# many the proxy closed.
+# (sampling starts when all are open), and how many the proxy closed. With
+# --idle, also RSS per held connection: the growth over the RSS just
+# before, divided by the connections opened. Not after the load runs:
+# memory they freed is reused by the held connections without growing
+# the RSS, so the figure would read too low.
 run_hold() {
     local proxy=$1 pid=${PID[$1]} out=$WORK/hold-$1.txt peak=0 r holder before
     local port=${H1[$proxy]##*:}
@@ -594,7 +596,7 @@ run_hold() {
     local per_conn
     per_conn=$(python3 -c "print(f'{($peak - $before) / max($opened, 1):.2f}')")
     record rss.held_mib "$proxy" 1 "$(mib "$peak")"
-    record held.kib_per_conn "$proxy" 1 "$per_conn"
+    ((IDLE)) && record held.kib_per_conn "$proxy" 1 "$per_conn"
     record held.opened "$proxy" 1 "$opened"
     record held.closed "$proxy" 1 "$closed"
     log "hold $proxy: $done_line, RSS $(mib "$before") MiB before, peak $(mib "$peak") MiB: $per_conn KiB per connection"
