@@ -299,7 +299,11 @@ async fn etcd_loss_costs_nothing_and_the_fleet_resyncs_when_it_returns() {
         .call(&f.client, "/admin/stamps/a/clear-local")
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(f.edges[2].admin_state(&f.client, "a").await, "drained");
+    // Draining until its requests in flight under the load end.
+    eventually("edge-3 follows the fleet's drain of a", async || {
+        f.edges[2].admin_state(&f.client, "a").await == "drained"
+    })
+    .await;
     for l in loads {
         let (ok, failed) = l.finish().await;
         assert!(ok > 0);

@@ -367,7 +367,11 @@ fn reference_framing(
         }
     }
     let mut reuse = !close && (res.version == Some(1) || keep_alive);
-    let framing = if head_request || code == 204 || code == 304 {
+    let framing = if code == 101 {
+        // The connection now speaks another protocol: never reused.
+        reuse = false;
+        Framing::Switched
+    } else if head_request || code == 204 || code == 304 {
         Framing::Length(0)
     } else if has_te {
         reuse &= length.is_none();
@@ -414,11 +418,10 @@ proptest! {
             }
             (Err(_), Ok(httparse::Status::Complete(len))) => {
                 let code = res.code.unwrap();
-                // Refused on purpose: 101, a status the http crate refuses,
-                // a head of 64 KiB, or framing we do not trust.
+                // Refused on purpose: a status the http crate refuses, a
+                // head of 64 KiB, or framing we do not trust.
                 prop_assert!(
-                    code == 101
-                        || StatusCode::from_u16(code).is_err()
+                    StatusCode::from_u16(code).is_err()
                         || len >= MAX_HEAD
                         || (!(100..200).contains(&code)
                             && reference_framing(&res, head_request).is_none()),
