@@ -356,6 +356,14 @@ fn bad_configs() -> Vec<Bad> {
             &["pools.p.probe.timeout = \"2s\": must be less than interval (1s)"],
         ),
         bad(
+            "fast probe interval longer than interval",
+            concat!(
+                base!(),
+                "[pools.p.probe]\ninterval = \"1s\"\nfast_interval = \"2s\"\n"
+            ),
+            &["pools.p.probe.fast_interval = \"2s\": must not be longer than interval (1s)"],
+        ),
+        bad(
             "more successes required than samples",
             concat!(
                 base!(),

@@ -113,10 +113,16 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Half the interval at most, so that a hung stamp costs one missed sample,
 /// not a stalled probe loop. Capped at half the interval when that is shorter.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// `probe.fast_interval` is a quarter of `interval` by default (HAProxy's
+/// `fastinter` idea): after one failed probe the verdict is close, and the
+/// next probes should decide it in a fraction of an interval. Never below
+/// this floor, so that a short interval does not become a probe storm.
+pub const MIN_PROBE_FAST_INTERVAL: Duration = Duration::from_millis(100);
 /// A window of 4 samples: Front Door's window, at 30 times the pace.
 pub const DEFAULT_SAMPLE_SIZE: u32 = 4;
 /// 3 of the last 4 must succeed: two failures in a row mark a stamp down
-/// (about 2.5 s worst case) while one lost probe does not. Capped at
+/// (the second one `fast_interval` after the first, so about 1.25 s plus
+/// timeouts worst case) while one lost probe does not. Capped at
 /// `sample_size` when that is smaller.
 pub const DEFAULT_SUCCESSFUL_SAMPLES_REQUIRED: u32 = 3;
 /// Success and redirects: a health endpoint that redirects is still up

@@ -217,6 +217,10 @@ pub struct ProbeConfig {
     pub interval: Duration,
     /// Time between probes of an unhealthy stamp (faster, to notice recovery).
     pub unhealthy_interval: Duration,
+    /// Time until the next probe after a failed one, while the stamp is
+    /// not yet unhealthy: the verdict is decided in a fraction of an
+    /// interval (HAProxy's `fastinter`).
+    pub fast_interval: Duration,
     /// Probe time limit (< interval).
     pub timeout: Duration,
     /// Sliding window length.

@@ -189,6 +189,8 @@ pub struct RawProbe {
     /// Duration string.
     pub unhealthy_interval: Option<String>,
     /// Duration string.
+    pub fast_interval: Option<String>,
+    /// Duration string.
     pub timeout: Option<String>,
     /// Sliding window length.
     pub sample_size: Option<i64>,

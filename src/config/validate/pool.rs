@@ -152,6 +152,7 @@ fn probe(
 ) -> Result<ProbeConfig, ConfigError> {
     let key = |k: &str| format!("{base}.{k}");
     let (interval, unhealthy_interval, timeout) = probe_timing(ctx, base, &raw)?;
+    let fast_interval = fast_interval(ctx, base, &raw, interval)?;
     let (sample_size, successful_samples_required) = probe_window(ctx, base, &raw)?;
     let path = raw.path.unwrap_or_else(|| DEFAULT_PROBE_PATH.to_string());
     if !path.starts_with('/') || PathAndQuery::from_str(&path).is_err() {
@@ -195,6 +196,7 @@ fn probe(
         https: raw.https.unwrap_or(upstream_tls),
         interval,
         unhealthy_interval,
+        fast_interval,
         timeout,
         sample_size,
         successful_samples_required,
@@ -244,6 +246,31 @@ fn probe_timing(
         ));
     }
     Ok((interval, unhealthy_interval, timeout))
+}
+
+/// `fast_interval`: a quarter of `interval` but at least
+/// [`MIN_PROBE_FAST_INTERVAL`] (and never above `interval`). Longer than
+/// `interval` would make a failed probe slow the verdict down.
+fn fast_interval(
+    ctx: &Ctx<'_>,
+    base: &str,
+    raw: &RawProbe,
+    interval: Duration,
+) -> Result<Duration, ConfigError> {
+    let key = format!("{base}.fast_interval");
+    let default = (interval / 4).max(MIN_PROBE_FAST_INTERVAL).min(interval);
+    let fast = ctx.positive_duration(&key, raw.fast_interval.as_deref(), default)?;
+    if fast > interval {
+        return Err(ctx.invalid(
+            &key,
+            shown_duration(raw.fast_interval.as_deref(), fast),
+            format!(
+                "must not be longer than interval ({})",
+                format_duration(interval)
+            ),
+        ));
+    }
+    Ok(fast)
 }
 
 /// `sample_size` and `successful_samples_required` (M of the last N).
