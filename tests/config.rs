@@ -364,6 +364,11 @@ fn bad_configs() -> Vec<Bad> {
             &["pools.p.probe.fast_interval = \"2s\": must not be longer than interval (1s)"],
         ),
         bad(
+            "latency factor of one",
+            concat!(base!(), "[pools.p.outlier]\nlatency_factor = 1.0\n"),
+            &["pools.p.outlier.latency_factor = 1: must be above 1"],
+        ),
+        bad(
             "more successes required than samples",
             concat!(
                 base!(),

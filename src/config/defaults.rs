@@ -154,6 +154,13 @@ pub const DEFAULT_FAILURE_RATE: f64 = 0.25;
 /// Ten requests in the half-second window: below that a couple of unlucky
 /// answers would be a rate.
 pub const DEFAULT_FAILURE_RATE_MIN_REQUESTS: u32 = 10;
+/// Five times the pool's median: far beyond the spread of identical stamps
+/// (Envoy's success-rate rule uses a similar multiple), and a stamp that
+/// jumps from 1 ms to 300 ms is out at once.
+pub const DEFAULT_LATENCY_FACTOR: f64 = 5.0;
+/// 50 ms: below it a "5x slower" stamp is still fast in absolute terms (2 ms
+/// against 0.4 ms is noise, not a gray failure).
+pub const DEFAULT_LATENCY_FLOOR: Duration = Duration::from_millis(50);
 
 /// 10 %: enough spread that a fleet of proxies started together drifts out
 /// of lock-step within a few intervals, while a probe is never late by much.

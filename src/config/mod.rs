@@ -256,6 +256,12 @@ pub struct OutlierConfig {
     pub failure_rate: Option<f64>,
     /// ... counted only once it served this many requests in that window.
     pub failure_rate_min_requests: u32,
+    /// A stamp whose live latency is more than this many times the median
+    /// of the pool's other stamps ...
+    pub latency_factor: f64,
+    /// ... and above this is a latency outlier: it keeps a trickle of
+    /// traffic (to see it recover) and loses the rest.
+    pub latency_floor: Duration,
 }
 
 /// `[pools.NAME.health]`

@@ -226,6 +226,10 @@ pub struct RawOutlier {
     /// Requests a stamp must have served in the window for the failure
     /// rate to count.
     pub failure_rate_min_requests: Option<i64>,
+    /// Live latency above this many times the pool median: an outlier.
+    pub latency_factor: Option<f64>,
+    /// Duration string: ... and above this.
+    pub latency_floor: Option<String>,
 }
 
 /// `[pools.NAME.health]`

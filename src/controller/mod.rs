@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PoolConfig, StampConfig};
 use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
+use crate::health::latency::{self, LatencyVerdict, LiveLatency, OutlierRule, Reading};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
 use crate::health::state::{
     HealthSettings, HealthState, StampHealth, Transition, max_ejected_allows,
@@ -100,6 +101,10 @@ struct StampEntry {
     /// the counter values at the last tick.
     recent: std::collections::VecDeque<(u64, u64)>,
     tick_seen: (u64, u64),
+    /// Live latency from the request path's counters, read every tick.
+    live: LiveLatency,
+    /// Set while the stamp is a latency outlier (it gets a trickle).
+    latency_outlier: Option<LatencyVerdict>,
     /// The operator's decision.
     admin: AdminState,
     /// The operator's weight, replacing the configured one.
@@ -131,6 +136,8 @@ impl StampEntry {
             eps: 0.0,
             recent: std::collections::VecDeque::new(),
             tick_seen: (0, 0),
+            live: LiveLatency::default(),
+            latency_outlier: None,
             admin: AdminState::Active,
             weight_override: None,
             drain_deadline: None,
@@ -140,6 +147,15 @@ impl StampEntry {
 
     fn weight(&self) -> u32 {
         self.weight_override.unwrap_or(self.config.weight)
+    }
+
+    /// The latency the latency method ranks by: live when the stamp has
+    /// recent traffic (what its callers wait), else the probe's round trip.
+    fn latency(&self, now: Instant) -> Option<Duration> {
+        self.live
+            .estimate(now)
+            .map(|e| e.latency)
+            .or(self.health.smoothed_rtt())
     }
 
     fn in_flight(&self) -> u64 {
@@ -594,6 +610,82 @@ impl Controller {
         entry.health.eject_for_failure_rate(rate, now)
     }
 
+    /// Read every stamp's live latency counters and judge each pool's
+    /// latency outliers; changes are logged and recorded as events.
+    fn judge_latency(&mut self, now: Instant) {
+        for e in &mut self.stamps {
+            let s = &e.stats;
+            let reading = Reading {
+                samples: s.live_samples.load(Ordering::Relaxed),
+                micros: s.live_micros.load(Ordering::Relaxed),
+                ended: s.requests.load(Ordering::Relaxed),
+                awaiting: s.awaiting_head.load(Ordering::Relaxed),
+            };
+            e.live.observe(now, reading);
+        }
+        for (pi, pool) in self.config.pools.iter().enumerate() {
+            let members: Vec<usize> = (0..self.stamps.len())
+                .filter(|&i| self.stamps[i].pool == pi)
+                .collect();
+            let estimates: Vec<_> = members
+                .iter()
+                .map(|&i| self.stamps[i].live.estimate(now))
+                .collect();
+            let was: Vec<bool> = members
+                .iter()
+                .map(|&i| self.stamps[i].latency_outlier.is_some())
+                .collect();
+            let rule = OutlierRule {
+                factor: pool.outlier.latency_factor,
+                floor: pool.outlier.latency_floor,
+            };
+            let max_out = members.len() * pool.outlier.max_ejected_percent as usize / 100;
+            let verdicts = latency::judge(&estimates, &was, &rule, max_out);
+            for (&i, verdict) in members.iter().zip(verdicts) {
+                let entry = &mut self.stamps[i];
+                let change = match (&entry.latency_outlier, &verdict) {
+                    (None, Some(v)) => Some((true, v.reason(&rule))),
+                    (Some(_), None) => {
+                        Some((false, "live latency back near the pool median".into()))
+                    }
+                    _ => None,
+                };
+                entry.latency_outlier = verdict;
+                let Some((out, reason)) = change else {
+                    continue;
+                };
+                let stamp = entry.config.name.clone();
+                if out {
+                    tracing::warn!(pool = %pool.name, %stamp, %reason, "latency outlier: traffic cut to a trickle");
+                } else {
+                    tracing::info!(pool = %pool.name, %stamp, %reason, "latency outlier released");
+                }
+                self.events.push(NewEvent {
+                    kind: EventKind::Health,
+                    pool: Some(pool.name.clone()),
+                    stamp: Some(stamp),
+                    from: Some(
+                        if out {
+                            "in rotation"
+                        } else {
+                            "latency outlier"
+                        }
+                        .into(),
+                    ),
+                    to: Some(
+                        if out {
+                            "latency outlier"
+                        } else {
+                            "in rotation"
+                        }
+                        .into(),
+                    ),
+                    reason,
+                });
+            }
+        }
+    }
+
     fn on_tick(&mut self, now: Instant) {
         let live_due = now.duration_since(self.last_live) >= LIVE_WINDOW;
         let window = now.duration_since(self.last_live).as_secs_f64();
@@ -619,6 +711,7 @@ impl Controller {
             let t = self.judge_failure_rate(i, now);
             self.record_transition(i, t);
         }
+        self.judge_latency(now);
         self.advance_drains(now);
         self.publish(now, false);
     }
@@ -656,7 +749,7 @@ impl Controller {
     }
 
     /// A table for the current state, with `weights` per stamp.
-    fn build_table(&self, weights: &[u32], generation: u64) -> RoutingTable {
+    fn build_table(&self, weights: &[u32], generation: u64, now: Instant) -> RoutingTable {
         RoutingTable::build(
             &self.config,
             generation,
@@ -668,7 +761,8 @@ impl Controller {
                 StampInput {
                     effective_weight: weights[i],
                     admin_enabled: entry.admin == AdminState::Active,
-                    rtt: entry.health.smoothed_rtt(),
+                    rtt: entry.latency(now),
+                    trickle: entry.latency_outlier.is_some(),
                     stats: entry.stats.clone(),
                 }
             },
@@ -691,7 +785,7 @@ impl Controller {
             e.stats.control.set_state(health, operator::admin_label(e));
         }
         let weights = self.weights(now);
-        let table = self.build_table(&weights, self.generation + 1);
+        let table = self.build_table(&weights, self.generation + 1, now);
         if !force && self.generation > 0 && table.routes_like(&self.routing.load()) {
             return;
         }

@@ -149,7 +149,7 @@ impl Controller {
         for &i in &stamps {
             weights[i] = 0;
         }
-        let predicted = self.build_table(&weights, self.generation);
+        let predicted = self.build_table(&weights, self.generation, now);
         if dry_run {
             let current = self.routing.load();
             return Ok(json!({

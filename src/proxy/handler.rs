@@ -247,6 +247,9 @@ impl Gateway {
             };
             guard.at_stamp(this.stamp, &stamp.stats);
             let cut = stamp.stats.cut.load_full();
+            // Dropped unfinished if this request is cancelled mid-try: the
+            // wait still counts as a (lower-bound) latency sample.
+            let head_wait = stamp.stats.begin_try(try_start);
             // The try races its timeout and the stamp's drain cut. Pinned in
             // place rather than through `timeout` and `select!`, each of
             // which would copy the send future (about 1.6 KiB) again.
@@ -279,6 +282,7 @@ impl Gateway {
                 })
                 .await
             };
+            head_wait.finish(matches!(sent, Ok(Ok(_)) | Err(TimedOut)));
             let elapsed = try_start.elapsed();
             observe(&stamp.stats, &sent, elapsed);
             guard.upstream = Some(elapsed);

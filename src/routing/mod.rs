@@ -57,6 +57,15 @@ pub struct StampStats {
     pub connect_errors: [AtomicU64; 3],
     /// Time from sending a request to the stamp's response head.
     pub upstream_latency: crate::routing::histogram::LatencyHistogram,
+    /// Tries sent to the stamp and waiting for a response head: requests
+    /// piling up with no answer are how a hung stamp shows.
+    pub awaiting_head: AtomicU64,
+    /// Live latency samples: time to response head, or until the try
+    /// timed out or was cancelled (a lower bound then), and their sum in
+    /// microseconds. The controller reads them every tick.
+    pub live_samples: AtomicU64,
+    /// See [`StampStats::live_samples`].
+    pub live_micros: AtomicU64,
     /// The controller's view, mirrored for metrics (written by the
     /// controller only).
     pub control: ControlStats,
@@ -137,6 +146,57 @@ impl StampStats {
     }
 }
 
+impl StampStats {
+    /// A try to the stamp begins at `start`: it waits for its response
+    /// head until [`HeadWait::finish`], or until dropped (cancelled: a lost
+    /// hedge, a client gone), which counts the time waited as a sample.
+    pub fn begin_try(&self, start: tokio::time::Instant) -> HeadWait<'_> {
+        self.awaiting_head.fetch_add(1, Ordering::Relaxed);
+        HeadWait {
+            stats: self,
+            start,
+            done: false,
+        }
+    }
+
+    fn add_sample(&self, waited: Duration) {
+        self.live_samples.fetch_add(1, Ordering::Relaxed);
+        self.live_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One try waiting for its response head; keeps
+/// [`StampStats::awaiting_head`] and the live latency samples right
+/// whichever way the try ends. Relaxed atomics, no allocation.
+#[derive(Debug)]
+pub struct HeadWait<'a> {
+    stats: &'a StampStats,
+    start: tokio::time::Instant,
+    done: bool,
+}
+
+impl HeadWait<'_> {
+    /// The try ended; `sample`: its time says something about the stamp's
+    /// latency (a response head, a timeout), unlike a refused connect.
+    pub fn finish(mut self, sample: bool) {
+        self.done = true;
+        self.stats.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+        if sample {
+            self.stats.add_sample(self.start.elapsed());
+        }
+    }
+}
+
+impl Drop for HeadWait<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+            self.stats.add_sample(self.start.elapsed());
+        }
+    }
+}
+
 /// What the controller knows about a stamp when it builds a table.
 #[derive(Debug, Clone)]
 pub struct StampInput {
@@ -146,8 +206,12 @@ pub struct StampInput {
     /// The operator allows traffic (not draining, not disabled): fail-open
     /// may use the stamp even when it is unhealthy.
     pub admin_enabled: bool,
-    /// Smoothed probe round-trip time, when known (latency method).
+    /// The stamp's latency for the latency method: its live latency when
+    /// it has recent traffic, else its smoothed probe round-trip time.
     pub rtt: Option<Duration>,
+    /// A latency outlier: it keeps only a trickle of new requests
+    /// ([`TRICKLE_SHARE`]), enough to see it recover.
+    pub trickle: bool,
     /// The stamp's counters, carried over from earlier tables.
     pub stats: Arc<StampStats>,
 }
@@ -407,8 +471,17 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
         })
         .collect();
     let usable = |i: &usize| inputs[*i].effective_weight > 0;
-    let weighted = |i: usize| (i, inputs[i].effective_weight);
     let mut failing_open = false;
+    let trickled = trickled(pool, &inputs);
+    let full = |i: &usize| usable(i) && !trickled[*i];
+    // Full weights are scaled so that a trickle of one weight unit is a
+    // small share even when the configured weights are small numbers.
+    let scale = if trickled.contains(&true) {
+        TRICKLE_SCALE
+    } else {
+        1
+    };
+    let weighted = |i: usize| (i, inputs[i].effective_weight.saturating_mul(scale));
     let tiers: Vec<Tier> = if !(0..stamps.len()).any(|i| usable(&i)) {
         match pool.all_unhealthy {
             AllUnhealthy::FailClosed => Vec::new(),
@@ -419,8 +492,10 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
             }
         }
     } else {
-        match pool.method {
-            Method::Weighted => vec![Tier::new((0..stamps.len()).filter(usable).map(weighted))],
+        let mut tiers: Vec<Vec<(usize, u32)>> = match pool.method {
+            Method::Weighted | Method::Latency => {
+                vec![(0..stamps.len()).filter(full).map(weighted).collect()]
+            }
             Method::Priority => {
                 let mut prios: Vec<u32> = pool.stamps.iter().map(|s| s.priority).collect();
                 prios.sort_unstable();
@@ -428,26 +503,29 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
                 prios
                     .into_iter()
                     .map(|p| {
-                        let members = (0..stamps.len()).filter(usable);
-                        Tier::new(members.filter(|&i| stamps[i].priority == p).map(weighted))
+                        let members = (0..stamps.len()).filter(full);
+                        members
+                            .filter(|&i| stamps[i].priority == p)
+                            .map(weighted)
+                            .collect()
                     })
                     .collect()
             }
-            Method::Latency => {
-                let fastest = (0..stamps.len())
-                    .filter(usable)
-                    .filter_map(|i| inputs[i].rtt)
-                    .min();
-                let near = |i: usize| match (fastest, inputs[i].rtt) {
-                    (Some(f), Some(rtt)) => rtt <= f + pool.latency_sensitivity,
-                    // Not measured yet: give it traffic rather than guess it slow.
-                    _ => true,
-                };
-                let fast = (0..stamps.len()).filter(usable).filter(|&i| near(i));
-                let slow = (0..stamps.len()).filter(usable).filter(|&i| !near(i));
-                vec![Tier::new(fast.map(weighted)), Tier::new(slow.map(weighted))]
-            }
+        };
+        // Trickled stamps join the first tier that takes new requests,
+        // whatever their own tier: a slow primary must not keep its tier
+        // (and so all traffic) to itself.
+        tiers.retain(|t| !t.is_empty());
+        let total: u32 = tiers.first().map_or(0, |t| t.iter().map(|m| m.1).sum());
+        let trickle = ((f64::from(total) * TRICKLE_SHARE).round() as u32).max(1);
+        let slow = (0..stamps.len()).filter(usable).filter(|&i| trickled[i]);
+        match tiers.first_mut() {
+            Some(first) => first.extend(slow.map(|i| (i, trickle))),
+            // Nothing at full weight (cannot happen with the outlier rule,
+            // which compares with the others): share by weight anyway.
+            None => tiers.push(slow.map(weighted).collect()),
         }
+        tiers.into_iter().map(Tier::new).collect()
     };
     PoolView {
         name: pool.name.as_str().into(),
@@ -463,6 +541,39 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
         upstream,
         outlier_threshold: pool.outlier.consecutive_failures,
     }
+}
+
+/// The share of a pool's new requests that each trickled stamp (a latency
+/// outlier, or too slow for the latency method) still gets: enough to see
+/// it recover within seconds at a few hundred requests a second, and well
+/// under the 1 % by which a drill judges traffic to have left it.
+pub const TRICKLE_SHARE: f64 = 0.0025;
+/// Full weights are multiplied by this when a pool has trickled stamps, so
+/// that one unit of trickle weight is at most [`TRICKLE_SHARE`].
+const TRICKLE_SCALE: u32 = 400;
+
+/// Which usable stamps get only a trickle: latency outliers, and for the
+/// latency method the stamps slower than the fastest by more than
+/// `latency_sensitivity` (the fastest judged among the others, so the
+/// rule never trickles every stamp).
+fn trickled(pool: &PoolConfig, inputs: &[StampInput]) -> Vec<bool> {
+    let usable = |i: usize| inputs[i].effective_weight > 0;
+    let mut trickled: Vec<bool> = (0..inputs.len())
+        .map(|i| usable(i) && inputs[i].trickle)
+        .collect();
+    if pool.method == Method::Latency {
+        let fastest = (0..inputs.len())
+            .filter(|&i| usable(i) && !trickled[i])
+            .filter_map(|i| inputs[i].rtt)
+            .min();
+        for i in (0..inputs.len()).filter(|&i| usable(i)) {
+            // Not measured yet: give it traffic rather than guess it slow.
+            if let (Some(f), Some(rtt)) = (fastest, inputs[i].rtt) {
+                trickled[i] |= rtt > f + pool.latency_sensitivity;
+            }
+        }
+    }
+    trickled
 }
 
 fn region_id<'a>(regions: &mut Vec<&'a str>, region: &'a str) -> u16 {
@@ -517,6 +628,110 @@ pub(crate) mod tests {
                 stats: Arc::default(),
             })
             .collect()
+    }
+
+    /// A pool of three stamps (priorities 1, 2, 2) with `method`.
+    fn pool_config(method: &str) -> PoolConfig {
+        let text = format!(
+            r#"
+[[routes]]
+name = "r"
+pool = "p"
+[pools.p]
+method = "{method}"
+[[pools.p.stamps]]
+name = "a"
+region = "r1"
+address = "127.0.0.1:9001"
+weight = 1
+[[pools.p.stamps]]
+name = "b"
+region = "r2"
+address = "127.0.0.1:9002"
+weight = 1
+priority = 2
+[[pools.p.stamps]]
+name = "c"
+region = "r3"
+address = "127.0.0.1:9003"
+weight = 1
+priority = 2
+"#
+        );
+        let cfg = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        cfg.pools.into_iter().next().unwrap()
+    }
+
+    fn input(trickle: bool, rtt_ms: u64) -> StampInput {
+        StampInput {
+            effective_weight: 1,
+            admin_enabled: true,
+            rtt: Some(Duration::from_millis(rtt_ms)),
+            trickle,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Share of new requests per stamp over many picks.
+    fn shares(pool: &PoolView) -> Vec<f64> {
+        let n = 100_000;
+        let mut counts = vec![0u32; pool.stamps.len()];
+        for _ in 0..n {
+            counts[pool.selector.pick(&pool.stamps, &Tried::default()).unwrap()] += 1;
+        }
+        counts
+            .iter()
+            .map(|&c| f64::from(c) / f64::from(n))
+            .collect()
+    }
+
+    fn built(method: &str, inputs: Vec<StampInput>) -> PoolView {
+        let config = pool_config(method);
+        let upstream = Arc::new(Upstream::new(&config, &Default::default()).unwrap());
+        build_pool(&config, inputs, upstream)
+    }
+
+    #[test]
+    fn a_latency_outlier_keeps_only_a_trickle_in_every_method() {
+        fastrand::seed(3);
+        for method in ["weighted", "latency"] {
+            let pool = built(
+                method,
+                vec![input(false, 1), input(true, 1), input(false, 1)],
+            );
+            let s = shares(&pool);
+            assert!(s[1] > 0.0 && s[1] < 0.005, "{method}: trickle {s:?}");
+        }
+        // Priority: the slow primary must not keep its tier to itself.
+        let pool = built(
+            "priority",
+            vec![input(true, 1), input(false, 1), input(false, 1)],
+        );
+        let s = shares(&pool);
+        assert!(s[0] > 0.0 && s[0] < 0.005, "primary trickles: {s:?}");
+        assert!(
+            s[1] > 0.45 && s[2] > 0.45,
+            "the backup tier takes over: {s:?}"
+        );
+    }
+
+    #[test]
+    fn the_latency_method_trickles_stamps_slower_than_the_sensitivity() {
+        fastrand::seed(4);
+        // 300 ms against 1 ms, sensitivity 50 ms by default.
+        let pool = built(
+            "latency",
+            vec![input(false, 1), input(false, 300), input(false, 30)],
+        );
+        let s = shares(&pool);
+        assert!(s[1] > 0.0 && s[1] < 0.005, "{s:?}");
+        assert!(s[2] > 0.45, "30 ms is within the sensitivity: {s:?}");
+        // Nobody trickled: no scaling, even shares.
+        let pool = built(
+            "latency",
+            vec![input(false, 1), input(false, 2), input(false, 3)],
+        );
+        assert!(shares(&pool).iter().all(|&x| x > 0.3));
     }
 
     #[test]

@@ -423,7 +423,22 @@ fn outlier(ctx: &Ctx<'_>, base: &str, raw: RawOutlier) -> Result<OutlierConfig, 
         1,
         u32::MAX,
     )?;
+    let latency_factor = raw.latency_factor.unwrap_or(DEFAULT_LATENCY_FACTOR);
+    if !(latency_factor > 1.0 && latency_factor.is_finite()) {
+        return Err(ctx.invalid(
+            &key("latency_factor"),
+            latency_factor,
+            "must be above 1: a stamp is an outlier when its latency is this many times the pool median",
+        ));
+    }
+    let latency_floor = ctx.duration(
+        &key("latency_floor"),
+        raw.latency_floor.as_deref(),
+        DEFAULT_LATENCY_FLOOR,
+    )?;
     Ok(OutlierConfig {
+        latency_factor,
+        latency_floor,
         failure_rate: (failure_rate > 0.0).then_some(failure_rate),
         failure_rate_min_requests,
         consecutive_failures,
