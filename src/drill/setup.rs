@@ -91,6 +91,19 @@ fn base_uri(addr: std::net::SocketAddr) -> Uri {
 }
 
 impl Environment {
+    /// API requests each spawned stamp has received so far, by name;
+    /// `None` for existing stamps.
+    pub fn received(&self) -> Option<BTreeMap<String, u64>> {
+        let spawned = self.spawned.as_ref()?;
+        Some(
+            spawned
+                .stamps
+                .iter()
+                .map(|s| (s.name().to_owned(), s.requests_received()))
+                .collect(),
+        )
+    }
+
     /// Starts what the scenario spawns, or checks that what it names
     /// answers; the proxy has answered one request when this returns.
     pub async fn start(

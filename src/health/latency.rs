@@ -172,19 +172,19 @@ impl LatencyVerdict {
     /// The reason shown in status and events.
     pub fn reason(&self, rule: &OutlierRule) -> String {
         let what = if self.stalled {
-            format!("no response head for {} ms", self.latency.as_millis())
+            format!("no response head for {} ms", ms(self.latency))
         } else {
             format!(
                 "live latency {} ms over {} requests",
-                self.latency.as_millis(),
+                ms(self.latency),
                 self.samples
             )
         };
         format!(
             "latency outlier: {what}, more than {} x the pool median {} ms and above {} ms",
             rule.factor,
-            self.median.as_millis(),
-            rule.floor.as_millis()
+            ms(self.median),
+            ms(rule.floor)
         )
     }
 }
@@ -227,6 +227,11 @@ pub fn judge(
         }
     }
     verdicts
+}
+
+/// Milliseconds with one decimal: fast stamps answer in under one.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 fn median_of_others(estimates: &[Option<Estimate>], me: usize) -> Option<Duration> {
