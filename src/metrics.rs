@@ -188,6 +188,20 @@ impl Collector for TableCollector {
             let n = r.budget.exhausted_total();
             counter(&mut fam, &vec![("route", r.name.to_string())], n)?;
         }
+        let mut fam = family!(
+            "stampgate_hedges",
+            "Hedged tries by route and result: sent, won (the hedge answered first), lost (the first try answered first, or the hedge failed)",
+            MetricType::Counter,
+        )?;
+        for r in table.routes() {
+            for (result, n) in r.stats.hedges() {
+                let labels = vec![
+                    ("route", r.name.to_string()),
+                    ("result", result.to_string()),
+                ];
+                counter(&mut fam, &labels, n)?;
+            }
+        }
 
         // ---- tries at stamps ----
         let mut fam = family!(

@@ -149,6 +149,10 @@ pub struct RetryConfig {
     /// a 5xx that is not a gateway failure: with identical stamps, another
     /// region's copy answers the same request correctly.
     pub on_server_error: bool,
+    /// Hedging: when a replayable idempotent request has no response head
+    /// from its stamp after this, a second try goes to another stamp while
+    /// the first still runs; the first answer wins. `None`: off.
+    pub hedge_after: Option<Duration>,
 }
 
 /// Routing method of a pool.

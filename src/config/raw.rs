@@ -139,6 +139,8 @@ pub struct RawRetry {
     pub replay_limit: Option<String>,
     /// Retry idempotent requests a stamp answered with a 5xx.
     pub on_server_error: Option<bool>,
+    /// Duration string: send a second try when the first has no answer yet.
+    pub hedge_after: Option<String>,
 }
 
 /// `[pools.NAME]`

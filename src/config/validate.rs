@@ -666,7 +666,33 @@ impl<'a> Ctx<'a> {
             raw.replay_limit.as_deref(),
             DEFAULT_REPLAY_LIMIT,
         )?;
+        let hedge_after = match raw.hedge_after.as_deref() {
+            None => None,
+            Some(text) => {
+                let hedge_key = key("hedge_after");
+                let after = self.positive_duration(&hedge_key, Some(text), Duration::ZERO)?;
+                if after >= per_try_timeout {
+                    return Err(self.invalid(
+                        &hedge_key,
+                        quote(text),
+                        format!(
+                            "must be less than per_try_timeout ({}): the first try would end before its hedge",
+                            format_duration(per_try_timeout)
+                        ),
+                    ));
+                }
+                if attempts < 2 {
+                    return Err(self.invalid(
+                        &hedge_key,
+                        quote(text),
+                        "a hedge is a second try: needs retry.attempts of at least 2 (is 1)",
+                    ));
+                }
+                Some(after)
+            }
+        };
         Ok(RetryConfig {
+            hedge_after,
             attempts,
             budget_percent,
             per_try_timeout,

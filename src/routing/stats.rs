@@ -26,6 +26,19 @@ pub struct RouteStats {
     duration: LatencyHistogram,
     /// The stamp names the rows were made for.
     stamps: Box<[String]>,
+    /// Hedged tries: sent, won, lost (see [`Hedge`]).
+    hedges: [AtomicU64; 3],
+}
+
+/// What became of a hedged try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hedge {
+    /// A second try was sent while the first still ran.
+    Sent,
+    /// The hedge's answer was delivered.
+    Won,
+    /// The first try answered first, or the hedge failed.
+    Lost,
 }
 
 impl RouteStats {
@@ -36,6 +49,7 @@ impl RouteStats {
             local: Default::default(),
             duration: LatencyHistogram::default(),
             stamps: stamps.into(),
+            hedges: Default::default(),
         }
     }
 
@@ -66,6 +80,21 @@ impl RouteStats {
             None => &self.local,
         };
         std::array::from_fn(|c| row[c].load(Ordering::Relaxed))
+    }
+
+    /// Count a hedge event.
+    pub fn hedge(&self, what: Hedge) {
+        self.hedges[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hedges sent, won and lost, labelled.
+    pub fn hedges(&self) -> [(&'static str, u64); 3] {
+        let n = |h: Hedge| self.hedges[h as usize].load(Ordering::Relaxed);
+        [
+            ("sent", n(Hedge::Sent)),
+            ("won", n(Hedge::Won)),
+            ("lost", n(Hedge::Lost)),
+        ]
     }
 
     /// The duration histogram.
