@@ -24,6 +24,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("api-hang", include_str!("../../scenarios/api-hang.toml")),
     (
+        "api-hang-hedged",
+        include_str!("../../scenarios/api-hang-hedged.toml"),
+    ),
+    (
         "partial-errors",
         include_str!("../../scenarios/partial-errors.toml"),
     ),
