@@ -45,6 +45,15 @@ impl Tier {
         self.entries.iter().map(|&(_, idx)| usize::from(idx))
     }
 
+    /// The share of this tier's new requests that stamp `index` gets.
+    pub fn share_of(&self, index: usize) -> f64 {
+        let weight: u32 = (0..self.entries.len())
+            .filter(|&p| usize::from(self.entries[p].1) == index)
+            .map(|p| self.weight_of(p))
+            .sum();
+        f64::from(weight) / f64::from(self.total.max(1))
+    }
+
     fn weight_of(&self, pos: usize) -> u32 {
         let prev = if pos == 0 { 0 } else { self.entries[pos - 1].0 };
         self.entries[pos].0 - prev
