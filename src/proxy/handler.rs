@@ -264,7 +264,7 @@ impl Gateway {
             let hedge_at = hedge_after
                 .filter(|_| !this.last && this.number == 1)
                 .map(|after| try_start + after);
-            let sent = if let Some(hedge_at) = hedge_at {
+            let (sent, elapsed) = if let Some(hedge_at) = hedge_at {
                 let raced = self
                     .hedged(HedgedTry {
                         first: this,
@@ -283,17 +283,16 @@ impl Gateway {
                     .await;
                 this = raced.this;
                 stamp = &pool.stamps[this.stamp];
-                raced.sent
+                (raced.sent, raced.elapsed)
             } else {
                 // Dropped unfinished if this request is cancelled mid-try:
                 // the wait still counts as a (lower-bound) latency sample.
                 let head_wait = stamp.stats.begin_try(try_start);
                 let until = try_start + try_timeout;
                 let sent = send_try(pool, stamp, upstream_req, until, timer).await;
-                head_wait.finish(is_sample(&sent));
-                sent
+                let elapsed = head_wait.finish(is_sample(&sent));
+                (sent, elapsed)
             };
-            let elapsed = try_start.elapsed();
             observe(&stamp.stats, &sent, elapsed);
             guard.upstream = Some(elapsed);
             let failure = match sent {
@@ -377,8 +376,8 @@ impl Gateway {
         tokio::select! {
             biased;
             sent = &mut first_send => {
-                first_wait.finish(is_sample(&sent));
-                return Raced { this: first, sent };
+                let elapsed = first_wait.finish(is_sample(&sent));
+                return Raced { this: first, sent, elapsed };
             }
             () = tokio::time::sleep_until(hedge_at) => {}
         }
@@ -386,8 +385,12 @@ impl Gateway {
         let Some(second) = attempts.hedge(&first, &pool.selector, &pool.stamps, &route.budget, now)
         else {
             let sent = first_send.await;
-            first_wait.finish(is_sample(&sent));
-            return Raced { this: first, sent };
+            let elapsed = first_wait.finish(is_sample(&sent));
+            return Raced {
+                this: first,
+                sent,
+                elapsed,
+            };
         };
         route.stats.hedge(Hedge::Sent);
         let second_stamp = &pool.stamps[second.stamp];
@@ -409,9 +412,7 @@ impl Gateway {
         loop {
             tokio::select! {
                 sent = &mut first_send, if !first_done => {
-                    if let Some(w) = waits.0.take() {
-                        w.finish(is_sample(&sent));
-                    }
+                    let elapsed = waits.0.take().map_or(Duration::ZERO, |w| w.finish(is_sample(&sent)));
                     first_done = true;
                     if second_done || wins(&sent, route) {
                         route.stats.hedge(Hedge::Lost);
@@ -419,20 +420,18 @@ impl Gateway {
                         // is the first stamp's.
                         guard.at_stamp(first.stamp, &first_stamp.stats);
                         guard.attempts -= 1;
-                        return Raced { this: first, sent };
+                        return Raced { this: first, sent, elapsed };
                     }
-                    self.lost_try(pool, first_stamp, &sent, try_start.elapsed());
+                    self.lost_try(pool, first_stamp, &sent, elapsed);
                 }
                 sent = &mut second_send, if !second_done => {
-                    if let Some(w) = waits.1.take() {
-                        w.finish(is_sample(&sent));
-                    }
+                    let elapsed = waits.1.take().map_or(Duration::ZERO, |w| w.finish(is_sample(&sent)));
                     second_done = true;
                     if first_done || wins(&sent, route) {
                         route.stats.hedge(if wins(&sent, route) { Hedge::Won } else { Hedge::Lost });
-                        return Raced { this: second, sent };
+                        return Raced { this: second, sent, elapsed };
                     }
-                    self.lost_try(pool, second_stamp, &sent, now.elapsed());
+                    self.lost_try(pool, second_stamp, &sent, elapsed);
                 }
             }
         }
@@ -553,10 +552,12 @@ struct HedgedTry<'a, 'g> {
     guard: &'g mut InFlight,
 }
 
-/// The try whose result stands, and that result.
+/// The try whose result stands, that result, and how long that try took
+/// (from its own start: a winning hedge started late).
 struct Raced {
     this: Try,
     sent: Sent,
+    elapsed: Duration,
 }
 
 /// The try's time says something about the stamp's latency: it got a

@@ -179,12 +179,15 @@ pub struct HeadWait<'a> {
 impl HeadWait<'_> {
     /// The try ended; `sample`: its time says something about the stamp's
     /// latency (a response head, a timeout), unlike a refused connect.
-    pub fn finish(mut self, sample: bool) {
+    /// Returns the time it took (one clock read, shared with the caller).
+    pub fn finish(mut self, sample: bool) -> Duration {
         self.done = true;
+        let waited = self.start.elapsed();
         self.stats.awaiting_head.fetch_sub(1, Ordering::Relaxed);
         if sample {
-            self.stats.add_sample(self.start.elapsed());
+            self.stats.add_sample(waited);
         }
+        waited
     }
 }
 
