@@ -104,10 +104,12 @@ trap 'exit 130' INT TERM
 source "$ROOT/bench/lib.sh"
 LOGS_HINT="; logs in $WORK"
 
-# cargo_build DIR FLAGS: a release build for $HOST in $TARGET/DIR. The
+# cargo_build DIR FLAGS [PGO]: a release build for $HOST in $TARGET/DIR. The
 # explicit --target keeps the flags off build scripts and proc macros.
+# PGO=1 marks the binary as the profile-guided build: build.rs reads
+# STAMPGATE_PGO, and `stampgate --version` then says "pgo build".
 cargo_build() {
-    (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} $2" \
+    (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} $2" STAMPGATE_PGO="${3:-0}" \
         cargo build --release --quiet --locked --target "$HOST" --target-dir "$TARGET/$1")
     echo "$TARGET/$1/$HOST/release/stampgate"
 }
@@ -221,7 +223,8 @@ compgen -G "$RAW/proxy-*.profraw" >/dev/null || die "the training run wrote no p
 
 "$PROFDATA" merge -o "$TARGET/pgo/stampgate.profdata" "$RAW"/proxy-*.profraw
 log "optimised build (-Cprofile-use)"
-USE_BIN=$(cargo_build pgo-use "-Cprofile-use=$TARGET/pgo/stampgate.profdata")
+USE_BIN=$(cargo_build pgo-use "-Cprofile-use=$TARGET/pgo/stampgate.profdata" 1)
 cp "$USE_BIN" "$TARGET/pgo/stampgate"
+"$TARGET/pgo/stampgate" --version | grep -q 'pgo build' || die "the optimised build does not say 'pgo build' in --version"
 log "done: $TARGET/pgo/stampgate"
 echo "$TARGET/pgo/stampgate"

@@ -1,7 +1,8 @@
 //! The composition root: the one place that starts the planes and wires
 //! them together. The control plane (the controller: first routing table,
 //! probes, DNS) comes first, then the access log, the data plane's
-//! listeners and, when asked for, the admin API. `run`, `demo` and `drill`
+//! listeners, the authoritative DNS server when configured and, when asked
+//! for, the admin API. `run`, `demo` and `drill`
 //! all start through [`App::start`]; nothing below this module starts
 //! another plane.
 //!
@@ -12,16 +13,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::health_port::{self, HealthPort, HealthPortError, HealthState};
 use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
+use crate::dns_server::{self, DnsServerError, DnsServerHandle};
+use crate::fleet::{FleetError, FleetHandle};
 use crate::metrics::ProxyStats;
-use crate::proxy::access_log::{AccessLog, AccessLogError};
+use crate::proxy::access_log::{AccessLog, AccessLogError, Reopen};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
 use crate::routing::RoutingTable;
 
@@ -45,6 +50,15 @@ pub enum StartError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminStartError),
+    /// The DNS server could not start.
+    #[error(transparent)]
+    Dns(#[from] DnsServerError),
+    /// The fleet refused this edge (its name is taken by a live edge).
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// The load balancer's readiness listener could not start.
+    #[error(transparent)]
+    HealthPort(#[from] HealthPortError),
 }
 
 /// A running stampgate: both planes and the admin API.
@@ -60,9 +74,22 @@ pub struct App {
     pub controller: ControllerHandle,
     /// The admin API, when started with tokens.
     pub admin: Option<AdminHandle>,
+    /// The authoritative DNS server, when `[dns_server]` is configured.
+    pub dns: Option<DnsServerHandle>,
+    /// The fleet sync, when `[fleet]` is configured.
+    pub fleet: Option<FleetHandle>,
+    /// Proxy-wide counters (what `/metrics` shows of the proxy itself).
+    pub stats: Arc<ProxyStats>,
+    access_log: Reopen,
     proxy: ProxyHandle,
     stop_controller: CancellationToken,
     stop_admin: CancellationToken,
+    stop_dns: CancellationToken,
+    /// The load balancer's `/ready` and `/live` listener, when configured.
+    pub health: Option<HealthPort>,
+    stop_health: CancellationToken,
+    shutting_down: Arc<AtomicBool>,
+    shutdown_delay: Duration,
 }
 
 impl App {
@@ -73,21 +100,73 @@ impl App {
         let stats = Arc::new(ProxyStats::default());
         let stop_controller = CancellationToken::new();
         let controller = Controller::start(config.clone(), stats.clone(), stop_controller.clone())?;
+        // The fleet sync stops with the controller (after the listeners
+        // drained); it joins before the listeners open so an edge whose
+        // name is taken never serves.
+        let fleet = match config.fleet.as_ref().filter(|f| f.is_shared()) {
+            None => None,
+            Some(settings) => {
+                let started = FleetHandle::start(
+                    config,
+                    settings.clone(),
+                    controller.clone(),
+                    stop_controller.child_token(),
+                );
+                match started.await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        stop_controller.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let started = async {
             let access_log = AccessLog::start(&config.access_log, stats.clone())?;
+            let reopen = access_log.reopener();
             let wiring = Wiring {
                 routing: controller.routing.clone(),
                 signals: controller.signals.clone(),
                 access_log,
-                stats,
+                stats: stats.clone(),
+                certificates: controller.certificates.clone(),
             };
-            Ok::<_, StartError>(proxy::start(config, wiring).await?)
+            Ok::<_, StartError>((proxy::start(config, wiring).await?, reopen))
         };
-        let proxy = match started.await {
+        let (proxy, access_log) = match started.await {
             Ok(p) => p,
             Err(e) => {
                 stop_controller.cancel();
                 return Err(e);
+            }
+        };
+        let stop_dns = CancellationToken::new();
+        let dns = match start_dns_server(config, &controller, &stop_dns).await {
+            Ok(dns) => dns,
+            Err(e) => {
+                proxy.shutdown().await;
+                stop_controller.cancel();
+                return Err(e.into());
+            }
+        };
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let stop_health = CancellationToken::new();
+        let health = match config.health.listen {
+            None => None,
+            Some(listen) => {
+                let state = HealthState {
+                    routing: controller.routing.clone(),
+                    shutting_down: shutting_down.clone(),
+                };
+                match health_port::start(listen, state, stop_health.clone()).await {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        stop_dns.cancel();
+                        proxy.shutdown().await;
+                        stop_controller.cancel();
+                        return Err(e.into());
+                    }
+                }
             }
         };
         let stop_admin = CancellationToken::new();
@@ -95,15 +174,18 @@ impl App {
             None => None,
             Some(tokens) => {
                 let listen = config.admin.listen;
-                let api = admin::start_with_tokens(
+                let api = admin::start_with_fleet(
                     listen,
                     tokens,
                     controller.clone(),
+                    fleet.clone(),
                     stop_admin.clone(),
                 );
                 match api.await {
                     Ok(a) => Some(a),
                     Err(e) => {
+                        stop_dns.cancel();
+                        stop_health.cancel();
                         proxy.shutdown().await;
                         stop_controller.cancel();
                         return Err(e.into());
@@ -117,10 +199,25 @@ impl App {
             routing: controller.routing.clone(),
             controller,
             admin,
+            dns,
+            fleet,
+            stats,
+            access_log,
             proxy,
             stop_controller,
             stop_admin,
+            stop_dns,
+            health,
+            stop_health,
+            shutting_down,
+            shutdown_delay: config.proxy.shutdown_delay,
         })
+    }
+
+    /// What opens the access log file again by name before its next line
+    /// (log rotation; `stampgate run` asks on SIGUSR1).
+    pub fn access_log_reopener(&self) -> Reopen {
+        self.access_log.clone()
     }
 
     /// The admin API's bound address, when it runs.
@@ -128,13 +225,33 @@ impl App {
         self.admin.as_ref().map(|a| a.addr)
     }
 
-    /// Stop gracefully: admin commands first, then new connections; let
+    /// The readiness listener's bound address, when it runs.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().map(|h| h.addr)
+    }
+
+    /// Stop gracefully: `/ready` fails first, for `proxy.shutdown_delay`
+    /// while everything still serves (the balancer's time to stop sending
+    /// us traffic); then admin commands stop, then new connections; let
     /// in-flight requests finish within the grace period; then stop the
     /// controller and wait (bounded) for admin connections.
     pub async fn shutdown(self) -> ShutdownOutcome {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "shutting down: /ready fails, still serving");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.stop_admin.cancel();
+        self.stop_dns.cancel();
         let outcome = self.proxy.shutdown().await;
+        self.stop_health.cancel();
+        if let Some(h) = self.health {
+            h.closed().await;
+        }
         self.stop_controller.cancel();
+        if let Some(dns) = self.dns {
+            dns.stopped().await;
+        }
         if let Some(admin) = self.admin
             && tokio::time::timeout(ADMIN_CLOSE_GRACE, admin.closed())
                 .await
@@ -144,4 +261,29 @@ impl App {
         }
         outcome
     }
+}
+
+/// Start the authoritative DNS server when `[dns_server]` is configured,
+/// answering from the controller's routing table. Without a fleet, answers
+/// of kind "edges" hold this edge alone (`fleet.advertise`).
+async fn start_dns_server(
+    config: &Config,
+    controller: &ControllerHandle,
+    stop: &CancellationToken,
+) -> Result<Option<DnsServerHandle>, DnsServerError> {
+    let Some(settings) = &config.dns_server else {
+        return Ok(None);
+    };
+    let inputs = dns_server::Inputs {
+        resolved: controller.dns.clone(),
+        edges: match &config.fleet {
+            Some(fleet) => dns_server::LiveEdges::local(&fleet.name, &fleet.advertise),
+            None => dns_server::LiveEdges::local("this-edge", &[]),
+        },
+        events: controller.events.clone(),
+        stats: controller.stats.clone(),
+    };
+    dns_server::start(settings, controller.routing.clone(), inputs, stop.clone())
+        .await
+        .map(Some)
 }

@@ -3,7 +3,7 @@
 //! so a newcomer can watch traffic move by breaking a region with `curl`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::admin::Tokens;
 use crate::app::{self, App};
@@ -36,6 +36,15 @@ pub enum DemoError {
     /// The proxy could not start.
     #[error(transparent)]
     Start(#[from] app::StartError),
+    /// The directory for the access log could not be made.
+    #[error("cannot create {}: {source}", .dir.display())]
+    LogDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the demo binds.
@@ -56,6 +65,9 @@ pub struct Demo {
     pub app: App,
     /// The config the proxy runs (with the stamps' real addresses).
     pub config: Config,
+    /// Where the access log goes: a file, so that request lines do not
+    /// scroll the banner's URLs and commands off the screen.
+    pub access_log: PathBuf,
 }
 
 impl Demo {
@@ -92,6 +104,15 @@ impl Demo {
                 stamps.push(stamp);
             }
         }
+        // One directory per process, so two demos never share it; removed
+        // by `shutdown`, so demos and tests leave nothing in /tmp.
+        let dir = std::env::temp_dir().join(format!("stampgate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| DemoError::LogDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let access_log = dir.join("access.log");
+        config.access_log.path = Some(access_log.clone());
         if ports == DemoPorts::Ephemeral {
             config.proxy.listen = vec![(std::net::Ipv4Addr::LOCALHOST, 0).into()];
             config.admin.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
@@ -109,6 +130,7 @@ impl Demo {
             stamps,
             app,
             config,
+            access_log,
         })
     }
 
@@ -135,15 +157,23 @@ impl Demo {
                 victim.control_addr()
             ));
         }
+        text.push_str(&format!(
+            "\nEvery request is logged to a file (one key=value line each; removed on exit):\n  tail -f {}\n",
+            self.access_log.display()
+        ));
         text.push_str("\nCtrl-C stops everything.\n");
         text
     }
 
-    /// Stop the proxy (gracefully), then the stamps.
+    /// Stop the proxy (gracefully), then the stamps; remove the access
+    /// log's directory.
     pub async fn shutdown(self) {
         self.app.shutdown().await;
         for s in self.stamps {
             s.shutdown().await;
+        }
+        if let Some(dir) = self.access_log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

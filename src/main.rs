@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stampgate::admin::{self, Tokens};
 use stampgate::app::App;
 use stampgate::controller::ControllerHandle;
+use stampgate::proxy::access_log::Reopen;
 use stampgate::signals::command::Command as AdminCommand;
 use stampgate::{config, demo, drill, stamp};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ const DEMO_TOKEN_ENV: &str = "STAMPGATE_ADMIN_TOKEN";
 
 /// A global traffic manager and failover proxy for multi-region stamps.
 #[derive(Debug, Parser)]
-#[command(name = "stampgate", version, about)]
+#[command(name = "stampgate", version = stampgate::build_info::LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,13 +54,13 @@ enum Command {
     /// Run the proxy.
     Run {
         /// The configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = config::defaults::CONFIG_ENV, default_value = config::defaults::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate a configuration and print what it resolves to.
     Check {
         /// The configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = config::defaults::CONFIG_ENV, default_value = config::defaults::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Three simulated stamps plus the proxy, on loopback.
@@ -92,7 +93,8 @@ fn main() -> ExitCode {
         Command::Ctl(_) | Command::Drill(_) => "warn",
         _ => "info",
     };
-    init_logging(cli.log_format, cli.log_level.as_deref(), default_level);
+    let json = matches!(cli.log_format, LogFormat::Json);
+    stampgate::logging::init(json, cli.log_level.as_deref(), default_level);
     let mut builder = match cli.runtime {
         Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
         Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
@@ -145,6 +147,10 @@ async fn run(command: Command) -> ExitCode {
                 std::task::Poll::Ready(stop.as_mut().poll(cx).is_ready())
             })
             .await;
+            // SIGUSR1 too: its default action ends the process, and log
+            // rotation sends it as soon as the file is renamed.
+            let user1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
             let app = match App::start(&cfg, Some(tokens)).await {
                 Ok(app) => app,
                 Err(e) => {
@@ -152,14 +158,27 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            match user1 {
+                Ok(user1) => {
+                    tokio::spawn(reopen_on_sigusr1(app.access_log_reopener(), user1));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGUSR1; the access log is not reopened on it")
+                }
+            }
             let stop_reload = CancellationToken::new();
             tokio::spawn(reload_on_sighup(
                 app.controller.clone(),
                 stop_reload.clone(),
             ));
+            stampgate::notify::ready(&format!(
+                "serving on {}",
+                stampgate::logging::list(&app.listen)
+            ));
             if !stopped_early {
                 stop.await;
             }
+            stampgate::notify::stopping();
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             stop_reload.cancel();
             let outcome = app.shutdown().await;
@@ -244,10 +263,20 @@ fn demo_admin_banner(admin: SocketAddr, token: Option<&str>) -> String {
         None => format!("  ({DEMO_TOKEN_ENV} from your environment is the token)\n"),
     };
     format!(
-        "Admin API: {url}  (status: curl -s {url}/admin/status)\n\n\
+        "Dashboard: {url}/admin/ui  (open it in a browser)\n\
+         Admin API: {url}  (status: curl -s {url}/admin/status)\n\n\
          Operate it with `stampgate ctl` (another terminal):\n{export}  {ctl} status\n  \
          {ctl} drain eastus2-1 --wait\n  {ctl} enable eastus2-1\n  {ctl} events --follow\n"
     )
+}
+
+/// SIGUSR1 reopens the access log file by name (log rotation: rename,
+/// then signal; the next line goes to a new file at the configured path).
+async fn reopen_on_sigusr1(reopen: Reopen, mut user1: tokio::signal::unix::Signal) {
+    while user1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the access log");
+        reopen.request();
+    }
 }
 
 /// SIGHUP asks the controller to reload the config file, as
@@ -267,28 +296,21 @@ async fn reload_on_sighup(controller: ControllerHandle, stop: CancellationToken)
             () = stop.cancelled() => return,
         }
         tracing::info!("SIGHUP: reloading the configuration");
+        // systemd's `systemctl reload` waits from RELOADING=1 to READY=1;
+        // a refused reload leaves the old config serving, so READY either way.
+        stampgate::notify::reloading();
         match controller.command(AdminCommand::Reload, "sighup").await {
-            Ok(answer) => tracing::info!(%answer, "SIGHUP: configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
+            Ok(answer) => {
+                tracing::info!(%answer, "SIGHUP: configuration reloaded");
+                stampgate::notify::ready("serving; configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload refused");
+                stampgate::notify::ready(&format!(
+                    "serving the previous configuration; reload refused: {e}"
+                ));
+            }
         }
-    }
-}
-
-fn init_logging(format: LogFormat, level: Option<&str>, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // rustls warns on every handshake whose SNI is an IP address (legal
-    // for clients to send, common on internal networks): noise by default.
-    let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error"))),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

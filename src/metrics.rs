@@ -18,39 +18,198 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::counters::{ByEnum, Label, labels};
 use crate::routing::histogram::LatencyHistogram;
-use crate::routing::{ADMIN_STATES, HEALTH_STATES, RoutingTable, StampView};
+use crate::routing::{RoutingTable, StampView};
+use crate::signals::{AdminShown, HealthState};
 
 /// Proxy-wide counters: client connections, TLS handshakes, reloads, the
 /// access log. Shared by the listeners, the controller and `/metrics`.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
-    /// Open client connections by listener ([`LISTENERS`]) and protocol
-    /// ([`PROTOCOLS`]); a connection is `pending` until its first request.
-    pub connections: [[AtomicI64; 3]; 2],
+    /// Open client connections by listener and protocol; a connection is
+    /// [`Protocol::Pending`] until its first request.
+    pub connections: ByEnum<Listener, ByEnum<Protocol, AtomicI64, 3>, 2>,
     /// Client connections accepted, by listener.
-    pub accepted: [AtomicU64; 2],
-    /// Failed TLS handshakes: error, timeout.
-    pub tls_handshake_failures: [AtomicU64; 2],
-    /// Config reloads: applied, refused.
-    pub reloads: [AtomicU64; 2],
+    pub accepted: ByEnum<Listener, AtomicU64, 2>,
+    /// Failed TLS handshakes, by reason.
+    pub tls_handshake_failures: ByEnum<HandshakeFailure, AtomicU64, 2>,
+    /// Config reloads, by result.
+    pub reloads: ByEnum<ReloadResult, AtomicU64, 2>,
     /// Requests that matched no route (answered 404).
     pub unrouted: AtomicU64,
     /// Access log lines written.
     pub access_log_written: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// The DNS server's counters, set when it starts (absent without
+    /// `[dns_server]`).
+    pub dns_server: arc_swap::ArcSwapOption<DnsQueryStats>,
+    /// Connections upgraded (101 from a stamp) and spliced.
+    pub upgrades: AtomicU64,
+    /// Upgraded connections open now.
+    pub upgraded_open: AtomicI64,
 }
 
-/// Listener labels of [`ProxyStats::connections`].
-pub const LISTENERS: [&str; 2] = ["http", "https"];
-/// Protocol labels of [`ProxyStats::connections`].
-pub const PROTOCOLS: [&str; 3] = ["pending", "http1", "http2"];
+/// Query type labels of [`DnsQueryStats`].
+pub const DNS_QTYPES: [&str; 6] = ["A", "AAAA", "SOA", "NS", "ANY", "other"];
+/// Response code labels of [`DnsQueryStats`].
+pub const DNS_RCODES: [&str; 7] = [
+    "NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "SERVFAIL", "other",
+];
+
+/// The DNS server's counters, bumped per query with relaxed adds and read
+/// at scrape time, plus what `/admin/status` shows of it.
+#[derive(Debug)]
+pub struct DnsQueryStats {
+    /// Record labels: the records' names, then the zone apex, then `-`
+    /// (unknown names, names outside the zone, malformed queries).
+    pub labels: Box<[Box<str>]>,
+    /// Queries by label x [`DNS_QTYPES`] x [`DNS_RCODES`].
+    counts: Box<[AtomicU64]>,
+    /// UDP responses held back by the rate limit: dropped, sent truncated.
+    pub rate_limited: [AtomicU64; 2],
+    /// Per record (first `labels` entries): 1 while it answers fail-open.
+    pub failing_open: Box<[std::sync::atomic::AtomicBool]>,
+    /// The current answer of each record, as `/admin/status` shows it;
+    /// written by the DNS server's watcher when an answer changes.
+    pub status: ArcSwap<serde_json::Value>,
+}
+
+impl DnsQueryStats {
+    /// Counters for `records` (absolute names) of `zone`.
+    pub fn new(records: &[&str], zone: &str) -> DnsQueryStats {
+        let labels: Box<[Box<str>]> = records
+            .iter()
+            .copied()
+            .chain([zone, "-"])
+            .map(Box::from)
+            .collect();
+        let cells = labels.len() * DNS_QTYPES.len() * DNS_RCODES.len();
+        DnsQueryStats {
+            counts: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+            labels,
+            rate_limited: Default::default(),
+            failing_open: records.iter().map(|_| Default::default()).collect(),
+            status: ArcSwap::from_pointee(serde_json::Value::Null),
+        }
+    }
+
+    /// Count one query: label index, [`DNS_QTYPES`] index, [`DNS_RCODES`] index.
+    pub fn count(&self, label: usize, qtype: usize, rcode: usize) {
+        let i = (label * DNS_QTYPES.len() + qtype) * DNS_RCODES.len() + rcode;
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queries counted for one cell.
+    pub fn get(&self, label: usize, qtype: usize, rcode: usize) -> u64 {
+        let i = (label * DNS_QTYPES.len() + qtype) * DNS_RCODES.len() + rcode;
+        self.counts.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut fam = encoder.encode_descriptor(
+            "stampgate_dns_queries",
+            "DNS queries answered, by record, query type and response code",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, label) in self.labels.iter().enumerate() {
+            for (t, qtype) in DNS_QTYPES.iter().enumerate() {
+                for (c, rcode) in DNS_RCODES.iter().enumerate() {
+                    let n = self.get(l, t, c);
+                    // Only combinations that happened: most never do.
+                    if n > 0 {
+                        let labels = vec![
+                            ("record", label.to_string()),
+                            ("type", qtype.to_string()),
+                            ("rcode", rcode.to_string()),
+                        ];
+                        counter(&mut fam, &labels, n)?;
+                    }
+                }
+            }
+        }
+        let mut fam = encoder.encode_descriptor(
+            "stampgate_dns_rate_limited",
+            "UDP responses held back by the per-client rate limit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (action, n) in ["dropped", "truncated"].iter().zip(&self.rate_limited) {
+            counter(
+                &mut fam,
+                &vec![("action", action.to_string())],
+                n.load(Ordering::Relaxed),
+            )?;
+        }
+        let mut fam = encoder.encode_descriptor(
+            "stampgate_dns_failing_open",
+            "1 while a record answers with every enabled target because none is usable",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (label, on) in self.labels.iter().zip(&self.failing_open) {
+            let on = i64::from(on.load(Ordering::Relaxed));
+            gauge(&mut fam, &vec![("record", label.to_string())], on)?;
+        }
+        Ok(())
+    }
+}
+
+labels! {
+    /// Which kind of client listener a connection came in on.
+    pub enum Listener {
+        /// Plaintext (HTTP/1.1 and h2c).
+        Http => "http",
+        /// TLS.
+        Https => "https",
+    }
+}
+
+impl Listener {
+    /// The listener kind of a connection with (`true`) or without TLS.
+    pub fn of(tls: bool) -> Listener {
+        if tls { Listener::Https } else { Listener::Http }
+    }
+}
+
+labels! {
+    /// What a client connection speaks, known at its first request.
+    pub enum Protocol {
+        /// No request yet.
+        Pending => "pending",
+        /// HTTP/1.x.
+        Http1 => "http1",
+        /// HTTP/2.
+        Http2 => "http2",
+    }
+}
+
+labels! {
+    /// Why a TLS handshake failed.
+    pub enum HandshakeFailure {
+        /// The peer or rustls broke it off.
+        Error => "error",
+        /// It did not finish in time.
+        Timeout => "timeout",
+    }
+}
+
+labels! {
+    /// How a config reload ended.
+    pub enum ReloadResult {
+        /// The new config serves.
+        Applied => "applied",
+        /// It was refused; the old one keeps serving.
+        Refused => "refused",
+    }
+}
 
 /// Status class labels, by index of [`crate::routing::StampStats::responses`].
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Connect error kinds, by index of `StampStats::connect_errors`.
-pub const CONNECT_ERRORS: [&str; 3] = ["refused", "timeout", "other"];
 
 /// Reads the request path's counters through the current routing table,
 /// and the proxy-wide ones.
@@ -78,15 +237,10 @@ fn gauge(fam: &mut MetricEncoder, labels: &Labels, n: i64) -> std::fmt::Result {
 }
 
 /// An enum as a set of 0/1 gauges: 1 for `current`, 0 for the others.
-fn state_set(
-    fam: &mut MetricEncoder,
-    labels: &Labels,
-    states: &[&str],
-    current: u8,
-) -> std::fmt::Result {
-    for (i, state) in states.iter().enumerate() {
-        let on = i == usize::from(current);
-        gauge(fam, &with(labels, "state", state), i64::from(on))?;
+fn state_set<E: Label>(fam: &mut MetricEncoder, labels: &Labels, current: E) -> std::fmt::Result {
+    for &state in E::ALL {
+        let on = state == current;
+        gauge(fam, &with(labels, "state", state.as_str()), i64::from(on))?;
     }
     Ok(())
 }
@@ -168,6 +322,26 @@ impl Collector for TableCollector {
             self.stats.unrouted.load(Ordering::Relaxed),
         )?;
         let mut fam = family!(
+            "stampgate_upgrades",
+            "Client connections upgraded (101 Switching Protocols, e.g. WebSocket) and spliced to a stamp",
+            MetricType::Counter,
+        )?;
+        counter(
+            &mut fam,
+            &vec![],
+            self.stats.upgrades.load(Ordering::Relaxed),
+        )?;
+        let mut fam = family!(
+            "stampgate_upgraded_connections",
+            "Upgraded connections open now",
+            MetricType::Gauge,
+        )?;
+        gauge(
+            &mut fam,
+            &vec![],
+            self.stats.upgraded_open.load(Ordering::Relaxed).max(0),
+        )?;
+        let mut fam = family!(
             "stampgate_retries",
             "Retries granted by each route's retry budget",
             MetricType::Counter,
@@ -232,10 +406,10 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         for (labels, s) in &stamps {
-            for (kind, n) in CONNECT_ERRORS.iter().zip(&s.stats.connect_errors) {
+            for (kind, n) in s.stats.connect_errors.iter() {
                 counter(
                     &mut fam,
-                    &with(labels, "kind", kind),
+                    &with(labels, "kind", kind.as_str()),
                     n.load(Ordering::Relaxed),
                 )?;
             }
@@ -276,8 +450,7 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         for (labels, s) in &stamps {
-            let current = s.stats.control.health.load(Ordering::Relaxed);
-            state_set(&mut fam, labels, &HEALTH_STATES, current)?;
+            state_set::<HealthState>(&mut fam, labels, s.stats.control.health())?;
         }
         let mut fam = family!(
             "stampgate_stamp_admin",
@@ -285,8 +458,7 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         for (labels, s) in &stamps {
-            let current = s.stats.control.admin.load(Ordering::Relaxed);
-            state_set(&mut fam, labels, &ADMIN_STATES, current)?;
+            state_set::<AdminShown>(&mut fam, labels, s.stats.control.admin())?;
         }
         let mut fam = family!(
             "stampgate_health_transitions",
@@ -294,10 +466,10 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         for (labels, s) in &stamps {
-            for (state, n) in HEALTH_STATES.iter().zip(&s.stats.control.transitions) {
+            for (state, n) in s.stats.control.transitions.iter() {
                 counter(
                     &mut fam,
-                    &with(labels, "to", state),
+                    &with(labels, "to", state.as_str()),
                     n.load(Ordering::Relaxed),
                 )?;
             }
@@ -320,10 +492,10 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         for (labels, s) in &stamps {
-            for (result, n) in ["passed", "failed"].iter().zip(&s.stats.control.probes) {
+            for (result, n) in s.stats.control.probes.iter() {
                 counter(
                     &mut fam,
-                    &with(labels, "result", result),
+                    &with(labels, "result", result.as_str()),
                     n.load(Ordering::Relaxed),
                 )?;
             }
@@ -344,11 +516,11 @@ impl Collector for TableCollector {
             "Open client connections by listener and protocol (pending: no request yet)",
             MetricType::Gauge,
         )?;
-        for (listener, row) in LISTENERS.iter().zip(&stats.connections) {
-            for (protocol, n) in PROTOCOLS.iter().zip(row) {
+        for (listener, row) in stats.connections.iter() {
+            for (protocol, n) in row.iter() {
                 let labels = vec![
-                    ("listener", listener.to_string()),
-                    ("protocol", protocol.to_string()),
+                    ("listener", listener.as_str().to_owned()),
+                    ("protocol", protocol.as_str().to_owned()),
                 ];
                 gauge(&mut fam, &labels, n.load(Ordering::Relaxed).max(0))?;
             }
@@ -358,8 +530,8 @@ impl Collector for TableCollector {
             "Client connections accepted, by listener",
             MetricType::Counter,
         )?;
-        for (listener, n) in LISTENERS.iter().zip(&stats.accepted) {
-            let labels = vec![("listener", listener.to_string())];
+        for (listener, n) in stats.accepted.iter() {
+            let labels = vec![("listener", listener.as_str().to_owned())];
             counter(&mut fam, &labels, n.load(Ordering::Relaxed))?;
         }
         let mut fam = family!(
@@ -367,13 +539,10 @@ impl Collector for TableCollector {
             "TLS handshakes that failed, by reason",
             MetricType::Counter,
         )?;
-        for (reason, n) in ["error", "timeout"]
-            .iter()
-            .zip(&stats.tls_handshake_failures)
-        {
+        for (reason, n) in stats.tls_handshake_failures.iter() {
             counter(
                 &mut fam,
-                &vec![("reason", reason.to_string())],
+                &vec![("reason", reason.as_str().to_owned())],
                 n.load(Ordering::Relaxed),
             )?;
         }
@@ -382,10 +551,10 @@ impl Collector for TableCollector {
             "Config reloads (SIGHUP or admin API) by result",
             MetricType::Counter,
         )?;
-        for (result, n) in ["applied", "refused"].iter().zip(&stats.reloads) {
+        for (result, n) in stats.reloads.iter() {
             counter(
                 &mut fam,
-                &vec![("result", result.to_string())],
+                &vec![("result", result.as_str().to_owned())],
                 n.load(Ordering::Relaxed),
             )?;
         }
@@ -411,6 +580,9 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(table.generation as i64).encode(fam)?;
+        if let Some(dns) = self.stats.dns_server.load_full() {
+            dns.encode(&mut encoder)?;
+        }
         Ok(())
     }
 }
@@ -432,3 +604,69 @@ pub fn render(registry: &Registry) -> String {
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `Content-Type` of [`render_prometheus`]'s output.
+pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition in the Prometheus text format 0.0.4, for scrapers that
+/// do not read OpenMetrics. prometheus-client writes only OpenMetrics; the
+/// two differ, for what this registry holds, in the `TYPE` line of
+/// counters (named without `_total` in OpenMetrics, as their samples in
+/// 0.0.4), in the types 0.0.4 lacks (`info`, `unknown`), and in the
+/// `UNIT` and `EOF` lines 0.0.4 does not have.
+pub fn render_prometheus(registry: &Registry) -> String {
+    let open = render(registry);
+    let mut out = String::with_capacity(open.len());
+    // OpenMetrics writes HELP before TYPE; the name both carry in 0.0.4
+    // is known only at TYPE.
+    let mut help: Option<&str> = None;
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').map_or("", |(_, h)| h));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "unknown" => ("", "untyped"),
+                other => ("", other),
+            };
+            if let Some(help) = help.take() {
+                out.push_str(&format!("# HELP {name}{suffix} {help}\n"));
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a scraper's `Accept` prefers the Prometheus text format 0.0.4
+/// (`text/plain`) over OpenMetrics, by quality value; OpenMetrics when it
+/// asks for neither or both equally.
+pub fn wants_prometheus_text(accept: Option<&str>) -> bool {
+    let mut open = -1.0f32;
+    let mut text = -1.0f32;
+    for range in accept.unwrap_or_default().split(',') {
+        let mut params = range.split(';').map(str::trim);
+        let kind = params.next().unwrap_or_default().to_ascii_lowercase();
+        let q = params
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match kind.as_str() {
+            "application/openmetrics-text" => open = open.max(q),
+            "text/plain" => text = text.max(q),
+            _ => {}
+        }
+    }
+    text > open
+}

@@ -88,6 +88,62 @@ async fn every_request_gets_a_line_with_its_facts() {
     assert_eq!(missed["request_id"], b.header("x-request-id"));
 }
 
+/// `format = "combined"`: Apache's combined format, as log analysers read
+/// it, with the client's Referer and User-Agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_combined_format_is_apaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let s = stamp("westeurope-1", "westeurope").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .access_log(&format!(
+            "format = \"combined\"\npath = {:?}",
+            log.display().to_string()
+        ))
+        .start()
+        .await;
+    let c = http1_client();
+    let req = http::Request::get(p.url("/catalogservice/api/1.0/catalogitem?limit=1"))
+        .header("referer", "https://example.com/a\"b")
+        .header("user-agent", "drill/1.0")
+        .body(empty())
+        .unwrap();
+    let a = send(&c, req).await;
+    assert_eq!(a.status, http::StatusCode::OK);
+    let b = get(&c, &p.url("/nowhere")).await;
+    assert_eq!(b.status, http::StatusCode::NOT_FOUND);
+
+    eventually("2 combined lines in the access log", async || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= 2
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    // 127.0.0.1 - - [05/Dec/2026:12:00:00 +0000] "GET /path HTTP/1.1" 200 N "ref" "ua"
+    let ok = lines[0];
+    assert!(ok.starts_with("127.0.0.1 - - ["), "{ok}");
+    assert!(
+        ok.contains(" +0000] \"GET /catalogservice/api/1.0/catalogitem HTTP/1.1\" 200 "),
+        "{ok}"
+    );
+    assert!(
+        ok.ends_with(&format!(
+            " 200 {} \"https://example.com/a\\\"b\" \"drill/1.0\"",
+            a.body.len()
+        )),
+        "{ok}"
+    );
+    let missed = lines[1];
+    assert!(
+        missed.contains("\"GET /nowhere HTTP/1.1\" 404 "),
+        "{missed}"
+    );
+    assert!(missed.ends_with(" \"-\" \"-\""), "{missed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_to_zero_still_logs_every_error() {
     let dir = tempfile::tempdir().unwrap();

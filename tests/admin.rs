@@ -1046,3 +1046,35 @@ async fn with_controller_reload_applies_a_valid_file_and_refuses_a_broken_one() 
         a.text()
     );
 }
+
+/// `GET /admin/history`: after some traffic, per-second samples with each
+/// stamp's observed share and its region's figures, so a dashboard opened
+/// now can draw the last minutes.
+#[tokio::test]
+async fn history_has_per_second_samples_after_load() {
+    let eu = stamp("eu-1", "westeurope").await;
+    let us = stamp("us-1", "eastus2").await;
+    let p = Setup::new().stamp(&eu).stamp(&us).start().await;
+    let api = AdminApi::start(p.handle.controller.clone(), Tokens::single(ALICE)).await;
+    let client = http1_client();
+    let url = p.url("/catalogservice/api/1.0/headers");
+    eventually(
+        "a sample shows the traffic, per stamp and region",
+        async || {
+            for _ in 0..20 {
+                assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+            }
+            let a = get(&client, &api.url("/admin/history")).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+            let v = a.json();
+            assert_eq!(v["interval_s"], 1);
+            v["samples"].as_array().unwrap().iter().any(|s| {
+                let share = |name: &str| s["stamps"][name]["share"].as_f64().unwrap_or(0.0);
+                s["stamps"]["eu-1"]["rps"].as_f64().unwrap_or(0.0) > 0.0
+                    && (share("eu-1") + share("us-1") - 1.0).abs() < 0.01
+                    && s["regions"]["westeurope"]["share"].as_f64() == Some(share("eu-1"))
+            })
+        },
+    )
+    .await;
+}

@@ -71,6 +71,11 @@ const TLS_HEAD: &str = "[proxy]\ntls_listen = [\"127.0.0.1:8443\"]\n";
 
 fn bad_configs() -> Vec<Bad> {
     vec![
+        bad(
+            "unknown HTTP/1.1 engine names the key and the choices",
+            concat!("[proxy]\nhttp1_engine = \"turbo\"\n", base!()),
+            &["proxy.http1_engine = \"turbo\": must be \"fast\" or \"hyper\""],
+        ),
         // ---- syntax and shape: line:column and the key path ----
         bad(
             "unknown key names key and line",
@@ -140,6 +145,21 @@ fn bad_configs() -> Vec<Bad> {
             ],
         ),
         bad(
+            "duration as a bare integer",
+            concat!(base!(), "[pools.p.probe]\ninterval = 5\n"),
+            &[
+                ":11:12: pools.p.probe.interval = 5: a duration needs a unit, e.g. \"5s\" or \"5ms\"",
+            ],
+        ),
+        bad(
+            "duration as a bare integer in an inline table",
+            concat!(
+                "[[routes]]\nname = \"r\"\npool = \"p\"\nretry = { per_try_timeout = 500 }\n",
+                "[[pools.p.stamps]]\nname = \"a\"\nregion = \"x\"\naddress = \"127.0.0.1:1\"\n"
+            ),
+            &["routes[0].retry.per_try_timeout = 500: a duration needs a unit, e.g. \"500s\""],
+        ),
+        bad(
             "negative duration",
             concat!("[proxy]\nidle_timeout = \"-1s\"\n", base!()),
             &["proxy.idle_timeout = \"-1s\": negative durations are not allowed"],
@@ -162,6 +182,35 @@ fn bad_configs() -> Vec<Bad> {
             "listen address with a host name",
             concat!("[proxy]\nlisten = [\"localhost:8080\"]\n", base!()),
             &["proxy.listen[0] = \"localhost:8080\": not a listen address: write IP:port"],
+        ),
+        bad(
+            "listen port out of range",
+            concat!("[proxy]\nlisten = [\"127.0.0.1:80800\"]\n", base!()),
+            &[
+                "proxy.listen[0] = \"127.0.0.1:80800\": port 80800 is out of range: a port is a number from 0 to 65535",
+            ],
+        ),
+        bad(
+            "admin port out of range",
+            concat!("[admin]\nlisten = \"[::1]:65536\"\n", base!()),
+            &["admin.listen = \"[::1]:65536\": port 65536 is out of range"],
+        ),
+        // ---- ${ENV} interpolation ----
+        bad(
+            "unset environment variable names the variable and the key",
+            concat!(
+                "[[routes]]\nname = \"r\"\npool = \"p\"\n",
+                "[[pools.p.stamps]]\nname = \"a\"\nregion = \"x\"\naddress = \"${STAMPGATE_TEST_UNSET_5EC2}:9001\"\n"
+            ),
+            &[
+                "pools.p.stamps[0].address = \"${STAMPGATE_TEST_UNSET_5EC2}:9001\": environment variable STAMPGATE_TEST_UNSET_5EC2 is not set",
+                "write $${ for a literal ${",
+            ],
+        ),
+        bad(
+            "unclosed variable reference",
+            concat!("[admin]\ntoken_env = \"${TOKEN\"\n", base!()),
+            &["admin.token_env = \"${TOKEN\": \"${\" without a closing \"}\""],
         ),
         bad(
             "no listener at all",
@@ -248,6 +297,76 @@ fn bad_configs() -> Vec<Bad> {
                 "proxy.certificates[0].server_names[0] = \"bad name\": not a valid host name",
             ],
         },
+        // ---- behind a load balancer ----
+        bad(
+            "redirect without a TLS listener",
+            concat!("[proxy]\nredirect_http_to_https = true\n", base!()),
+            &["proxy.redirect_http_to_https = true: needs a TLS listener to redirect to"],
+        ),
+        bad(
+            "redirect exemption not a path",
+            concat!("[proxy]\nredirect_exempt_paths = [\"acme\"]\n", base!()),
+            &["proxy.redirect_exempt_paths[0] = \"acme\": must be a path prefix starting with '/'"],
+        ),
+        bad(
+            "health listener on the admin port",
+            concat!("[health]\nlisten = \"127.0.0.1:9901\"\n", base!()),
+            &["health.listen = \"127.0.0.1:9901\": overlaps admin.listen (127.0.0.1:9901)"],
+        ),
+        // ---- upstream mutual TLS ----
+        Bad {
+            name: "upstream client certificate missing",
+            toml: concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { cert = \"edge.pem\", key = \"k.pem\" }\n"
+            ),
+            files: &[("k.pem", File::Key)],
+            expect: &["pools.p.upstream_tls.cert = \"edge.pem\": file missing: "],
+        },
+        Bad {
+            name: "upstream client key without its certificate",
+            toml: concat!(base!(), "[pools.p]\nupstream_tls = { key = \"k.pem\" }\n"),
+            files: &[("k.pem", File::Key)],
+            expect: &["pools.p.upstream_tls.key = \"k.pem\": needs pools.p.upstream_tls.cert too"],
+        },
+        Bad {
+            name: "upstream client key of another certificate",
+            toml: concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { cert = \"c.pem\", key = \"k.pem\" }\n"
+            ),
+            files: &[("c.pem", File::Cert), ("k.pem", File::OtherKey)],
+            expect: &["pools.p.upstream_tls.key = \"k.pem\": does not match the certificate in "],
+        },
+        Bad {
+            name: "two trust files for one pool",
+            toml: concat!(
+                base!(),
+                "[pools.p]\nca_file = \"c.pem\"\nupstream_tls = { ca_file = \"c.pem\" }\n"
+            ),
+            files: &[("c.pem", File::Cert)],
+            expect: &[
+                "pools.p.upstream_tls.ca_file = \"c.pem\": pools.p.ca_file is set too; name the trust file once",
+            ],
+        },
+        bad(
+            "upstream server_name not a name",
+            concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { server_name = \"bad name\" }\n"
+            ),
+            &[
+                "pools.p.upstream_tls.server_name = \"bad name\": must be a DNS name or an IP address",
+            ],
+        ),
+        bad(
+            "unknown key in the upstream_tls table",
+            concat!(
+                base!(),
+                "[pools.p]\nupstream_tls = { certificate = \"c.pem\" }\n"
+            ),
+            &["unknown field `certificate`"],
+        ),
         // ---- admin ----
         bad(
             "token_env not a variable name",
@@ -685,6 +804,7 @@ fn defaults_fill_every_optional_key() {
     assert!(proxy.stamp_header);
     assert!(proxy.forwarded_headers);
     assert!(proxy.request_id);
+    assert_eq!(proxy.http1_engine, config::Http1Engine::Fast);
     assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(
         (
@@ -786,7 +906,7 @@ fn dependent_defaults_follow_the_values_they_depend_on() {
 fn explicit_values_are_kept_and_normalised() {
     let cfg = parse(concat!(
         "[proxy]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nmax_request_body = \"1kB\"\nstamp_header = false\n",
-        "forwarded_headers = false\nrequest_id = false\n",
+        "forwarded_headers = false\nrequest_id = false\nhttp1_engine = \"hyper\"\n",
         "[[routes]]\nname = \"r\"\nhosts = [\"Catalog.Example.COM\", \"*\"]\npath_prefix = \"/api/\"\npool = \"p\"\n",
         "retry = { attempts = 1, budget_percent = 0, replay_limit = \"0\" }\n",
         "[pools.p]\nmethod = \"priority\"\nall_unhealthy = \"fail-closed\"\nslow_start = \"0s\"\nhost_header = \"catalog.internal:8443\"\n",
@@ -799,6 +919,7 @@ fn explicit_values_are_kept_and_normalised() {
     assert!(!cfg.proxy.stamp_header);
     assert!(!cfg.proxy.forwarded_headers);
     assert!(!cfg.proxy.request_id);
+    assert_eq!(cfg.proxy.http1_engine, config::Http1Engine::Hyper);
     assert_eq!(cfg.routes[0].hosts, ["catalog.example.com", "*"]);
     assert_eq!(cfg.routes[0].retry.attempts, 1);
     let pool = &cfg.pools[0];
@@ -908,4 +1029,88 @@ fn check_summary_of_the_example_config() {
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
+}
+
+fn stampgate() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stampgate"))
+}
+
+/// Stamps' addresses and the admin token's variable from the environment,
+/// as a systemd unit's `Environment=` or a container's `env:` gives them;
+/// `$${` stays a literal `${`.
+#[test]
+fn env_variables_are_interpolated_into_string_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("env.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nstate_file = \"$${literal}/state.json\"\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools.p.stamps]]\nname = \"a\"\nregion = \"${SG_TEST_REGION}\"\naddress = \"${SG_TEST_HOST}:9001\"\n",
+    )
+    .expect("write");
+    let out = stampgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SG_TEST_HOST", "127.0.0.9")
+        .env("SG_TEST_REGION", "northeurope")
+        .output()
+        .expect("run stampgate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("127.0.0.9:9001"), "{stdout}");
+    assert!(stdout.contains("northeurope"), "{stdout}");
+
+    let out = stampgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SG_TEST_REGION", "northeurope")
+        .env_remove("SG_TEST_HOST")
+        .output()
+        .expect("run stampgate");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pools.p.stamps[0].address = \"${SG_TEST_HOST}:9001\": environment variable SG_TEST_HOST is not set"),
+        "{stderr}"
+    );
+}
+
+/// Without `--config`, `check` (and `run`) read `STAMPGATE_CONFIG`, and
+/// without that the packaged path.
+#[test]
+fn the_config_path_defaults_to_the_env_variable_then_etc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("from-env.toml");
+    std::fs::write(&path, base!()).expect("write");
+    let out = stampgate()
+        .arg("check")
+        .env(CONFIG_ENV, &path)
+        .output()
+        .expect("run stampgate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{}: OK", path.display())),
+        "{stdout}"
+    );
+
+    let out = stampgate()
+        .arg("check")
+        .env_remove(CONFIG_ENV)
+        .output()
+        .expect("run stampgate");
+    // Whether or not this machine has the file, the path is the one named.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(DEFAULT_CONFIG_PATH, "/etc/stampgate/stampgate.toml");
+    assert!(text.contains(DEFAULT_CONFIG_PATH), "{text}");
 }

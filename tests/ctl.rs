@@ -325,3 +325,35 @@ async fn with_controller_the_last_region_is_refused_without_force() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
 }
+
+/// A dry run of a drain the real call would refuse (the pool's last usable
+/// stamp) says so and exits 1, as the real call does; nothing changes.
+#[tokio::test]
+async fn with_controller_a_dry_run_the_server_would_refuse_exits_1() {
+    let w = world().await;
+    let out = w.ctl(Some(TOKEN), &["drain", "eu-1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = w.ctl(Some(TOKEN), &["drain", "us-1", "--dry-run"]).await;
+    let stderr = assert_one_line_failure(&out, 1);
+    assert!(
+        stderr.contains("dry run: the real call would be refused")
+            && stderr.contains("no usable stamp")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("planned traffic shares"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        w.status_json().await["pools"][0]["stamps"][1]["admin"],
+        "active",
+        "a dry run changes nothing"
+    );
+    // With --force the dry run is what the forced call would do: fine.
+    let out = w
+        .ctl(Some(TOKEN), &["drain", "us-1", "--dry-run", "--force"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

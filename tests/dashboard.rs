@@ -249,7 +249,29 @@ async fn dashboard_shows_every_stamp_and_follows_a_failure() {
         ..Fault::default()
     });
     w.until_health(victim.name(), "unhealthy").await;
+    // More server-side samples than a fresh page could take itself within
+    // its 3 s of virtual time: the page must draw them from the history.
+    let history = w.admin.url("/admin/history");
+    eventually("the server keeps at least 6 s of history", async || {
+        let a = get(&w.c, &history).await;
+        a.json()["samples"].as_array().is_some_and(|s| s.len() >= 6)
+    })
+    .await;
     let dom = w.render().await;
+    let span: u32 = dom
+        .split("requests/s, last ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a sparkline span in {dom}"));
+    assert!(
+        span >= 6,
+        "a page opened now shows the last minutes: {span} s"
+    );
+    assert!(
+        dom.contains("probe rtt"),
+        "regions show their error rate and latency"
+    );
     assert_eq!(card_health(&dom, victim.name()), "unhealthy");
     assert_eq!(card_health(&dom, "eastus2-1"), "healthy");
     assert!(

@@ -252,6 +252,8 @@ fn expectations_decide_the_exit_code() {
         .arg(&pass)
         .arg("--out")
         .arg(dir.path().join("p"))
+        .arg("--junit")
+        .arg(dir.path().join("p.xml"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -262,7 +264,32 @@ fn expectations_decide_the_exit_code() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("PASSED"), "{stdout}");
-    assert!(dir.path().join("p/report.json").is_file());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("p/report.json")).unwrap()).unwrap();
+    check_provenance(&report, &dir.path().join("p/report.html"));
+    let junit = std::fs::read_to_string(dir.path().join("p.xml")).unwrap();
+    let cases = report["expectations"].as_array().unwrap();
+    assert!(cases.len() >= 3, "{report}");
+    assert_eq!(junit.matches("<testcase ").count(), cases.len(), "{junit}");
+    assert!(
+        junit.contains(&format!("tests=\"{}\" failures=\"0\"", cases.len())),
+        "{junit}"
+    );
+    assert!(!junit.contains("<failure"), "{junit}");
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        assert!(
+            junit.contains(&format!("classname=\"drill.small\" name=\"{name}\"/>")),
+            "{junit}"
+        );
+    }
+    assert!(
+        junit.contains(&format!(
+            "<property name=\"stampgate.commit\" value=\"{}\"/>",
+            report["build"]["commit"].as_str().unwrap()
+        )),
+        "{junit}"
+    );
 
     let fail = dir.path().join("fail.toml");
     std::fs::write(&fail, small_scenario(100, "1s", "max_p99 = \"0ms\"")).unwrap();
@@ -271,6 +298,8 @@ fn expectations_decide_the_exit_code() {
         .arg(&fail)
         .arg("--out")
         .arg(dir.path().join("f"))
+        .arg("--junit")
+        .arg(dir.path().join("f.xml"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -279,6 +308,53 @@ fn expectations_decide_the_exit_code() {
         stderr.contains("max_p99"),
         "the failed expectation is listed: {stderr}"
     );
+    // The failed expectation is the one failed test case, with its figures.
+    let junit = std::fs::read_to_string(dir.path().join("f.xml")).unwrap();
+    assert_eq!(junit.matches("<failure ").count(), 1, "{junit}");
+    let failed = junit
+        .split("<testcase ")
+        .find(|c| c.contains("<failure"))
+        .unwrap();
+    assert!(failed.contains("name=\"max_p99\""), "{failed}");
+    assert!(failed.contains("message=\"expected "), "{failed}");
+    assert!(junit.contains("failures=\"1\""), "{junit}");
+    // Same scenario text, same generated config: the same fingerprint,
+    // though the stamps listened on other ports.
+    let failed_report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("f/report.json")).unwrap()).unwrap();
+    assert_eq!(
+        failed_report["config_fingerprint"],
+        report["config_fingerprint"]
+    );
+}
+
+/// report.json and report.html say which stampgate ran, where, and with
+/// which config.
+fn check_provenance(report: &serde_json::Value, html: &Path) {
+    let build = &report["build"];
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"), "{report}");
+    let commit = build["commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{build}"
+    );
+    assert!(
+        matches!(build["build"].as_str(), Some("plain" | "pgo")),
+        "{build}"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(build["host"], host.trim(), "{build}");
+    let fingerprint = report["config_fingerprint"].as_str().unwrap();
+    assert!(
+        fingerprint.starts_with("sha256:") && fingerprint.len() == 7 + 64,
+        "{fingerprint}"
+    );
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(
+        html.contains(&format!("(commit {commit}, ")),
+        "commit in report.html"
+    );
+    assert!(html.contains(fingerprint), "fingerprint in report.html");
 }
 
 #[test]

@@ -120,7 +120,10 @@ fn tries(p: &Proxy, name: &str) -> u64 {
 }
 
 fn weight(p: &Proxy, name: &str) -> u32 {
-    let t = p.handle.routing.load();
+    weight_in(&p.handle.routing.load(), name)
+}
+
+fn weight_in(t: &stampgate::routing::RoutingTable, name: &str) -> u32 {
     t.pools[0]
         .stamps
         .iter()
@@ -333,15 +336,18 @@ async fn latency_method_moves_traffic_off_a_slow_stamp() {
     let c = http1_client();
     let url = p.url(ITEMS);
     // It keeps a trickle (to show its recovery), far under 1 %.
-    eventually("the slow stamp is down to a trickle", async || {
-        let t = p.handle.routing.load();
-        let slow = t.pools[0]
-            .stamps
-            .iter()
-            .position(|s| &*s.name == "westeurope-1")
-            .unwrap();
-        t.pools[0].selector.tiers()[0].share_of(slow) < 0.01
-    })
+    support::published_until(
+        &p.handle.controller,
+        "the slow stamp is down to a trickle",
+        |t| {
+            let slow = t.pools[0]
+                .stamps
+                .iter()
+                .position(|s| &*s.name == "westeurope-1")
+                .unwrap();
+            t.pools[0].selector.tiers()[0].share_of(slow) < 0.01
+        },
+    )
     .await;
     let mut by: HashMap<String, u32> = HashMap::new();
     for _ in 0..60 {
@@ -462,24 +468,25 @@ async fn a_recovered_stamp_ramps_up_over_slow_start() {
     let victim = &stamps[0];
     victim.set_fault(fault(|f| f.down = Some(true)));
     victim.settled().await;
-    eventually("the stopped stamp's weight is 0", async || {
-        weight(&p, "westeurope-1") == 0
-    })
+    support::published_until(
+        &p.handle.controller,
+        "the stopped stamp's weight is 0",
+        |t| weight_in(t, "westeurope-1") == 0,
+    )
     .await;
     victim.clear_fault();
     victim.settled().await;
+    // Every published table is looked at, so no step of the ramp is missed
+    // between two polls.
     let mut steps = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(6) {
-        let w = weight(&p, "westeurope-1");
+    support::published_until(&p.handle.controller, "full weight again", |t| {
+        let w = weight_in(t, "westeurope-1");
         if steps.last() != Some(&w) {
             steps.push(w);
         }
-        if w == 100 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        w == 100
+    })
+    .await;
     let between: Vec<u32> = steps
         .iter()
         .copied()

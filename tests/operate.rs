@@ -399,6 +399,11 @@ async fn reload_under_load_changes_routing_without_failed_requests() {
         .await
         .unwrap();
     assert_eq!(answer["stamps_added"][0], "southeastasia-1", "{answer}");
+    let generation = answer["generation"].as_u64().unwrap();
+    assert!(
+        *handle.controller.published().borrow() >= generation,
+        "the reload's table is announced: {answer}"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Invalid change: refused, the old config keeps serving.
     std::fs::write(&path, "[proxy]\nlisten = [\"not an address\"]\n").unwrap();

@@ -187,9 +187,15 @@ async fn get_then_post_on_one_tls_connection() {
     assert_eq!(s.requests_served(), 2);
 }
 
-/// A TLS "stamp": a hyper server behind tokio-rustls answering with the
-/// SNI name it saw, so the test can check the proxy verified and named it.
-async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
+/// The certificate chain and key `make_pki` wrote for `name`, for a test
+/// stamp's TLS server.
+fn stamp_identity(
+    pki: &Pki,
+    name: &str,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
     let dir = pki.dir.path();
     let certs = rustls_pemfile::certs(
         &mut std::fs::read(dir.join(format!("{name}.pem")))
@@ -205,6 +211,18 @@ async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
     )
     .unwrap()
     .unwrap();
+    (certs, key)
+}
+
+/// A TLS "stamp": a hyper server behind tokio-rustls answering with the
+/// SNI name it saw, so the test can check the proxy verified and named it.
+async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
+    tls_stamp_with_alpn(pki, name, &[b"http/1.1"]).await
+}
+
+/// [`tls_stamp`] offering `alpn` (HTTP/1.1 is spoken whatever it says).
+async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net::SocketAddr {
+    let (certs, key) = stamp_identity(pki, name);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -212,7 +230,7 @@ async fn tls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -274,4 +292,318 @@ async fn upstream_tls_verifies_the_stamp_against_ca_file_and_sends_sni() {
     let a = get(&http1_client(), &untrusted.url("/catalogservice/x")).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
     assert_eq!(a.header("x-stampgate-error"), "upstream-connect-failed");
+}
+
+/// A stamp that requires a client certificate from `pki`'s CA (rustls'
+/// `WebPkiClientVerifier`), serving HTTP/1.1 and h2 by ALPN, answering
+/// with the SNI name it saw.
+async fn mtls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
+    let (certs, key) = stamp_identity(pki, name);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("none").to_owned();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let sni = sni.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("x-server-name", "mtls-stamp")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(sni)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `upstream_tls = { ca_file, cert, key, server_name }`: the stamp (at an
+/// IP address, with a certificate for "api.internal") accepts us with the
+/// client certificate, over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn upstream_mtls_presents_the_client_certificate_and_overrides_the_name() {
+    let pki = make_pki(&["api.internal", "edge"]);
+    let dir = pki.dir.path().display().to_string();
+    std::fs::write(pki.dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let addr = mtls_stamp(&pki, "api.internal").await;
+    for http2 in [false, true] {
+        let p = Setup::new()
+            .address("mtls-1", "r1", &addr.to_string())
+            .pool(&format!(
+                "upstream_tls = {{ ca_file = \"{dir}/ca.pem\", cert = \"{dir}/edge.pem\", \
+                 key = \"{dir}/edge-key.pem\", server_name = \"api.internal\" }}\n\
+                 upstream_http2 = {http2}"
+            ))
+            .route("retry = { attempts = 1 }")
+            .start()
+            .await;
+        let a = get(&http1_client(), &p.url("/catalogservice/x")).await;
+        assert_eq!(a.status, StatusCode::OK, "http2={http2}: {}", a.text());
+        assert_eq!(a.header("x-server-name"), "mtls-stamp");
+        assert_eq!(
+            a.text(),
+            "api.internal",
+            "SNI is the configured server_name"
+        );
+    }
+}
+
+/// Without a client certificate the stamp refuses us (with TLS 1.3 the
+/// refusal is an alert after the handshake): the client gets a 502 naming
+/// it, and the probes put it in the stamp's health reason.
+#[tokio::test]
+async fn upstream_mtls_rejection_is_named_in_the_answer_and_in_status() {
+    let pki = make_pki(&["api.internal"]);
+    let dir = pki.dir.path().display().to_string();
+    std::fs::write(pki.dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let addr = mtls_stamp(&pki, "api.internal").await;
+    for http2 in [false, true] {
+        let p = Setup::new()
+            .address("mtls-1", "r1", &addr.to_string())
+            .pool(&format!(
+                "upstream_tls = {{ ca_file = \"{dir}/ca.pem\", server_name = \"api.internal\" }}\n\
+                 upstream_http2 = {http2}\n\
+                 probe = {{ interval = \"50ms\", unhealthy_interval = \"50ms\", timeout = \"40ms\", \
+                 sample_size = 2, successful_samples_required = 2, jitter_percent = 0 }}"
+            ))
+            .route("retry = { attempts = 1 }")
+            .start()
+            .await;
+        let a = get(&http1_client(), &p.url("/catalogservice/x")).await;
+        assert_eq!(
+            a.status,
+            StatusCode::BAD_GATEWAY,
+            "http2={http2}: {}",
+            a.text()
+        );
+        assert_eq!(
+            a.header("x-stampgate-error"),
+            "upstream-tls-client-cert-rejected",
+            "http2={http2}"
+        );
+        let controller = p.handle.controller.clone();
+        eventually(
+            "the stamp's health reason names the rejection",
+            async || {
+                let status = controller
+                    .command(stampgate::signals::command::Command::Status, "test")
+                    .await
+                    .unwrap();
+                status
+                    .to_string()
+                    .contains("upstream-tls-client-cert-rejected")
+            },
+        )
+        .await;
+    }
+}
+
+/// `redirect_http_to_https`: plain HTTP gets a 308 to the TLS listener's
+/// port with host, path and query kept; the ACME path is proxied; HTTPS
+/// is served as usual.
+#[tokio::test]
+async fn plain_http_is_redirected_to_https_except_acme() {
+    let pki = make_pki(&["shop.test"]);
+    let s = stamp("s1", "r1").await;
+    let p = tls_setup(&pki, &s)
+        .proxy("redirect_http_to_https = true")
+        .proxy("redirect_exempt_paths = [\"/.well-known/acme-challenge/\", \"/catalogservice/api/1.0/headers\"]")
+        .start()
+        .await;
+    let tls_port = p.handle.tls_listen[0].port();
+    let mut c = RawClient::connect(p.addr()).await;
+    c.send("POST /catalogservice/x?a=1 HTTP/1.1\r\nHost: shop.test:8080\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 308);
+    assert_eq!(
+        a.header("location"),
+        Some(format!("https://shop.test:{tls_port}/catalogservice/x?a=1").as_str())
+    );
+    assert_eq!(s.requests_served(), 0, "redirected, not proxied");
+
+    // An exempt path goes to the stamp over plain HTTP.
+    let mut c = RawClient::connect(p.addr()).await;
+    c.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["headers"]["x-forwarded-proto"], "http");
+
+    // Over TLS: served, no redirect.
+    let tls = connect(&pki, p.handle.tls_listen[0], "shop.test", &[b"http/1.1"]).await;
+    let mut c = RawClient::new(tls);
+    c.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["headers"]["x-forwarded-proto"], "https");
+}
+
+/// Certificates are reloaded without a restart: after the files change and
+/// `POST /admin/reload`, a new handshake gets the new certificate while a
+/// connection opened before still works; a broken file is refused by the
+/// reload and the last good certificate stays.
+#[tokio::test]
+async fn certificates_reload_without_a_restart() {
+    let pki = make_pki(&["shop.test"]);
+    let s = stamp("s1", "r1").await;
+    let path = pki.dir.path().join("stampgate.toml");
+    std::fs::write(&path, tls_setup(&pki, &s).toml()).unwrap();
+    let config = stampgate::config::load(&path).unwrap();
+    let app = stampgate::app::App::start(&config, None).await.unwrap();
+    let admin = AdminApi::start(
+        app.controller.clone(),
+        stampgate::admin::Tokens::single("t"),
+    )
+    .await;
+    let addr = app.tls_listen[0];
+    let reload = async || {
+        admin_call(
+            &http1_client(),
+            http::Method::POST,
+            &admin.url("/admin/reload"),
+            Some("t"),
+            "",
+        )
+        .await
+    };
+
+    let old = connect(&pki, addr, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(peer_leaf(&old), pki.leaves[0].1);
+    let mut open = RawClient::new(old);
+    open.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    assert_eq!(open.response().await.status, 200);
+
+    // A new certificate (from a new CA) over the same files.
+    let next = make_pki(&["shop.test"]);
+    for file in ["shop.test.pem", "shop.test-key.pem"] {
+        std::fs::copy(next.dir.path().join(file), pki.dir.path().join(file)).unwrap();
+    }
+    let a = reload().await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let fresh = connect(&next, addr, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(
+        peer_leaf(&fresh),
+        next.leaves[0].1,
+        "new handshake, new certificate"
+    );
+    open.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    assert_eq!(
+        open.response().await.status,
+        200,
+        "the open connection still works"
+    );
+
+    // A broken certificate: the reload says why, the last good one stays.
+    std::fs::write(pki.dir.path().join("shop.test.pem"), "not a certificate\n").unwrap();
+    let a = reload().await;
+    assert_ne!(a.status, StatusCode::OK, "{}", a.text());
+    assert!(
+        a.text().contains("proxy.certificates[0].cert"),
+        "the answer names the key: {}",
+        a.text()
+    );
+    let again = connect(&next, addr, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(
+        peer_leaf(&again),
+        next.leaves[0].1,
+        "still the last good one"
+    );
+    drop(admin);
+    app.shutdown().await;
+}
+
+/// On a TLS listener the PROXY header comes before the handshake.
+#[tokio::test]
+async fn proxy_protocol_header_precedes_the_tls_handshake() {
+    use tokio::io::AsyncWriteExt;
+    let pki = make_pki(&["shop.test"]);
+    let s = stamp("s1", "r1").await;
+    let p = tls_setup(&pki, &s)
+        .proxy("proxy_protocol = true")
+        .start()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(p.handle.tls_listen[0])
+        .await
+        .unwrap();
+    tcp.write_all(b"PROXY TCP6 2001:db8::5 ::1 7000 443\r\n")
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("shop.test").unwrap(), tcp)
+        .await
+        .expect("handshake after the PROXY header");
+    let mut c = RawClient::new(tls);
+    c.send(request("GET", "/catalogservice/api/1.0/headers", ""))
+        .await;
+    let a = c.response().await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["headers"]["x-forwarded-for"], "2001:db8::5");
+}
+
+/// `upstream_http2` over TLS to a stamp whose ALPN offers no h2 (none at
+/// all, or only http/1.1): a 502 whose message names ALPN, instead of a
+/// vague reset after an HTTP/2 preface sent to an HTTP/1.1 server.
+#[tokio::test]
+async fn upstream_http2_to_a_stamp_without_h2_alpn_names_alpn() {
+    let pki = make_pki(&["localhost"]);
+    let ca_path = pki.dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    for alpn in [&[][..], &[&b"http/1.1"[..]][..]] {
+        let addr = tls_stamp_with_alpn(&pki, "localhost", alpn).await;
+        let p = Setup::new()
+            .address("tls-1", "r1", &format!("localhost:{}", addr.port()))
+            .pool("upstream_tls = true\nupstream_http2 = true")
+            .pool(&format!("ca_file = \"{}\"", ca_path.display()))
+            .route("retry = { attempts = 1 }")
+            .start()
+            .await;
+        let a = get(&http1_client(), &p.url("/catalogservice/x")).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{alpn:?}: {}", a.text());
+        assert_eq!(a.header("x-stampgate-error"), "upstream-connect-failed");
+        assert!(a.text().contains("ALPN"), "{alpn:?}: {}", a.text());
+    }
 }

@@ -111,3 +111,28 @@ async fn a_refused_connect_is_its_own_kind() {
         "{err:?}"
     );
 }
+
+/// HTTP/2 to stamps: `te: trailers` goes through (gRPC needs it, though
+/// TE is otherwise hop-by-hop), and `:authority` says what `Host` says,
+/// not the stamp's address (issue 17).
+#[tokio::test]
+async fn h2_to_stamps_keeps_te_trailers_and_authority_matches_host() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .pool("upstream_http2 = true\nhost_header = \"api.internal\"")
+        .start()
+        .await;
+    let req = http::Request::get(p.url("/catalogservice/api/1.0/headers"))
+        .header("te", "trailers")
+        .body(empty())
+        .unwrap();
+    let a = send(&http1_client(), req).await;
+    let head = a.json();
+    assert_eq!(head["version"], "HTTP/2.0", "{head}");
+    assert_eq!(head["headers"]["te"], "trailers", "{head}");
+    let uri = head["uri"].as_str().unwrap();
+    assert!(uri.starts_with("http://api.internal/"), "{head}");
+    let host = &head["headers"]["host"];
+    assert!(host.is_null() || host == "api.internal", "{head}");
+}

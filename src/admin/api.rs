@@ -17,6 +17,7 @@ use super::route::{Change, Endpoint, NoRoute, Read, route};
 use super::sse;
 use crate::config::parse_duration;
 use crate::controller::ControllerHandle;
+use crate::fleet::FleetHandle;
 use crate::signals::command::{AdminError, Command, Target};
 
 /// Every admin body is a handful of fields; anything larger is a mistake
@@ -47,6 +48,8 @@ pub struct Admin {
     pub shutdown: CancellationToken,
     /// The metrics registry (reads the request path's counters at scrape).
     pub metrics: prometheus_client::registry::Registry,
+    /// The fleet, when this edge is in one: decisions go through it.
+    pub fleet: Option<FleetHandle>,
 }
 
 /// Why a request was not carried out. Maps to its status code in one
@@ -122,6 +125,8 @@ impl ApiError {
                 AdminError::Reload(_) => "reload",
                 AdminError::Persist(_) => "persist",
                 AdminError::Unavailable => "unavailable",
+                AdminError::FleetUnavailable(_) => "fleet-unavailable",
+                AdminError::Conflict(_) => "conflict",
             },
         }
     }
@@ -190,14 +195,18 @@ impl Admin {
         let change = match endpoint {
             Endpoint::Read(read) => {
                 let query = Query::parse(parts.uri.query())?;
-                return self.read(read, &query).await;
+                return self.read(read, &query, &parts.headers).await;
             }
             Endpoint::Change(change) => change,
         };
         // Authorize before looking at anything else the caller sent: an
         // unauthorized request learns nothing and changes nothing.
         let who = self.authorize(&parts.headers)?.to_owned();
-        let query = Query::parse(parts.uri.query())?;
+        let mut query = Query::parse(parts.uri.query())?;
+        // `local=1`: the emergency override, this edge only. Taken out
+        // before the command's own parameters are checked.
+        let local = query.flag("local")?;
+        query.pairs.retain(|(k, _)| k != "local");
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -209,7 +218,27 @@ impl Admin {
         let body = read_body(body).await?;
         let command = command(change, &query, &body)?;
         let summary = format!("{command:?}");
-        match self.controller.command(command, &who).await {
+        let decision = matches!(
+            command,
+            Command::Drain { dry_run: false, .. }
+                | Command::Enable { .. }
+                | Command::Disable { .. }
+                | Command::Weight { .. }
+        );
+        let answer = match (&self.fleet, decision, local) {
+            (Some(fleet), true, false) => fleet.decide(command, &who).await,
+            (Some(_), true, true) => {
+                self.controller
+                    .command(Command::Local(Box::new(command)), &who)
+                    .await
+            }
+            (None, _, true) => Err(AdminError::Invalid {
+                field: "local".into(),
+                message: "this edge is not in a fleet: every change is local already".into(),
+            }),
+            _ => self.controller.command(command, &who).await,
+        };
+        match answer {
             Ok(answer) => {
                 // The controller logs the decision itself; this is the trail
                 // of the request.
@@ -259,22 +288,54 @@ impl Admin {
         }
     }
 
-    async fn read(&self, read: Read, query: &Query) -> Result<Response<Body>, ApiError> {
+    async fn read(
+        &self,
+        read: Read,
+        query: &Query,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<Body>, ApiError> {
         match read {
             Read::Dashboard => Ok(html(DASHBOARD)),
             Read::Live => Ok(json(StatusCode::OK, &json!({ "status": "live" }))),
             Read::Metrics => {
-                let body = crate::metrics::render(&self.metrics);
+                let accept = headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (body, kind) = if crate::metrics::wants_prometheus_text(accept) {
+                    let body = crate::metrics::render_prometheus(&self.metrics);
+                    (body, crate::metrics::CONTENT_TYPE_PROMETHEUS)
+                } else {
+                    let body = crate::metrics::render(&self.metrics);
+                    (body, crate::metrics::CONTENT_TYPE)
+                };
                 let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                );
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
                 Ok(response)
             }
             Read::Ready => Ok(self.ready()),
+            Read::Fleet => Ok(json(
+                StatusCode::OK,
+                &match &self.fleet {
+                    Some(fleet) => fleet.view(),
+                    None => json!({
+                        "edge": null,
+                        "edges": [],
+                        "message": "this edge is not in a fleet ([fleet] is not configured)",
+                    }),
+                },
+            )),
+            Read::History => Ok(json(StatusCode::OK, &self.controller.history.snapshot())),
             Read::Status => {
-                let status = self.controller.command(Command::Status, READER).await?;
+                let mut status = self.controller.command(Command::Status, READER).await?;
+                // The DNS server's current answers, when it runs.
+                if let (Some(dns), Some(doc)) = (
+                    self.controller.stats.dns_server.load_full(),
+                    status.as_object_mut(),
+                ) {
+                    doc.insert("dns_server".into(), Value::clone(&dns.status.load()));
+                }
                 Ok(json(StatusCode::OK, &status))
             }
             Read::Events => {
@@ -304,7 +365,16 @@ impl Admin {
     /// Ready once the controller has published a table in which at least
     /// one pool can take a request.
     fn ready(&self) -> Response<Body> {
-        let table = self.controller.routing.load();
+        let (status, body) = readiness(&self.controller.routing.load());
+        json(status, &body)
+    }
+}
+
+/// Whether `table` can serve: a published table with at least one pool
+/// that can take a request. Shared by the admin API's `/ready` and the
+/// load balancer's (`[health] listen`).
+pub fn readiness(table: &crate::routing::RoutingTable) -> (StatusCode, Value) {
+    {
         let serving: Vec<&str> = table
             .pools
             .iter()
@@ -312,9 +382,9 @@ impl Admin {
             .map(|p| &*p.name)
             .collect();
         if table.generation > 0 && !serving.is_empty() {
-            json(
+            (
                 StatusCode::OK,
-                &json!({ "status": "ready", "generation": table.generation, "serving_pools": serving }),
+                json!({ "status": "ready", "generation": table.generation, "serving_pools": serving }),
             )
         } else {
             let reason = if table.generation == 0 {
@@ -322,9 +392,9 @@ impl Admin {
             } else {
                 "no pool has a stamp that can take traffic"
             };
-            json(
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "status": "not-ready", "generation": table.generation, "reason": reason }),
+                json!({ "status": "not-ready", "generation": table.generation, "reason": reason }),
             )
         }
     }
@@ -372,6 +442,10 @@ fn command(change: Change, query: &Query, body: &Bytes) -> Result<Command, ApiEr
         Change::Reload => {
             no_options(query, body)?;
             Ok(Command::Reload)
+        }
+        Change::ClearLocal(stamp) => {
+            no_options(query, body)?;
+            Ok(Command::ClearLocal { stamp })
         }
     }
 }

@@ -8,27 +8,15 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::client::{AdminClient, ClientError};
 use crate::config::parse_duration;
 
 /// Where the admin API listens unless told otherwise (the config default).
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
-
-/// Giving up on connecting after this long: the admin API is local or one
-/// hop away; a longer wait only delays the "cannot reach" an operator needs.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A whole request/answer (not an event stream). Commands are applied in
-/// one controller turn; a reload parses a file. Neither takes this long.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `drain --wait` looks at the status this often. The stream of events
 /// does not promise a "drained" event, the status does show it, and two
@@ -54,6 +42,10 @@ pub struct CtlArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Fleet emergency override: apply a change on this edge only (it
+    /// stays until `clear-local`), e.g. while etcd is unreachable.
+    #[arg(long, global = true)]
+    pub local: bool,
     /// What to do.
     #[command(subcommand)]
     pub action: Action,
@@ -124,6 +116,18 @@ pub enum Action {
     },
     /// Re-read and apply the config file.
     Reload,
+    /// The fleet: every live edge with its connection, revision and view
+    /// of each stamp.
+    Fleet {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a local override: the stamp follows the fleet's decision again.
+    ClearLocal {
+        /// Stamp name.
+        stamp: String,
+    },
     /// Recent transitions and operator actions.
     Events {
         /// Keep printing new events as they happen.
@@ -160,49 +164,6 @@ fn duration_arg(s: &str) -> Result<String, String> {
     parse_duration(s).map(|_| s.to_owned())
 }
 
-/// Why a `ctl` command did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    /// The command line cannot work (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// No answer from the admin API (exit 2).
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable {
-        /// The admin base URL.
-        url: String,
-        /// What went wrong, in a few words.
-        reason: String,
-    },
-    /// The server said no (exit 1).
-    #[error("{message}")]
-    Refused {
-        /// The HTTP status.
-        status: StatusCode,
-        /// The server's message.
-        message: String,
-    },
-    /// The server answered something this client does not understand
-    /// (exit 1: it was reached, and did not do what was asked for).
-    #[error("unexpected answer from {url}: {reason}")]
-    BadAnswer {
-        /// The URL asked.
-        url: String,
-        /// What is wrong with the answer.
-        reason: String,
-    },
-}
-
-impl CtlError {
-    /// The process exit code.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CtlError::Usage(_) | CtlError::Unreachable { .. } => 2,
-            CtlError::Refused { .. } | CtlError::BadAnswer { .. } => 1,
-        }
-    }
-}
-
 /// Run `stampgate ctl`, printing results on stdout and a one-line reason on
 /// stderr.
 pub async fn run(args: CtlArgs) -> ExitCode {
@@ -215,15 +176,32 @@ pub async fn run(args: CtlArgs) -> ExitCode {
     }
 }
 
-async fn execute(args: CtlArgs) -> Result<(), CtlError> {
-    let api = AdminClient::new(&args.admin, args.token)?;
+async fn execute(args: CtlArgs) -> Result<(), ClientError> {
+    let mut api = AdminClient::new(&args.admin, args.token)?;
+    api.local = args.local;
     match args.action {
+        Action::Fleet { json } => {
+            let fleet = api.call(Method::GET, "/admin/fleet", None).await?;
+            if json {
+                println!("{}", pretty(&fleet));
+            } else {
+                print!("{}", render_fleet(&fleet));
+            }
+        }
+        Action::ClearLocal { stamp } => {
+            let path = format!("/admin/stamps/{stamp}/clear-local");
+            let answer = api.call(Method::POST, &path, None).await?;
+            print!(
+                "{}",
+                render_change(&format!("clear-local {stamp}"), &answer)
+            );
+        }
         Action::Status { json } => {
             let status = api.call(Method::GET, "/admin/status", None).await?;
             if json {
                 println!("{}", pretty(&status));
             } else {
-                print!("{}", render_status(&status, &api.base));
+                print!("{}", render_status(&status, api.base()));
             }
         }
         Action::Drain {
@@ -296,7 +274,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
         }
         Action::Events { follow, json } => {
             if follow {
-                api.follow_events(json).await?;
+                follow_events(&api, json).await?;
             } else {
                 let events = api.call(Method::GET, "/admin/events", None).await?;
                 let Value::Array(events) = events else {
@@ -313,10 +291,10 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
 
 /// The server speaks of the API's `force=1`; say what it is on this
 /// command line.
-fn force_hint(e: CtlError) -> CtlError {
+fn force_hint(e: ClientError) -> ClientError {
     match e {
-        CtlError::Refused { status, message } if status == StatusCode::CONFLICT => {
-            CtlError::Refused {
+        ClientError::Refused { status, message } if status == StatusCode::CONFLICT => {
+            ClientError::Refused {
                 status,
                 message: format!("{message} (here: --force)"),
             }
@@ -326,12 +304,19 @@ fn force_hint(e: CtlError) -> CtlError {
 }
 
 /// Send a drain (of a stamp or a region) and print what changed.
-async fn drain(api: &AdminClient, path: &str, body: Value, what: &str) -> Result<(), CtlError> {
+async fn drain(api: &AdminClient, path: &str, body: Value, what: &str) -> Result<(), ClientError> {
     let answer = api
         .call(Method::POST, path, Some(body))
         .await
         .map_err(force_hint)?;
     print!("{}", render_change(what, &answer));
+    // A dry run of a call the server would refuse fails like the call.
+    if let Some(why) = answer.get("would_refuse").and_then(Value::as_str) {
+        return Err(force_hint(ClientError::Refused {
+            status: StatusCode::CONFLICT,
+            message: format!("dry run: the real call would be refused: {why}"),
+        }));
+    }
     Ok(())
 }
 
@@ -350,7 +335,7 @@ fn drain_body(deadline: Option<String>, dry_run: bool, force: bool) -> Value {
 }
 
 /// Poll the status until `stamp` shows `drained` with nothing in flight.
-async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
+async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), ClientError> {
     let mut shown: Option<(String, u64)> = None;
     let mut poll = tokio::time::interval(WAIT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -365,7 +350,7 @@ async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
             .flat_map(|p| &p.stamps)
             .find(|s| s.name == stamp)
         else {
-            return Err(CtlError::Refused {
+            return Err(ClientError::Refused {
                 status: StatusCode::NOT_FOUND,
                 message: format!("{stamp} is no longer in the status (was the config reloaded?)"),
             });
@@ -379,7 +364,7 @@ async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
         match s.admin.as_str() {
             "drained" | "disabled" if in_flight == 0 => return Ok(()),
             "active" => {
-                return Err(CtlError::Refused {
+                return Err(ClientError::Refused {
                     status: StatusCode::CONFLICT,
                     message: format!("{stamp} is active again: the drain was undone while waiting"),
                 });
@@ -389,220 +374,17 @@ async fn wait_drained(api: &AdminClient, stamp: &str) -> Result<(), CtlError> {
     }
 }
 
-/// The admin API, as this client talks to it.
-struct AdminClient {
-    /// `http://host:port` (no trailing slash).
-    base: String,
-    token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl AdminClient {
-    fn new(url: &str, token: Option<String>) -> Result<AdminClient, CtlError> {
-        // `host:port` alone is accepted: that is how the config writes it.
-        let url = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| CtlError::Usage(format!("--admin {url}: not a URL ({e})")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(CtlError::Usage(format!(
-                "--admin {url}: only http:// is supported (the admin API has no TLS; reach it \
-                 on loopback or through an SSH tunnel)"
-            )));
-        }
-        if uri.authority().is_none() {
-            return Err(CtlError::Usage(format!("--admin {url}: no host")));
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        Ok(AdminClient {
-            base: url.trim_end_matches('/').to_owned(),
-            token: token.filter(|t| !t.is_empty()),
-            http: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Request<Full<Bytes>>, CtlError> {
-        let url = format!("{}{path}", self.base);
-        let mut builder = Request::builder().method(method).uri(&url);
-        if let Some(token) = &self.token {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let bytes = match body {
-            Some(value) => {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"))
-            }
-            None => Bytes::new(),
-        };
-        builder
-            .body(Full::new(bytes))
-            .map_err(|e| CtlError::Usage(format!("{url}: {e}")))
-    }
-
-    /// One request; the JSON answer, or the server's refusal.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CtlError> {
-        let request = self.request(method, path, body.as_ref())?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| self.unreachable(&e))?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(&e))?
-                .to_bytes();
-            Ok::<_, CtlError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| CtlError::Unreachable {
-                url: self.base.clone(),
-                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-            })??;
-        let value = serde_json::from_slice::<Value>(&bytes);
-        if !status.is_success() {
-            return Err(refusal(status, value.ok(), &bytes));
-        }
-        value.map_err(|e| self.bad_answer(path, &format!("not JSON ({e})")))
-    }
-
-    /// `events --follow`: print each event of the stream as it arrives.
-    async fn follow_events(&self, json: bool) -> Result<(), CtlError> {
-        let request = self.request(Method::GET, "/admin/events?follow=1", None)?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| CtlError::Unreachable {
-                url: self.base.clone(),
-                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-            })?
-            .map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        let mut body = response.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            return Err(refusal(status, serde_json::from_slice(&bytes).ok(), &bytes));
-        }
-        let mut parser = SseParser::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| self.unreachable(&e))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            for payload in parser.push(&data) {
-                match serde_json::from_str::<Value>(&payload) {
-                    Ok(event) => println!("{}", render_event(&event, json)),
-                    Err(_) => println!("{payload}"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> CtlError {
-        CtlError::Unreachable {
-            url: self.base.clone(),
-            reason: io_reason(error),
+/// `events --follow`: print each event of the stream as it arrives.
+async fn follow_events(api: &AdminClient, json: bool) -> Result<(), ClientError> {
+    let mut events = api.events().await?;
+    while let Some(data) = events.next_data().await {
+        let data = data?;
+        match serde_json::from_str::<Value>(&data) {
+            Ok(event) => println!("{}", render_event(&event, json)),
+            Err(_) => println!("{data}"),
         }
     }
-
-    fn bad_answer(&self, path: &str, reason: &str) -> CtlError {
-        CtlError::BadAnswer {
-            url: format!("{}{path}", self.base),
-            reason: reason.to_owned(),
-        }
-    }
-}
-
-/// The server's refusal, in one line: its `message`, else its status.
-fn refusal(status: StatusCode, value: Option<Value>, bytes: &[u8]) -> CtlError {
-    let message = value
-        .as_ref()
-        .and_then(|v| v.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(bytes);
-            let first = text.lines().next().unwrap_or("").trim();
-            if first.is_empty() {
-                status.to_string()
-            } else {
-                format!("{status}: {first}")
-            }
-        });
-    CtlError::Refused {
-        status,
-        message: message.replace('\n', " "),
-    }
-}
-
-/// The innermost I/O error in words ("connection refused"), else the
-/// innermost error's message: the outer layers only say "client error".
-fn io_reason(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = error;
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return match io.kind() {
-                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut
-                | HostUnreachable | NetworkUnreachable | AddrNotAvailable => io.kind().to_string(),
-                _ => io.to_string(),
-            };
-        }
-        innermost = e;
-        current = e.source();
-    }
-    innermost.to_string()
-}
-
-/// Splits a server-sent event stream into the `data` of each event;
-/// comments (`: keep-alive`) and other fields are skipped.
-#[derive(Debug, Default)]
-struct SseParser {
-    buffer: String,
-}
-
-impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.buffer.push_str(&String::from_utf8_lossy(chunk));
-        let mut out = Vec::new();
-        while let Some(end) = self.buffer.find("\n\n") {
-            let block: String = self.buffer.drain(..end + 2).collect();
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if !data.is_empty() {
-                out.push(data.join("\n"));
-            }
-        }
-        out
-    }
+    Ok(())
 }
 
 fn pretty(value: &Value) -> String {
@@ -632,7 +414,7 @@ fn render_change(what: &str, answer: &Value) -> String {
     for (key, value) in object {
         if !matches!(
             key.as_str(),
-            "ok" | "by" | "dry_run" | "shares" | "current_shares" | "stamps"
+            "ok" | "by" | "dry_run" | "shares" | "current_shares" | "stamps" | "would_refuse"
         ) {
             let _ = writeln!(out, "  {}: {}", key.replace('_', " "), plain(value));
         }
@@ -654,7 +436,9 @@ fn render_change(what: &str, answer: &Value) -> String {
                 .map_or_else(|| "-".to_owned(), |(_, _, v)| percent(*v));
             rows.push(vec![pool, stamp, before, percent(share)]);
         }
-        out.push_str("  traffic shares:\n");
+        // Planned, from the weights the selector uses; `status`'s OBSERVED-SHARE
+        // is what was observed (requests per second), so say which.
+        out.push_str("  planned traffic shares (by effective weight; `ctl status` OBSERVED-SHARE is measured):\n");
         for line in align(&rows, &[false, false, true, true]) {
             let _ = writeln!(out, "    {line}");
         }
@@ -846,6 +630,105 @@ struct StampDoc {
     probe_rtt_ms: Option<f64>,
 }
 
+/// `ctl fleet`: one row per edge and stamp.
+fn render_fleet(fleet: &Value) -> String {
+    let mut out = String::new();
+    let Some(edges) = fleet["edges"].as_array() else {
+        return pretty(fleet);
+    };
+    if fleet["edge"].is_null() {
+        let _ = writeln!(
+            out,
+            "{}",
+            fleet["message"].as_str().unwrap_or("not in a fleet")
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "fleet seen from edge {}: {}, revision {}",
+        plain(&fleet["edge"]),
+        if fleet["connected"].as_bool() == Some(true) {
+            "connected to etcd".to_owned()
+        } else {
+            format!(
+                "NOT connected to etcd ({}); showing what it last knew",
+                plain(&fleet["last_error"])
+            )
+        },
+        plain(&fleet["revision"])
+    );
+    let mut rows = vec![
+        [
+            "EDGE",
+            "CONNECTED",
+            "REVISION",
+            "STAMP",
+            "HEALTH",
+            "ADMIN",
+            "RTT",
+            "ERR%",
+            "RPS",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in edges {
+        let name = plain(&e["name"]);
+        let locals: Vec<String> = e["local_overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(plain)
+            .collect();
+        let stamps = e["stamps"].as_object().cloned().unwrap_or_default();
+        if stamps.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                plain(&e["connected"]),
+                plain(&e["revision"]),
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (stamp, s) in stamps {
+            let mut admin = plain(&s["admin"]);
+            if locals.contains(&stamp) {
+                admin.push_str(" (local override)");
+            }
+            rows.push(vec![
+                name.clone(),
+                plain(&e["connected"]),
+                plain(&e["revision"]),
+                stamp,
+                plain(&s["health"]),
+                admin,
+                s["rtt_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{r:.1}ms")),
+                format!("{:.1}", s["error_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                format!("{:.1}", s["rps"].as_f64().unwrap_or(0.0)),
+                truncate(s["reason"].as_str().unwrap_or("")),
+            ]);
+        }
+    }
+    for line in align(
+        &rows,
+        &[
+            false, false, true, false, false, false, true, true, true, false,
+        ],
+    ) {
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 /// The status as aligned tables, one per pool, with the same column
 /// widths down the page.
 fn render_status(status: &Value, url: &str) -> String {
@@ -865,7 +748,7 @@ fn render_status(status: &Value, url: &str) -> String {
         "HEALTH",
         "ADMIN",
         "WEIGHT",
-        "SHARE",
+        "OBSERVED-SHARE",
         "RPS",
         "IN-FLIGHT",
         "RTT",
@@ -1020,13 +903,6 @@ mod tests {
     }
 
     #[test]
-    fn sse_parser_joins_chunks_and_skips_comments() {
-        let mut p = SseParser::default();
-        assert!(p.push(b": keep-alive\n\ndata: {\"se").is_empty());
-        assert_eq!(p.push(b"q\":1}\n\ndata: 2\n\n"), ["{\"seq\":1}", "2"]);
-    }
-
-    #[test]
     fn events_render_as_one_line() {
         let e = json!({"seq": 3, "time": "2024-01-01T00:00:00.000Z", "kind": "health",
                        "pool": "p", "stamp": "a", "from": "healthy", "to": "unhealthy",
@@ -1059,6 +935,29 @@ mod tests {
             &json!({"shares": [{"stamp": "a", "share": 0.25}]}),
         );
         assert!(out.contains("a        -  25.0%"), "{out}");
+    }
+
+    #[test]
+    fn the_fleet_table_has_a_row_per_edge_and_stamp() {
+        let fleet = json!({
+            "edge": "edge-1", "connected": false, "last_error": "connect: refused", "revision": 42,
+            "edges": [
+                { "name": "edge-1", "connected": false, "revision": 42, "local_overrides": ["a"],
+                  "stamps": { "a": { "health": "healthy", "admin": "drained", "rtt_ms": 1.25, "error_rate": 0.0, "rps": 10.0, "reason": "probes pass" } } },
+                { "name": "edge-2", "connected": true, "revision": 41, "stamps": {} },
+            ],
+        });
+        let text = render_fleet(&fleet);
+        assert!(
+            text.contains("NOT connected to etcd (connect: refused)"),
+            "{text}"
+        );
+        assert!(text.contains("drained (local override)"), "{text}");
+        assert!(text.contains("1.2ms") || text.contains("1.3ms"), "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        let alone =
+            render_fleet(&json!({ "edge": null, "edges": [], "message": "not in a fleet" }));
+        assert_eq!(alone, "not in a fleet\n");
     }
 
     #[test]
@@ -1095,21 +994,8 @@ mod tests {
         assert!(duration_arg("30").is_err());
         assert!(AdminClient::new("https://x:1", None).is_err());
         assert_eq!(
-            AdminClient::new("127.0.0.1:9901/", None).unwrap().base,
+            AdminClient::new("127.0.0.1:9901/", None).unwrap().base(),
             "http://127.0.0.1:9901"
         );
-    }
-
-    #[test]
-    fn refusals_are_one_line() {
-        let e = refusal(
-            StatusCode::NOT_FOUND,
-            Some(json!({"error": "unknown-stamp", "message": "no stamp named \"x\""})),
-            b"",
-        );
-        assert_eq!(e.to_string(), "no stamp named \"x\"");
-        assert_eq!(e.exit_code(), 1);
-        let e = refusal(StatusCode::BAD_GATEWAY, None, b"upstream\nbroke");
-        assert_eq!(e.to_string(), "502 Bad Gateway: upstream");
     }
 }

@@ -31,10 +31,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::AdminSettings;
 use crate::controller::ControllerHandle;
+use crate::fleet::FleetHandle;
 
 mod api;
 pub mod auth;
+pub mod client;
 pub mod ctl;
+pub mod health_port;
 mod route;
 mod sse;
 
@@ -164,6 +167,18 @@ pub async fn start_with_tokens(
     controller: ControllerHandle,
     shutdown: CancellationToken,
 ) -> Result<AdminHandle, AdminStartError> {
+    start_with_fleet(listen, tokens, controller, None, shutdown).await
+}
+
+/// Like [`start_with_tokens`], for an edge of a fleet: operator decisions
+/// go through `fleet` to every edge, and `/admin/fleet` shows the fleet.
+pub async fn start_with_fleet(
+    listen: SocketAddr,
+    tokens: Tokens,
+    controller: ControllerHandle,
+    fleet: Option<FleetHandle>,
+    shutdown: CancellationToken,
+) -> Result<AdminHandle, AdminStartError> {
     if tokens.is_empty() && !listen.ip().is_loopback() {
         return Err(AdminStartError::Unprotected {
             listen,
@@ -188,8 +203,14 @@ pub async fn start_with_tokens(
         let operators: Vec<&str> = tokens.labels().collect();
         tracing::info!(%addr, ?operators, "admin API listening");
     }
+    let mut metrics =
+        crate::metrics::registry(controller.routing.clone(), controller.stats.clone());
+    if let Some(f) = &fleet {
+        f.register_metrics(&mut metrics);
+    }
     let admin = Arc::new(api::Admin {
-        metrics: crate::metrics::registry(controller.routing.clone(), controller.stats.clone()),
+        metrics,
+        fleet,
         controller,
         tokens,
         shutdown,

@@ -29,8 +29,12 @@ pub enum Read {
     Status,
     /// `GET /admin/events` (`?since=`, `?follow=1`)
     Events,
+    /// `GET /admin/history`: the dashboard's last minutes, per second.
+    History,
     /// `GET /metrics`: Prometheus (OpenMetrics text) exposition.
     Metrics,
+    /// `GET /admin/fleet`: every live edge of the fleet and its view.
+    Fleet,
 }
 
 /// The endpoints that change routing, with the names from their path.
@@ -50,6 +54,8 @@ pub enum Change {
     EnableRegion(String),
     /// `POST /admin/reload`
     Reload,
+    /// `POST /admin/stamps/{name}/clear-local`: end a local override.
+    ClearLocal(String),
 }
 
 /// Why no endpoint matched.
@@ -77,6 +83,8 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoRoute> {
         ["ready"] => ("GET", Endpoint::Read(Read::Ready)),
         ["admin", "status"] => ("GET", Endpoint::Read(Read::Status)),
         ["admin", "events"] => ("GET", Endpoint::Read(Read::Events)),
+        ["admin", "fleet"] => ("GET", Endpoint::Read(Read::Fleet)),
+        ["admin", "history"] => ("GET", Endpoint::Read(Read::History)),
         ["admin", "reload"] => ("POST", Endpoint::Change(Change::Reload)),
         ["admin", "stamps", name, action] if !name.is_empty() => {
             let name = (*name).to_owned();
@@ -85,6 +93,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoRoute> {
                 "enable" => ("POST", Change::EnableStamp(name)),
                 "disable" => ("POST", Change::DisableStamp(name)),
                 "weight" => ("PUT", Change::Weight(name)),
+                "clear-local" => ("POST", Change::ClearLocal(name)),
                 _ => return Err(NoRoute::NotFound),
             };
             (allow, Endpoint::Change(change))
@@ -128,6 +137,12 @@ mod tests {
             (Method::GET, "/admin/status/", R(Read::Status)),
             (Method::GET, "/admin/events", R(Read::Events)),
             (Method::POST, "/admin/reload", C(Change::Reload)),
+            (Method::GET, "/admin/fleet", R(Read::Fleet)),
+            (
+                Method::POST,
+                "/admin/stamps/a/clear-local",
+                C(Change::ClearLocal("a".into())),
+            ),
             (
                 Method::POST,
                 "/admin/stamps/eu-1/drain",

@@ -3,6 +3,16 @@
 
 use std::time::Duration;
 
+// ---- the file itself -----------------------------------------------------
+
+/// Where `run` and `check` read the config when neither `--config` nor
+/// [`CONFIG_ENV`] names one: the place a packaged service keeps it (the
+/// systemd unit and the container image in `deploy/` put it there).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/stampgate/stampgate.toml";
+/// The environment variable that names the config file when `--config` is
+/// not given (a container sets it instead of changing its command).
+pub const CONFIG_ENV: &str = "STAMPGATE_CONFIG";
+
 // ---- [proxy] -------------------------------------------------------------
 
 /// Loopback, so that a config without `[proxy]` never exposes a port by
@@ -20,6 +30,19 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lets in-flight API calls finish on SIGTERM while staying well inside a
 /// container orchestrator's usual 30 s kill deadline.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Zero: on bare metal nothing needs telling before the listeners stop.
+/// Behind a Kubernetes Service or a cloud balancer set 5–10 s: longer than
+/// the balancer's readiness probe interval times its failure threshold, so
+/// it stops sending before we stop accepting.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Off: a PROXY header is only sent by a balancer configured to, and a
+/// listener expecting one refuses every client that connects directly.
+pub const DEFAULT_PROXY_PROTOCOL: bool = false;
+/// Off: redirecting needs a TLS listener, which is off by default too.
+pub const DEFAULT_REDIRECT_HTTP_TO_HTTPS: bool = false;
+/// ACME HTTP-01 challenges must be answered over plain HTTP (RFC 8555
+/// §8.3), or certificates could never be renewed.
+pub const DEFAULT_REDIRECT_EXEMPT_PATHS: &[&str] = &["/.well-known/acme-challenge/"];
 /// On: seeing which stamp served a response is the first thing an operator
 /// needs during a failover, and the header reveals nothing sensitive.
 pub const DEFAULT_STAMP_HEADER: bool = true;
@@ -30,6 +53,9 @@ pub const DEFAULT_FORWARDED_HEADERS: bool = true;
 /// On: one id in the client's answer, our access log and the stamp's logs
 /// is what ties a complaint to a request (Envoy's `generate_request_id`).
 pub const DEFAULT_REQUEST_ID: bool = true;
+/// The fast path: it serves body-less requests at a fraction of hyper's
+/// cost (bench/RESULTS.md), and hands everything unusual to hyper anyway.
+pub const DEFAULT_HTTP1_ENGINE: &str = "fast";
 
 // ---- [access_log] --------------------------------------------------------
 
@@ -99,6 +125,10 @@ pub const DEFAULT_UPSTREAM_HTTP2: bool = false;
 /// A TCP connect in one cloud region takes milliseconds; after 1 s the stamp
 /// is down or drowning and the retry should go elsewhere.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A stamp that sends nothing for 30 s in the middle of a body is stuck,
+/// not slow: streaming APIs that pause longer send keep-alive bytes. Same
+/// as HAProxy's common `timeout server`.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---- [pools.NAME.probe] --------------------------------------------------
 
@@ -201,3 +231,29 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 5;
 /// Upper bound of a probe window: the window is kept per stamp, and 100
 /// samples at any sane interval is already minutes of history.
 pub const MAX_SAMPLE_SIZE: u32 = 100;
+
+// ---- [dns_server] --------------------------------------------------------
+
+/// Half a minute: a failover reaches DNS clients within about this long,
+/// while resolvers still cache long enough that the server sees a query per
+/// resolver and name every half minute, not per client (Traffic Manager
+/// lets users go down to 0 s, Route 53 health-checked records use 60 s).
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
+/// A resolver refreshes each name once per TTL, so even a thousand names
+/// at 30 s is about 33 queries a second from one resolver network; 200
+/// leaves room for bursts after a flush, while a spoofed flood reflected at
+/// a victim is cut to 200 answers a second (BIND's RRL idea, per network).
+pub const DEFAULT_DNS_RESPONSES_PER_SECOND: u32 = 200;
+
+// ---- [fleet] -------------------------------------------------------------
+
+/// Key prefix of a fleet when none is given: one fleet per etcd cluster
+/// unless the operator separates them.
+pub const DEFAULT_FLEET_PREFIX: &str = "/stampgate";
+/// An edge that dies leaves the fleet's view after this long: long enough
+/// to ride out a short etcd leader election, short enough that a dead edge
+/// stops counting toward the health quorum within seconds.
+pub const DEFAULT_FLEET_LEASE_TTL: Duration = Duration::from_secs(10);
+/// etcd grants leases in whole seconds, and a lease shorter than this is
+/// renewed so often that a busy etcd would expire live edges.
+pub const MIN_FLEET_LEASE_TTL: Duration = Duration::from_secs(2);

@@ -9,11 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod defaults;
+mod dns_server;
+mod fleet;
 pub mod raw;
 mod summary;
 mod units;
 mod validate;
 
+pub use dns_server::{DnsAnswerKind, DnsRecordConfig, DnsServerSettings};
+pub use fleet::{FleetSettings, Quorum};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
@@ -38,6 +42,20 @@ pub struct Config {
     pub dns: crate::discovery::DnsSettings,
     /// `[access_log]`: one line per request.
     pub access_log: AccessLogSettings,
+    /// `[dns_server]`: the authoritative DNS server, when configured.
+    pub dns_server: Option<DnsServerSettings>,
+    /// `[fleet]`: shared operator state through etcd; `None` is a lone edge.
+    pub fleet: Option<FleetSettings>,
+    /// `[health]`: the load balancer's `/ready` and `/live` listener.
+    pub health: HealthListenerSettings,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthListenerSettings {
+    /// Where `/ready` and `/live` are answered; `None`: no such listener
+    /// (the admin API has its own `/ready`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[access_log]`
@@ -61,6 +79,10 @@ pub enum AccessLogFormat {
     Json,
     /// `key=value` pairs on one line (for people tailing the log).
     Text,
+    /// Apache's combined format (`%h %l %u %t "%r" %>s %b "%{Referer}i"
+    /// "%{User-agent}i"`), for the log analysers and fail2ban-style tools
+    /// that read only that.
+    Combined,
 }
 
 /// `[proxy]`
@@ -78,6 +100,16 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before exit.
     pub shutdown_grace: Duration,
+    /// On SIGTERM, `/ready` fails this long while requests are still
+    /// served, before the listeners stop (a balancer's time to notice).
+    pub shutdown_delay: Duration,
+    /// Every client connection starts with a PROXY protocol header (v1 or
+    /// v2) naming the client; one without is closed.
+    pub proxy_protocol: bool,
+    /// Plain-HTTP requests are answered 308 to the HTTPS URL.
+    pub redirect_http_to_https: bool,
+    /// Path prefixes served over plain HTTP despite the redirect (ACME).
+    pub redirect_exempt_paths: Vec<String>,
     /// `[[proxy.certificates]]`: the first is the default certificate.
     pub certificates: Vec<CertificateConfig>,
     /// Add `x-stampgate-stamp` to responses (naming the serving stamp).
@@ -87,6 +119,19 @@ pub struct ProxySettings {
     /// Make an `X-Request-Id` for a request that has none, send it to the
     /// stamp and return it on the response.
     pub request_id: bool,
+    /// Which engine serves HTTP/1.1 client requests.
+    pub http1_engine: Http1Engine,
+}
+
+/// Which engine serves HTTP/1.1 client requests (`proxy.http1_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http1Engine {
+    /// The proxy's own parser for requests without a body, hyper for the
+    /// rest of a connection from the first request it does not take.
+    Fast,
+    /// hyper for every connection: a one-line way to take the fast path
+    /// out of service should a parser bug turn up in it.
+    Hyper,
 }
 
 /// One `[[proxy.certificates]]` entry, already loaded from disk and checked
@@ -98,6 +143,20 @@ pub struct CertificateConfig {
     /// Path of the certificate chain (for messages).
     pub cert_path: PathBuf,
     /// Path of the private key (for messages).
+    pub key_path: PathBuf,
+    /// The certificate chain, DER, leaf first.
+    pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The private key, DER.
+    pub key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+}
+
+/// `upstream_tls = { cert, key }`, loaded and checked to be a pair.
+#[derive(Debug, Clone)]
+pub struct ClientCertConfig {
+    /// Path of the certificate chain (for messages, and to tell a changed
+    /// setting on reload).
+    pub cert_path: PathBuf,
+    /// Path of the private key.
     pub key_path: PathBuf,
     /// The certificate chain, DER, leaf first.
     pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -190,14 +249,23 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// TLS to stamps.
     pub upstream_tls: bool,
-    /// Extra trust anchors for upstream TLS (PEM), instead of system roots.
+    /// Extra trust anchors for upstream TLS (PEM), instead of system roots
+    /// (pool-level `ca_file` or `upstream_tls.ca_file`).
     pub ca_file: Option<PathBuf>,
+    /// `upstream_tls.cert`/`key`: the client certificate presented to
+    /// stamps that ask for one (mutual TLS).
+    pub client_cert: Option<ClientCertConfig>,
+    /// `upstream_tls.server_name`: sent as SNI and required in the stamp's
+    /// certificate instead of the stamp's host; `None` uses the host.
+    pub tls_server_name: Option<String>,
     /// Speak HTTP/2 to stamps (prior knowledge, or ALPN with TLS).
     pub upstream_http2: bool,
     /// `Host` header sent to stamps; `None` keeps the client's.
     pub host_header: Option<String>,
     /// Upstream TCP connect time limit.
     pub connect_timeout: Duration,
+    /// Longest a stamp may stay silent while its response body is read.
+    pub read_timeout: Duration,
     /// Active health probe.
     pub probe: ProbeConfig,
     /// Passive health (outlier detection).
@@ -303,4 +371,13 @@ pub struct StampConfig {
     pub weight: u32,
     /// Priority tier (lower is preferred), 1..=255.
     pub priority: u32,
+}
+
+/// A config's fingerprint: `sha256:` and the hex digest of its `text`, what
+/// `sha256sum` prints for the same file, so a drill report (or an edge's
+/// published view) can be matched to a config by hand.
+pub fn fingerprint(text: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }

@@ -25,12 +25,97 @@ pub fn summary(cfg: &Config) -> String {
         .pools
         .iter()
         .filter(|p| !cfg.routes.iter().any(|r| r.pool == p.name))
+        .filter(|p| {
+            let records = cfg.dns_server.iter().flat_map(|d| &d.records);
+            !records.into_iter().any(|r| r.pool == p.name)
+        })
         .map(|p| p.name.as_str())
         .collect();
     if !unused.is_empty() {
         let _ = writeln!(out, "note: no route uses pool(s) {}", unused.join(", "));
     }
+    fleet(&mut out, cfg);
+    if let Some(dns) = &cfg.dns_server {
+        let advertise = cfg
+            .fleet
+            .as_ref()
+            .map_or(&[][..], |f| f.advertise.as_slice());
+        dns_zone(&mut out, dns, advertise);
+    }
     out
+}
+
+/// The zone the DNS server is authoritative for, and which pool each
+/// record follows.
+fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, advertise: &[std::net::IpAddr]) {
+    let listen: Vec<String> = dns.listen.iter().map(|a| a.to_string()).collect();
+    let limit = match dns.responses_per_second {
+        0 => "off".to_string(),
+        n => format!("{n}/s per client network"),
+    };
+    let _ = writeln!(
+        out,
+        "dns zone {}  (udp+tcp {}; ttl {}; rate limit {limit})",
+        dns.zone,
+        listen.join(", "),
+        format_duration(dns.ttl)
+    );
+    let _ = writeln!(
+        out,
+        "  {}  SOA  {} {}  (serial = routing table generation)",
+        dns.zone, dns.nameservers[0], dns.hostmaster
+    );
+    for ns in &dns.nameservers {
+        let _ = writeln!(out, "  {}  NS   {ns}", dns.zone);
+    }
+    for r in &dns.records {
+        let what = match r.answer {
+            super::DnsAnswerKind::Stamps => format!("the usable stamps of pool {}", r.pool),
+            super::DnsAnswerKind::Edges => {
+                let own: Vec<String> = advertise.iter().map(|a| a.to_string()).collect();
+                format!(
+                    "the live edges that can serve pool {} (this edge: {})",
+                    r.pool,
+                    own.join(", ")
+                )
+            }
+        };
+        let _ = writeln!(out, "  {}  A/AAAA  follows {what}", r.fqdn);
+    }
+}
+
+fn fleet(out: &mut String, cfg: &Config) {
+    let Some(f) = &cfg.fleet else {
+        out.push_str("fleet: none (this edge stands alone)\n");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "fleet: edge {} in {} on etcd {}",
+        f.name,
+        f.prefix,
+        f.etcd.join(", ")
+    );
+    let auth = match &f.username {
+        Some(u) => format!(
+            "user {u} (password from ${})",
+            f.password_env.as_deref().unwrap_or("")
+        ),
+        None => "no auth".to_owned(),
+    };
+    let tls = match (&f.ca_file, &f.cert) {
+        (_, Some(c)) => format!("client certificate {}", c.display()),
+        (Some(ca), None) => format!("ca {}", ca.display()),
+        (None, None) => "no client certificate".to_owned(),
+    };
+    let advertise: Vec<String> = f.advertise.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        out,
+        "  lease {}, health quorum {}, {tls}, {auth}, advertise [{}]",
+        super::units::format_duration(f.lease_ttl),
+        f.health_quorum,
+        advertise.join(", ")
+    );
 }
 
 fn listeners(out: &mut String, cfg: &Config) {
@@ -76,6 +161,7 @@ fn listeners(out: &mut String, cfg: &Config) {
         let format = match log.format {
             crate::config::AccessLogFormat::Json => "json",
             crate::config::AccessLogFormat::Text => "text",
+            crate::config::AccessLogFormat::Combined => "combined",
         };
         let _ = writeln!(
             out,
@@ -297,6 +383,26 @@ weight = 0
         assert_eq!(
             passive_detection(&pool("weighted")),
             Some(Duration::from_millis(200))
+        );
+    }
+
+    #[test]
+    fn summary_shows_the_fleet_or_its_absence() {
+        let text = POOL.replace("METHOD", "priority");
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        assert!(summary(&cfg).contains("fleet: none (this edge stands alone)\n"));
+        let text = format!(
+            "{text}\n[fleet]\nname = \"e1\"\netcd = [\"http://10.0.0.5:2379\"]\nhealth_quorum = 2\n"
+        );
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        let s = summary(&cfg);
+        assert!(
+            s.contains("fleet: edge e1 in /stampgate on etcd http://10.0.0.5:2379\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("lease 10s, health quorum 2, no client certificate, no auth, advertise []"),
+            "{s}"
         );
     }
 

@@ -4,6 +4,9 @@
 //! the value as written and the rule it breaks, so that `stampgate check`
 //! and a failed reload tell the operator exactly what to fix.
 
+mod dns_server;
+mod fleet;
+mod interpolate;
 pub(crate) mod locate;
 mod pem;
 mod pool;
@@ -21,8 +24,8 @@ use super::raw::{
 };
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
-    AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config, PoolConfig,
-    ProxySettings, RetryConfig, RouteConfig,
+    AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config,
+    HealthListenerSettings, Http1Engine, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
 };
 use crate::discovery::DnsSettings;
 
@@ -105,8 +108,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates config `text` as if read from `source` (named in errors;
 /// relative paths resolve against its directory). For tests and the
 /// embedded demo config.
+///
+/// `${NAME}` in string values is replaced by the environment variable
+/// `NAME` first (`$${` for a literal `${`); an unset variable is an error
+/// naming the variable and the key.
 pub fn parse_str(text: &str, source: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(&e, text, source))?;
+    let text =
+        interpolate::expand_document(text, &|name| std::env::var(name).ok()).map_err(|e| {
+            ConfigError::Invalid {
+                file: source.to_path_buf(),
+                key: e.key,
+                value: e.value,
+                rule: e.rule,
+            }
+        })?;
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| syntax_error(&e, &text, source))?;
     Ctx::new(source).config(raw)
 }
 
@@ -248,6 +264,21 @@ impl<'a> Ctx<'a> {
     /// an interface, and resolving a name at bind time hides mistakes).
     fn socket_addr(&self, key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
         raw.parse().map_err(|_| {
+            // "127.0.0.1:80800" fails to parse only for its port: say so,
+            // rather than send the reader looking for a typo in the IP.
+            let port = raw.rsplit_once(':').map(|(_, p)| p);
+            let digits = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            if let Some(port) = port.filter(digits)
+                && port.parse::<u16>().is_err()
+            {
+                return self.invalid(
+                    key,
+                    quote(raw),
+                    format!(
+                        "port {port} is out of range: a port is a number from 0 to 65535 (0: any free port)"
+                    ),
+                );
+            }
             self.invalid(
                 key,
                 quote(raw),
@@ -279,6 +310,19 @@ impl<'a> Ctx<'a> {
         let routes = self.routes(raw.routes.unwrap_or_default(), &pools)?;
         let dns = self.dns(raw.dns.unwrap_or_default())?;
         let access_log = self.access_log(raw.access_log.unwrap_or_default())?;
+        let fleet = raw.fleet.map(|f| fleet::fleet(self, f)).transpose()?;
+        let advertise = fleet.as_ref().map_or(&[][..], |f| f.advertise.as_slice());
+        let dns_server = raw
+            .dns_server
+            .map(|d| dns_server::dns_server(self, d, &pools, advertise, &proxy, &admin))
+            .transpose()?;
+        let health = match raw.health.unwrap_or_default().listen {
+            Some(l) => HealthListenerSettings {
+                listen: Some(self.socket_addr("health.listen", &l)?),
+            },
+            None => HealthListenerSettings::default(),
+        };
+        self.check_health_overlap(&proxy, &admin, &health)?;
         Ok(Config {
             source: self.file.to_path_buf(),
             proxy,
@@ -287,6 +331,9 @@ impl<'a> Ctx<'a> {
             pools,
             dns,
             access_log,
+            dns_server,
+            fleet,
+            health,
         })
     }
 
@@ -306,11 +353,12 @@ impl<'a> Ctx<'a> {
         let format = match raw.format.as_deref().unwrap_or(DEFAULT_ACCESS_LOG_FORMAT) {
             "json" => AccessLogFormat::Json,
             "text" => AccessLogFormat::Text,
+            "combined" => AccessLogFormat::Combined,
             other => {
                 return Err(self.invalid(
                     "access_log.format",
                     quote(other),
-                    "must be \"json\" or \"text\"",
+                    "must be \"json\", \"text\" or \"combined\"",
                 ));
             }
         };
@@ -384,6 +432,34 @@ impl<'a> Ctx<'a> {
             ));
         }
         let key = |k: &str| format!("proxy.{k}");
+        let redirect = raw
+            .redirect_http_to_https
+            .unwrap_or(DEFAULT_REDIRECT_HTTP_TO_HTTPS);
+        if redirect && tls_listen.is_empty() {
+            return Err(self.invalid(
+                &key("redirect_http_to_https"),
+                "true",
+                "needs a TLS listener to redirect to: set proxy.tls_listen",
+            ));
+        }
+        let exempt = match raw.redirect_exempt_paths {
+            None => DEFAULT_REDIRECT_EXEMPT_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            Some(paths) => {
+                for (i, p) in paths.iter().enumerate() {
+                    if !p.starts_with('/') {
+                        return Err(self.invalid(
+                            &format!("proxy.redirect_exempt_paths[{i}]"),
+                            quote(p),
+                            "must be a path prefix starting with '/'",
+                        ));
+                    }
+                }
+                paths
+            }
+        };
         Ok(ProxySettings {
             listen,
             tls_listen,
@@ -407,10 +483,29 @@ impl<'a> Ctx<'a> {
                 raw.shutdown_grace.as_deref(),
                 DEFAULT_SHUTDOWN_GRACE,
             )?,
+            shutdown_delay: self.duration(
+                &key("shutdown_delay"),
+                raw.shutdown_delay.as_deref(),
+                DEFAULT_SHUTDOWN_DELAY,
+            )?,
+            proxy_protocol: raw.proxy_protocol.unwrap_or(DEFAULT_PROXY_PROTOCOL),
+            redirect_http_to_https: redirect,
+            redirect_exempt_paths: exempt,
             certificates,
             stamp_header: raw.stamp_header.unwrap_or(DEFAULT_STAMP_HEADER),
             forwarded_headers: raw.forwarded_headers.unwrap_or(DEFAULT_FORWARDED_HEADERS),
             request_id: raw.request_id.unwrap_or(DEFAULT_REQUEST_ID),
+            http1_engine: match raw.http1_engine.as_deref().unwrap_or(DEFAULT_HTTP1_ENGINE) {
+                "fast" => Http1Engine::Fast,
+                "hyper" => Http1Engine::Hyper,
+                other => {
+                    return Err(self.invalid(
+                        &key("http1_engine"),
+                        quote(other),
+                        "must be \"fast\" or \"hyper\"",
+                    ));
+                }
+            },
         })
     }
 
@@ -507,6 +602,38 @@ impl<'a> Ctx<'a> {
                     quote(&addr.to_string()),
                     format!(
                         "overlaps {earlier} ({other}): both would bind port {}",
+                        addr.port()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `health.listen` must not take a port another listener binds
+    /// (port 0 never collides).
+    fn check_health_overlap(
+        &self,
+        proxy: &ProxySettings,
+        admin: &AdminSettings,
+        health: &HealthListenerSettings,
+    ) -> Result<(), ConfigError> {
+        let Some(addr) = health.listen else {
+            return Ok(());
+        };
+        let others = proxy
+            .listen
+            .iter()
+            .map(|a| ("proxy.listen", *a))
+            .chain(proxy.tls_listen.iter().map(|a| ("proxy.tls_listen", *a)))
+            .chain(std::iter::once(("admin.listen", admin.listen)));
+        for (key, other) in others {
+            if overlaps(addr, other) {
+                return Err(self.invalid(
+                    "health.listen",
+                    quote(&addr.to_string()),
+                    format!(
+                        "overlaps {key} ({other}): both would bind port {}",
                         addr.port()
                     ),
                 ));

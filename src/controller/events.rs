@@ -1,7 +1,7 @@
 //! The event log: health transitions, alarms and (later) operator actions,
 //! kept in a bounded ring for `/admin/events` and broadcast to followers.
-//! Written only by the controller; read by the admin API. Never touched by
-//! the request path.
+//! Written by the controller (and by the DNS server for its fail-open
+//! alarms); read by the admin API. Never touched by the request path.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -3,11 +3,17 @@
 //! probe tasks, DNS answers) and the only code that stores a new
 //! [`RoutingTable`]. Probes, the request path's passive signals, operator
 //! commands and timers reach it on one channel; when what the request path
-//! would decide changes, it builds a complete new table and publishes it.
+//! would decide changes, it builds a complete new table and publishes it,
+//! and tells [`ControllerHandle::published`] its generation.
 //!
-//! Submodules: [`admin`] (the command interface), [`events`] (the event
-//! log), `operator` (drain, enable, weight, reload), [`state_file`]
-//! (persisted operator decisions), `status` (the status document).
+//! Nothing slow runs in the loop: a reload's file is read, validated and
+//! its new upstream clients built (CA files, the system's root store) on a
+//! blocking thread, and the loop only applies the result.
+//!
+//! Submodules: [`events`] (the event log), `operator` (drain, enable,
+//! weight, reload), [`state_file`] (persisted operator decisions), `status`
+//! (the status document). The commands themselves are
+//! [`crate::signals::command`]: a leaf, so senders need not import this.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -23,15 +29,19 @@ use crate::config::{Config, PoolConfig, StampConfig};
 use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
 use crate::health::latency::{self, LatencyVerdict, LiveLatency, OutlierRule, Reading};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
+use crate::health::rates::{Counts, FailureWindow, LiveClock, LiveRates};
 use crate::health::state::{
     HealthSettings, HealthState, StampHealth, Transition, max_ejected_allows,
 };
 use crate::metrics::ProxyStats;
+use crate::proxy::tls::{Certificates, TlsSetupError};
 use crate::routing::budget::RetryBudget;
-use crate::routing::{RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
+use crate::routing::{ProbeResult, RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 pub mod events;
+mod fleet;
+pub mod history;
 mod operator;
 pub mod state_file;
 mod status;
@@ -46,8 +56,6 @@ const SIGNAL_QUEUE: usize = 1024;
 /// times, slow-start steps, drain deadlines. A tenth of a second keeps
 /// failback precise without measurable cost.
 const TICK: Duration = Duration::from_millis(100);
-/// Live error rates and traffic shares are computed over this window.
-const LIVE_WINDOW: Duration = Duration::from_secs(1);
 /// Ticks of the sliding window the failure rate is judged on: half a
 /// second, evaluated every tick, so that a stamp failing a share of its
 /// requests is out well within a second of the fault wherever it falls.
@@ -59,8 +67,6 @@ const SLOW_START_STEPS: f64 = 10.0;
 /// `min_weight_percent` idea): zero would starve it of the traffic that
 /// proves it healthy.
 const SLOW_START_FLOOR: f64 = 0.1;
-/// Penalty one flap adds; the config speaks in flaps, the damper in points.
-const FLAP_PENALTY: f64 = 1000.0;
 /// Retry budget window and floor (Finagle/tower defaults): the floor lets
 /// a quiet route still retry a few requests a second.
 const BUDGET_TTL: Duration = Duration::from_secs(10);
@@ -79,6 +85,9 @@ pub enum ControllerError {
     /// untouched.
     #[error(transparent)]
     State(#[from] state_file::StateFileError),
+    /// A TLS listener certificate is unusable.
+    #[error(transparent)]
+    Certificates(#[from] TlsSetupError),
 }
 
 /// The controller's view of one stamp.
@@ -89,20 +98,13 @@ struct StampEntry {
     stats: Arc<StampStats>,
     fast_probe: Arc<AtomicBool>,
     probe_cancel: CancellationToken,
-    /// Counter values at the last live-rate sample.
-    seen_requests: u64,
-    seen_errors: u64,
-    /// Requests per second over the last live window (traffic share).
-    rps: f64,
-    /// Failed tries (gateway failures and 5xx) per second, same window.
-    eps: f64,
-    /// Requests and failures per controller tick over the last
-    /// [`FAILURE_WINDOW`] (oldest first), for failure-rate ejection, and
-    /// the counter values at the last tick.
-    recent: std::collections::VecDeque<(u64, u64)>,
-    tick_seen: (u64, u64),
+    /// Requests and failures per second over the last live window.
+    live: LiveRates,
+    /// Requests and failures over the last [`FAILURE_WINDOW`] ticks, for
+    /// failure-rate ejection.
+    recent: FailureWindow,
     /// Live latency from the request path's counters, read every tick.
-    live: LiveLatency,
+    live_latency: LiveLatency,
     /// Set while the stamp is a latency outlier (it gets a trickle).
     latency_outlier: Option<LatencyVerdict>,
     /// The operator's decision.
@@ -126,17 +128,13 @@ impl StampEntry {
         StampEntry {
             pool,
             config: stamp.clone(),
-            health: StampHealth::new(health_settings(config), now),
+            health: StampHealth::new(HealthSettings::for_pool(config), now),
             stats: Arc::default(),
             fast_probe: Arc::default(),
             probe_cancel: cancel.child_token(),
-            seen_requests: 0,
-            seen_errors: 0,
-            rps: 0.0,
-            eps: 0.0,
-            recent: std::collections::VecDeque::new(),
-            tick_seen: (0, 0),
-            live: LiveLatency::default(),
+            live: LiveRates::default(),
+            recent: FailureWindow::new(FAILURE_WINDOW),
+            live_latency: LiveLatency::default(),
             latency_outlier: None,
             admin: AdminState::Active,
             weight_override: None,
@@ -152,10 +150,19 @@ impl StampEntry {
     /// The latency the latency method ranks by: live when the stamp has
     /// recent traffic (what its callers wait), else the probe's round trip.
     fn latency(&self, now: Instant) -> Option<Duration> {
-        self.live
+        self.live_latency
             .estimate(now)
             .map(|e| e.latency)
             .or(self.health.smoothed_rtt())
+    }
+
+    /// The request path's cumulative counts for this stamp.
+    fn counts(&self) -> Counts {
+        Counts {
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed)
+                + self.stats.server_errors.load(Ordering::Relaxed),
+        }
     }
 
     fn in_flight(&self) -> u64 {
@@ -181,9 +188,52 @@ pub struct ControllerHandle {
     pub events: EventLog,
     /// Proxy-wide counters (connections, reloads, access log), for metrics.
     pub stats: Arc<ProxyStats>,
+    /// Resolved stamp host names, kept fresh by the controller (the DNS
+    /// server answers with them).
+    pub dns: DnsCache,
+    /// The generation of the table last stored in `routing`.
+    published: watch::Receiver<u64>,
+    /// The TLS listeners' certificates, replaced on reload.
+    pub certificates: Arc<Certificates>,
+    /// Per-second samples of the last minutes, for the dashboard.
+    pub history: Arc<history::History>,
 }
 
 impl ControllerHandle {
+    /// A handle over parts made elsewhere: `published` carries the
+    /// generation of each table stored in `routing`. The controller makes
+    /// its own in [`Controller::start`]; tests make one around a stand-in.
+    #[allow(clippy::too_many_arguments)] // each is one shared part the controller owns
+    pub fn new(
+        routing: Arc<ArcSwap<RoutingTable>>,
+        signals: mpsc::Sender<Signal>,
+        events: EventLog,
+        stats: Arc<ProxyStats>,
+        published: watch::Receiver<u64>,
+        dns: DnsCache,
+        certificates: Arc<Certificates>,
+        history: Arc<history::History>,
+    ) -> ControllerHandle {
+        ControllerHandle {
+            routing,
+            signals,
+            events,
+            stats,
+            dns,
+            certificates,
+            history,
+            published,
+        }
+    }
+
+    /// The generation of each routing table, sent after it is stored: a
+    /// watcher woken with generation `n` finds a table at least that new
+    /// in `routing`. Those who must react to a publish (a test awaiting a
+    /// routing change, a status stream) await this instead of polling.
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.published.clone()
+    }
+
     /// Ask the controller to carry out `command` on behalf of `who`, and
     /// wait for its answer.
     pub async fn command(
@@ -218,21 +268,33 @@ pub struct Controller {
     /// Fail-open flag per pool in the last published table (for alarms).
     failing_open: Vec<bool>,
     generation: u64,
+    /// Told the generation of every table stored, after the store.
+    published: watch::Sender<u64>,
     events: EventLog,
     stats: Arc<ProxyStats>,
     signals_tx: mpsc::Sender<Signal>,
+    /// Config files read and validated off the loop (see
+    /// `operator::load_off_loop`), to be applied by it.
+    loaded_tx: mpsc::Sender<operator::Loaded>,
     cancel: CancellationToken,
-    last_live: Instant,
+    /// When live rates are next sampled, for every stamp at once.
+    live_clock: LiveClock,
     /// Operator decisions for stamps the config does not (or no longer)
     /// name: kept and persisted, applied again if the stamp comes back.
     orphans: BTreeMap<String, state_file::Decision>,
     /// The outcome of the last reload, for status.
     last_reload: Option<serde_json::Value>,
+    /// The TLS listeners' certificates; this controller is their writer.
+    certificates: Arc<Certificates>,
+    /// The dashboard's history; pushed to once per live window.
+    history: Arc<history::History>,
     /// DNS: the resolver (made once a host name is configured), the report
     /// channel, and the hosts that have a refresh loop.
     resolver: Option<Arc<Discovery>>,
     dns_reports: mpsc::Sender<DnsReport>,
     dns_hosts: BTreeSet<String>,
+    /// Fleet decisions, local overrides and quorum verdicts.
+    fleet: fleet::FleetState,
 }
 
 impl Controller {
@@ -244,10 +306,16 @@ impl Controller {
         stats: Arc<ProxyStats>,
         cancel: CancellationToken,
     ) -> Result<ControllerHandle, ControllerError> {
-        let decisions = match &config.admin.state_file {
-            Some(path) => state_file::load(path)?,
-            None => BTreeMap::new(),
+        let (decisions, fleet_record) = match &config.admin.state_file {
+            Some(path) => state_file::load_all(path)?,
+            None => (BTreeMap::new(), None),
         };
+        let fleet = fleet::FleetState {
+            enabled: config.fleet.as_ref().is_some_and(|f| f.is_shared()),
+            record: fleet_record.unwrap_or_default(),
+            down: BTreeMap::new(),
+        };
+        let certificates = Arc::new(Certificates::new(&config.proxy.certificates)?);
         let dns = DnsCache::new();
         let upstreams = config
             .pools
@@ -256,6 +324,9 @@ impl Controller {
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
         let (dns_tx, dns_rx) = mpsc::channel(SIGNAL_QUEUE);
+        // Reloads are rare and each has an asker waiting: a short queue.
+        let (loaded_tx, loaded_rx) = mpsc::channel(4);
+        let (published, published_rx) = watch::channel(0);
         let now = Instant::now();
         let events = EventLog::new();
         let routes = route_shared(&config, &HashMap::new());
@@ -268,16 +339,21 @@ impl Controller {
             routes,
             failing_open: Vec::new(),
             generation: 0,
+            published,
             events: events.clone(),
             stats,
             signals_tx: tx.clone(),
+            loaded_tx,
             cancel,
-            last_live: now,
+            live_clock: LiveClock::new(now),
             orphans: decisions,
             last_reload: None,
+            certificates: certificates.clone(),
+            history: Arc::default(),
             resolver: None,
             dns_reports: dns_tx,
             dns_hosts: BTreeSet::new(),
+            fleet,
             config,
         };
         controller.start_dns()?;
@@ -304,13 +380,17 @@ impl Controller {
         controller.report_orphans();
         controller.publish(now, true);
         controller.start_probes();
-        let handle = ControllerHandle {
-            routing: controller.routing.clone(),
-            signals: tx,
+        let handle = ControllerHandle::new(
+            controller.routing.clone(),
+            tx,
             events,
-            stats: controller.stats.clone(),
-        };
-        tokio::spawn(controller.run(rx, dns_rx));
+            controller.stats.clone(),
+            published_rx,
+            controller.dns.clone(),
+            certificates,
+            controller.history.clone(),
+        );
+        tokio::spawn(controller.run(rx, dns_rx, loaded_rx));
         Ok(handle)
     }
 
@@ -452,13 +532,19 @@ impl Controller {
         Ok(())
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Signal>, mut dns_rx: mpsc::Receiver<DnsReport>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Signal>,
+        mut dns_rx: mpsc::Receiver<DnsReport>,
+        mut loaded_rx: mpsc::Receiver<operator::Loaded>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 Some(signal) = rx.recv() => self.on_signal(signal, Instant::now()),
                 Some(report) = dns_rx.recv() => self.on_dns(report, Instant::now()),
+                Some(loaded) = loaded_rx.recv() => self.on_loaded(loaded, Instant::now()),
                 _ = tick.tick() => self.on_tick(Instant::now()),
                 () = self.cancel.cancelled() => break,
             }
@@ -472,7 +558,7 @@ impl Controller {
                     return;
                 };
                 let control = &self.stamps[i].stats.control;
-                control.probes[usize::from(!sample.ok)].fetch_add(1, Ordering::Relaxed);
+                control.probes[ProbeResult::of(sample.ok)].fetch_add(1, Ordering::Relaxed);
                 control.probe_duration.observe(sample.rtt);
                 let t = self.stamps[i].health.record_probe(&sample, now);
                 self.after(i, t, now);
@@ -483,11 +569,7 @@ impl Controller {
                 };
                 self.on_outlier(i, consecutive, now);
             }
-            Signal::Admin(request) => {
-                let answer = self.on_admin(request.command, &request.who, now);
-                // The asker may have gone away; the decision stands.
-                let _ = request.reply.send(answer);
-            }
+            Signal::Admin(request) => self.on_admin(request, now),
         }
     }
 
@@ -578,24 +660,10 @@ impl Controller {
         let outlier = &self.config.pools[self.stamps[i].pool].outlier;
         let (limit, min_requests) = (outlier.failure_rate?, outlier.failure_rate_min_requests);
         let entry = &mut self.stamps[i];
-        let requests = entry.stats.requests.load(Ordering::Relaxed);
-        let errors = entry.stats.failures.load(Ordering::Relaxed)
-            + entry.stats.server_errors.load(Ordering::Relaxed);
-        let (seen_requests, seen_errors) =
-            std::mem::replace(&mut entry.tick_seen, (requests, errors));
-        entry.recent.push_back((
-            requests.saturating_sub(seen_requests),
-            errors.saturating_sub(seen_errors),
-        ));
-        if entry.recent.len() > FAILURE_WINDOW {
-            entry.recent.pop_front();
-        }
-        let (r, e) = entry
-            .recent
-            .iter()
-            .fold((0, 0), |(r, e), (dr, de)| (r + dr, e + de));
-        let rate = e.min(r) as f64 / r.max(1) as f64;
-        if r < u64::from(min_requests) || rate < limit || !self.may_eject(i, now) {
+        let total = entry.counts();
+        let window = entry.recent.slide(total);
+        let rate = window.rate();
+        if window.requests < u64::from(min_requests) || rate < limit || !self.may_eject(i, now) {
             return None;
         }
         let entry = &mut self.stamps[i];
@@ -621,7 +689,7 @@ impl Controller {
                 ended: s.requests.load(Ordering::Relaxed),
                 awaiting: s.awaiting_head.load(Ordering::Relaxed),
             };
-            e.live.observe(now, reading);
+            e.live_latency.observe(now, reading);
         }
         for (pi, pool) in self.config.pools.iter().enumerate() {
             let members: Vec<usize> = (0..self.stamps.len())
@@ -629,7 +697,7 @@ impl Controller {
                 .collect();
             let estimates: Vec<_> = members
                 .iter()
-                .map(|&i| self.stamps[i].live.estimate(now))
+                .map(|&i| self.stamps[i].live_latency.estimate(now))
                 .collect();
             let was: Vec<bool> = members
                 .iter()
@@ -687,33 +755,46 @@ impl Controller {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        let live_due = now.duration_since(self.last_live) >= LIVE_WINDOW;
-        let window = now.duration_since(self.last_live).as_secs_f64();
-        if live_due {
-            self.last_live = now;
-        }
+        let live_window = self.live_clock.due(now);
         for i in 0..self.stamps.len() {
             let entry = &mut self.stamps[i];
             let mut t = entry.health.tick(now);
-            if live_due {
-                let requests = entry.stats.requests.load(Ordering::Relaxed);
-                let errors = entry.stats.failures.load(Ordering::Relaxed)
-                    + entry.stats.server_errors.load(Ordering::Relaxed);
-                let dr = requests.saturating_sub(entry.seen_requests);
-                let de = errors.saturating_sub(entry.seen_errors);
-                entry.seen_requests = requests;
-                entry.seen_errors = errors;
-                entry.rps = dr as f64 / window;
-                entry.eps = de as f64 / window;
-                t = t.or(entry.health.record_live(dr, de, now));
+            if let Some(window) = live_window {
+                let total = entry.counts();
+                let counted = entry.live.sample(total, window);
+                t = t.or(entry
+                    .health
+                    .record_live(counted.requests, counted.failures, now));
             }
             self.record_transition(i, t);
             let t = self.judge_failure_rate(i, now);
             self.record_transition(i, t);
         }
         self.judge_latency(now);
+        if live_window.is_some() {
+            self.sample_history();
+        }
         self.advance_drains(now);
         self.publish(now, false);
+    }
+
+    /// One second of figures per stamp into the dashboard's history.
+    fn sample_history(&self) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let stamps: Vec<history::StampSample> = self
+            .stamps
+            .iter()
+            .map(|e| history::StampSample {
+                stamp: e.config.name.clone(),
+                region: e.config.region.clone(),
+                rps: e.live.rps(),
+                eps: e.live.eps(),
+                rtt_ms: e.health.smoothed_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        self.history.push(unix_ms, &stamps);
     }
 
     /// After a state machine call: record the transition, then publish.
@@ -728,7 +809,7 @@ impl Controller {
             .fast_probe
             .store(entry.health.wants_fast_probes(), Ordering::Relaxed);
         let Some(t) = t else { return };
-        entry.stats.control.transition_to(t.to.as_str());
+        entry.stats.control.transition_to(t.to);
         let pool = &self.config.pools[entry.pool].name;
         let stamp = &entry.config.name;
         let down = t.to == HealthState::Unhealthy
@@ -772,7 +853,10 @@ impl Controller {
     fn weights(&self, now: Instant) -> Vec<u32> {
         self.stamps
             .iter()
-            .map(|e| effective_weight(e, &self.config.pools[e.pool], now))
+            .map(|e| match self.fleet.quorum_down(&e.config.name) {
+                true => 0,
+                false => effective_weight(e, &self.config.pools[e.pool], now),
+            })
             .collect()
     }
 
@@ -781,8 +865,9 @@ impl Controller {
     /// or always with `force` (a new config).
     fn publish(&mut self, now: Instant, force: bool) {
         for e in &self.stamps {
-            let health = e.health.state().as_str();
-            e.stats.control.set_state(health, operator::admin_label(e));
+            e.stats
+                .control
+                .set_state(e.health.state(), operator::admin_label(e));
         }
         let weights = self.weights(now);
         let table = self.build_table(&weights, self.generation + 1, now);
@@ -816,6 +901,7 @@ impl Controller {
         }
         self.failing_open = failing_open;
         self.routing.store(Arc::new(table));
+        self.published.send_replace(self.generation);
     }
 }
 
@@ -875,30 +961,6 @@ fn route_shared(
         .collect()
 }
 
-/// The state machine's tuning from the pool's config.
-pub fn health_settings(pool: &PoolConfig) -> HealthSettings {
-    let h = &pool.health;
-    // The n-th flap within about a half-life crosses the limit: n-1 flaps
-    // sit at (n-1)·P, the n-th pushes past (n-½)·P.
-    let suppress = (f64::from(h.flap_suppress) - 0.5) * FLAP_PENALTY;
-    HealthSettings {
-        sample_size: pool.probe.sample_size,
-        successful_samples_required: pool.probe.successful_samples_required,
-        degraded_rtt: h.degraded_rtt,
-        degraded_error_rate: Some(h.degraded_error_rate),
-        degraded_weight_percent: h.degraded_weight_percent,
-        min_hold: h.min_hold,
-        consecutive_failures: pool.outlier.consecutive_failures,
-        base_ejection: pool.outlier.base_ejection,
-        max_ejection: pool.outlier.max_ejection,
-        flap_penalty: FLAP_PENALTY,
-        flap_half_life: h.flap_half_life,
-        flap_suppress: suppress,
-        flap_reuse: suppress / 2.0,
-        ..HealthSettings::default()
-    }
-}
-
 /// Share of its weight a stamp gets `now`, ramping linearly in ten steps
 /// from 10 % over `window` after it recovered.
 pub fn slow_start_factor(recovered_at: Option<Instant>, window: Duration, now: Instant) -> f64 {
@@ -917,6 +979,93 @@ pub fn slow_start_factor(recovered_at: Option<Instant>, window: Duration, now: I
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::ProbeSample;
+
+    fn pool(keys: &str) -> Config {
+        let text = format!(
+            "[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n{keys}\n\
+             [[pools.p.stamps]]\nname = \"a\"\nregion = \"r1\"\n\
+             address = \"127.0.0.1:9000\"\nweight = 200\n"
+        );
+        crate::config::parse_str(&text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn entry(config: &Config, now: Instant) -> StampEntry {
+        let pool = &config.pools[0];
+        StampEntry::new(0, pool, &pool.stamps[0], &CancellationToken::new(), now)
+    }
+
+    fn probe(e: &mut StampEntry, ok: bool, now: Instant) {
+        let sample = ProbeSample {
+            ok,
+            rtt: Duration::from_millis(5),
+            status: Some(if ok { 200 } else { 503 }),
+            detail: String::new(),
+        };
+        e.health.record_probe(&sample, now);
+    }
+
+    #[test]
+    fn effective_weight_ramps_a_recovered_stamp_over_slow_start() {
+        let config = pool("slow_start = \"10s\"\n[pools.p.health]\nmin_hold = \"0s\"");
+        let p = &config.pools[0];
+        let t0 = Instant::now();
+        let mut e = entry(&config, t0);
+        assert_eq!(
+            effective_weight(&e, p, t0),
+            200,
+            "unknown: optimistic start"
+        );
+        for _ in 0..4 {
+            probe(&mut e, false, t0);
+        }
+        assert_eq!(effective_weight(&e, p, t0), 0, "unhealthy");
+        for _ in 0..4 {
+            probe(&mut e, true, t0);
+        }
+        let at = e.health.recovered_at().expect("recovered");
+        let after = |ms| at + Duration::from_millis(ms);
+        assert_eq!(effective_weight(&e, p, at), 20, "the 10 % floor of 200");
+        assert_eq!(
+            effective_weight(&e, p, after(3_500)),
+            60,
+            "30 %: 3 steps of 1 s"
+        );
+        assert_eq!(effective_weight(&e, p, after(9_999)), 180);
+        assert_eq!(effective_weight(&e, p, after(10_000)), 200);
+    }
+
+    #[test]
+    fn effective_weight_follows_the_operator() {
+        let config = pool("slow_start = \"0s\"");
+        let p = &config.pools[0];
+        let now = Instant::now();
+        let mut e = entry(&config, now);
+        e.weight_override = Some(30);
+        assert_eq!(effective_weight(&e, p, now), 30);
+        e.weight_override = Some(0);
+        assert_eq!(effective_weight(&e, p, now), 0, "weight 0: no traffic");
+        e.weight_override = None;
+        for admin in [AdminState::Draining, AdminState::Disabled] {
+            e.admin = admin;
+            assert_eq!(effective_weight(&e, p, now), 0, "{admin:?}");
+        }
+    }
+
+    #[test]
+    fn a_small_ramped_weight_never_rounds_to_zero() {
+        let config = pool("slow_start = \"10s\"\n[pools.p.health]\nmin_hold = \"0s\"");
+        let p = &config.pools[0];
+        let t0 = Instant::now();
+        let mut e = entry(&config, t0);
+        e.weight_override = Some(1);
+        for ok in [false, false, false, false, true, true, true, true] {
+            probe(&mut e, ok, t0);
+        }
+        let at = e.health.recovered_at().expect("recovered");
+        assert_eq!(effective_weight(&e, p, at), 1, "0.1 rounds up to 1");
+    }
 
     #[test]
     fn slow_start_ramps_in_steps() {

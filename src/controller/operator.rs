@@ -14,20 +14,60 @@ use crate::tripwire::Tripwire;
 
 use super::events::{EventKind, NewEvent};
 use super::{Controller, StampEntry, effective_weight, route_shared, state_file};
+use crate::config::Config;
 use crate::config::{self, defaults::MAX_WEIGHT};
+use crate::metrics::ReloadResult;
 use crate::routing::RoutingTable;
-use crate::signals::{AdminError, AdminState, Command, Target};
+use crate::signals::{AdminError, AdminRequest, AdminShown, AdminState, Command, Target};
 use crate::upstream::Upstream;
+use tokio::sync::oneshot;
 
 impl Controller {
-    pub(super) fn on_admin(
+    /// Carry out an operator command and answer it. A reload is answered
+    /// later, once its file has been read off the loop ([`Loaded`]).
+    pub(super) fn on_admin(&mut self, request: AdminRequest, now: Instant) {
+        let AdminRequest {
+            command,
+            who,
+            reply,
+        } = request;
+        if let Command::Reload = command {
+            return self.load_off_loop(who, reply);
+        }
+        let answer = self.execute(command, &who, now);
+        // The asker may have gone away; the decision stands.
+        let _ = reply.send(answer);
+    }
+
+    /// Carry out a command that is answered at once (every one but a
+    /// reload): the admin API's through [`Controller::on_admin`], and a
+    /// local override's inner command.
+    pub(super) fn execute(
         &mut self,
         command: Command,
         who: &str,
         now: Instant,
     ) -> Result<Value, AdminError> {
         match command {
-            Command::Status => Ok(self.status(now)),
+            Command::Reload => Err(AdminError::Invalid {
+                field: "command".into(),
+                message: "a reload is not a decision: it cannot be nested in another command"
+                    .into(),
+            }),
+            Command::Status => {
+                let mut status = self.status(now);
+                if self.fleet.enabled
+                    && let Some(o) = status.as_object_mut()
+                {
+                    o.insert("fleet".into(), self.fleet_status());
+                }
+                Ok(status)
+            }
+            Command::Plan(command) => self.plan(*command, now),
+            Command::ApplyFleet(apply) => self.apply_fleet(apply, now),
+            Command::Local(command) => self.local_override(*command, who, now),
+            Command::ClearLocal { stamp } => self.clear_local(&stamp, who, now),
+            Command::FleetHealth { down } => self.fleet_health(down, now),
             Command::Drain {
                 target,
                 deadline,
@@ -43,31 +83,34 @@ impl Controller {
                 let what = format!("disable {}", describe(&target));
                 self.set_admin(&target, AdminState::Disabled, None, &what, who, now)
             }
-            Command::Weight { stamp, weight } => {
-                if let Some(w) = weight.filter(|&w| w > MAX_WEIGHT) {
-                    return Err(AdminError::Invalid {
-                        field: "weight".into(),
-                        message: format!("{w} is out of range 0..={MAX_WEIGHT}"),
-                    });
-                }
-                let target = Target::Stamp(stamp);
-                let stamps = self.resolve(&target)?;
-                let what = match weight {
-                    Some(w) => format!("set weight of {} to {w}", describe(&target)),
-                    None => format!("clear the weight override of {}", describe(&target)),
-                };
-                self.decide(&stamps, who, now, &what, |e| e.weight_override = weight)
-            }
-            Command::Reload => {
-                let result = self.reload(who, now);
-                self.stats.reloads[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
-                result
-            }
+            Command::Weight { stamp, weight } => self.set_weight(stamp, weight, who, now),
         }
     }
 
+    fn set_weight(
+        &mut self,
+        stamp: String,
+        weight: Option<u32>,
+        who: &str,
+        now: Instant,
+    ) -> Result<Value, AdminError> {
+        if let Some(w) = weight.filter(|&w| w > MAX_WEIGHT) {
+            return Err(AdminError::Invalid {
+                field: "weight".into(),
+                message: format!("{w} is out of range 0..={MAX_WEIGHT}"),
+            });
+        }
+        let target = Target::Stamp(stamp);
+        let stamps = self.resolve(&target)?;
+        let what = match weight {
+            Some(w) => format!("set weight of {} to {w}", describe(&target)),
+            None => format!("clear the weight override of {}", describe(&target)),
+        };
+        self.decide(&stamps, who, now, &what, |e| e.weight_override = weight)
+    }
+
     /// Stamp indices named by `target`.
-    fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
+    pub(super) fn resolve(&self, target: &Target) -> Result<Vec<usize>, AdminError> {
         match target {
             Target::Stamp(name) => self
                 .by_name
@@ -89,7 +132,7 @@ impl Controller {
 
     /// Apply `change` to `stamps`, persist, publish, log; on a failed write
     /// undo the change and report it.
-    fn decide(
+    pub(super) fn decide(
         &mut self,
         stamps: &[usize],
         who: &str,
@@ -125,7 +168,7 @@ impl Controller {
                 pool: Some(self.config.pools[e.pool].name.clone()),
                 stamp: Some(e.config.name.clone()),
                 from: None,
-                to: Some(admin_label(e).into()),
+                to: Some(admin_label(e).as_str().into()),
                 reason: format!("{what} (by {who})"),
             });
         }
@@ -152,12 +195,21 @@ impl Controller {
         let predicted = self.build_table(&weights, self.generation, now);
         if dry_run {
             let current = self.routing.load();
-            return Ok(json!({
+            let mut answer = json!({
                 "dry_run": true,
                 "target": describe(target),
                 "current_shares": shares(&current),
                 "shares": shares(&predicted),
-            }));
+            });
+            // A dry run answers what the real call would do, refusal
+            // included: "looks fine" followed by a refusal misleads.
+            if !force
+                && let Err(AdminError::Refused(why)) =
+                    self.refuse_last_usable(&stamps, &weights, target)
+            {
+                answer["would_refuse"] = json!(why);
+            }
+            return Ok(answer);
         }
         if !force {
             self.refuse_last_usable(&stamps, &weights, target)?;
@@ -196,7 +248,7 @@ impl Controller {
 
     /// Refuse a drain that would leave a pool without any usable stamp:
     /// that is an outage by hand, so it needs `force`.
-    fn refuse_last_usable(
+    pub(super) fn refuse_last_usable(
         &self,
         stamps: &[usize],
         weights_after: &[u32],
@@ -277,32 +329,93 @@ impl Controller {
         all
     }
 
-    fn persist(&self) -> Result<(), state_file::StateFileError> {
+    pub(super) fn persist(&self) -> Result<(), state_file::StateFileError> {
         match &self.config.admin.state_file {
-            Some(path) => state_file::save(path, &self.decisions()),
+            Some(path) => {
+                let fleet = self.fleet.enabled.then_some(&self.fleet.record);
+                state_file::save_all(path, &self.decisions(), fleet)
+            }
             None => Ok(()),
         }
     }
 
-    /// Re-read the config file; if it is valid, swap it in keeping health
-    /// history of stamps whose name and address are unchanged, operator
-    /// decisions by name, retry budgets by route and warm connection pools
-    /// of unchanged pools. An invalid file changes nothing.
-    pub(super) fn reload(&mut self, who: &str, now: Instant) -> Result<Value, AdminError> {
+    /// Read and validate the config file, and build the upstream clients
+    /// that cannot be kept (a CA file, the system's root store), on a
+    /// blocking thread: the loop keeps serving probes and commands
+    /// meanwhile, and applies the result when it arrives ([`Loaded`]).
+    pub(super) fn load_off_loop(&self, who: String, reply: Reply) {
         let source = self.config.source.clone();
-        let new = match config::load(&source) {
-            Ok(c) => c,
-            Err(e) => {
-                let message = e.to_string();
+        let current = self.config.pools.clone();
+        let dns = self.dns.clone();
+        let loaded = self.loaded_tx.clone();
+        tokio::spawn(async move {
+            let outcome = tokio::task::spawn_blocking(move || {
+                let config = config::load(&source).map_err(|e| LoadError::Config(e.to_string()))?;
+                let built = config
+                    .pools
+                    .iter()
+                    .map(|pool| {
+                        if current
+                            .iter()
+                            .any(|p| p.name == pool.name && same_upstream(p, pool))
+                        {
+                            return Ok(None);
+                        }
+                        Upstream::new(pool, &dns)
+                            .map(|u| Some(Arc::new(u)))
+                            .map_err(|e| LoadError::Upstream(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Box::new(Ready { config, built }))
+            })
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Upstream(format!("loading the config: {e}"))));
+            // A closed channel means the controller has stopped; the
+            // dropped reply tells the asker so.
+            let _ = loaded
+                .send(Loaded {
+                    who,
+                    reply,
+                    outcome,
+                })
+                .await;
+        });
+    }
+
+    /// Apply a config loaded off the loop, count the reload, answer it.
+    pub(super) fn on_loaded(&mut self, loaded: Loaded, now: Instant) {
+        let Loaded {
+            who,
+            reply,
+            outcome,
+        } = loaded;
+        let result = match outcome {
+            Ok(ready) => self.reload(*ready, &who, now),
+            Err(LoadError::Config(message)) => {
                 tracing::error!(%who, error = %message, "reload refused; still serving the previous config");
                 self.events.push(NewEvent::proxy_wide(
                     EventKind::Config,
                     format!("reload refused (by {who}): {message}"),
                 ));
                 self.last_reload = Some(json!({ "ok": false, "by": who, "error": message }));
-                return Err(AdminError::Reload(message));
+                Err(AdminError::Reload(message))
             }
+            Err(LoadError::Upstream(message)) => Err(AdminError::Reload(message)),
         };
+        let counted = if result.is_ok() {
+            ReloadResult::Applied
+        } else {
+            ReloadResult::Refused
+        };
+        self.stats.reloads[counted].fetch_add(1, Ordering::Relaxed);
+        let _ = reply.send(result);
+    }
+
+    /// Swap in a validated config, keeping health history of stamps whose
+    /// name and address are unchanged, operator decisions by name, retry
+    /// budgets by route and warm connection pools of unchanged pools.
+    fn reload(&mut self, ready: Ready, who: &str, now: Instant) -> Result<Value, AdminError> {
+        let Ready { config: new, built } = ready;
         let mut warnings = Vec::new();
         if new.proxy.listen != self.config.proxy.listen
             || new.proxy.tls_listen != self.config.proxy.tls_listen
@@ -317,22 +430,27 @@ impl Controller {
                 "access_log.path and access_log.format take effect after a restart".to_owned(),
             );
         }
-        if new.proxy.certificates.len() != self.config.proxy.certificates.len() {
-            warnings.push("certificates changed: they take effect after a restart".to_owned());
+        if new.fleet != self.config.fleet {
+            warnings.push("[fleet] changed: it takes effect after a restart".to_owned());
+        }
+        if new.proxy.http1_engine != self.config.proxy.http1_engine {
+            warnings.push("proxy.http1_engine takes effect after a restart".to_owned());
         }
 
         // Upstream clients: keep those whose pool's connection settings
-        // did not change, so their warm connections survive. Built first,
-        // so that a failure changes nothing.
+        // did not change, so their warm connections survive; else the one
+        // built off the loop. Only when another reload was applied in
+        // between is one still missing, and built here. All before any
+        // change, so that a failure changes nothing.
         let mut upstreams = Vec::new();
-        for pool in &new.pools {
+        for (pool, built) in new.pools.iter().zip(built) {
             let reuse = self
                 .config
                 .pools
                 .iter()
                 .position(|p| p.name == pool.name && same_upstream(p, pool))
                 .map(|pi| self.upstreams[pi].clone());
-            let u = match reuse {
+            let u = match reuse.or(built) {
                 Some(u) => u,
                 None => Arc::new(
                     Upstream::new(pool, &self.dns)
@@ -340,6 +458,20 @@ impl Controller {
                 ),
             };
             upstreams.push(u);
+        }
+        // Certificates last among the fallible steps: once they are
+        // swapped, nothing below can refuse the reload. Their files were
+        // read and checked by `config::load`, so a broken new certificate
+        // was refused above, and the old one is still served.
+        if let Err(e) = self.certificates.replace(&new.proxy.certificates) {
+            let message = format!("proxy.certificates: {e}");
+            tracing::error!(%who, error = %message, "reload refused; still serving the previous config");
+            self.events.push(NewEvent::proxy_wide(
+                EventKind::Config,
+                format!("reload refused (by {who}): {message}"),
+            ));
+            self.last_reload = Some(json!({ "ok": false, "by": who, "error": message }));
+            return Err(AdminError::Reload(message));
         }
         self.config = new;
         self.upstreams = upstreams;
@@ -412,12 +544,12 @@ impl Controller {
         Ok(summary)
     }
 
-    fn stamp_brief(&self, i: usize) -> Value {
+    pub(super) fn stamp_brief(&self, i: usize) -> Value {
         let e = &self.stamps[i];
         json!({
             "name": e.config.name,
             "region": e.config.region,
-            "admin": admin_label(e),
+            "admin": admin_label(e).as_str(),
             "weight_override": e.weight_override,
             "in_flight": e.in_flight(),
             "effective_weight": effective_weight(e, &self.config.pools[e.pool], Instant::now()),
@@ -427,16 +559,36 @@ impl Controller {
 
 /// The admin state as shown: a draining stamp with nothing in flight is
 /// `drained`.
-pub(super) fn admin_label(e: &StampEntry) -> &'static str {
-    match e.admin {
-        AdminState::Active => "active",
-        AdminState::Draining if e.stats.in_flight.load(Ordering::Relaxed) == 0 => "drained",
-        AdminState::Draining => "draining",
-        AdminState::Disabled => "disabled",
-    }
+pub(super) fn admin_label(e: &StampEntry) -> AdminShown {
+    e.admin.shown(e.in_flight())
 }
 
-fn describe(target: &Target) -> String {
+/// Where a command's answer goes.
+type Reply = oneshot::Sender<Result<Value, AdminError>>;
+
+/// A reload's file, read off the loop, on its way back to be applied.
+pub(super) struct Loaded {
+    who: String,
+    reply: Reply,
+    outcome: Result<Box<Ready>, LoadError>,
+}
+
+/// A validated config and, per pool, the upstream client built for it
+/// where the current one could not be kept (`None`: keep it).
+pub(super) struct Ready {
+    config: Config,
+    built: Vec<Option<Arc<Upstream>>>,
+}
+
+/// Why a reload's file cannot be applied.
+enum LoadError {
+    /// The file is unreadable or invalid: recorded as a refused reload.
+    Config(String),
+    /// A pool's upstream client cannot be built from it.
+    Upstream(String),
+}
+
+pub(super) fn describe(target: &Target) -> String {
     match target {
         Target::Stamp(s) => format!("stamp {s}"),
         Target::Region(r) => format!("region {r}"),
@@ -495,6 +647,11 @@ fn same_upstream(a: &crate::config::PoolConfig, b: &crate::config::PoolConfig) -
     a.upstream_tls == b.upstream_tls
         && a.upstream_http2 == b.upstream_http2
         && a.ca_file == b.ca_file
+        // The chain as read, not only the paths: a rotated client
+        // certificate keeps its file names.
+        && a.client_cert.as_ref().map(|c| (&c.cert_path, &c.key_path, &c.cert_chain))
+            == b.client_cert.as_ref().map(|c| (&c.cert_path, &c.key_path, &c.cert_chain))
+        && a.tls_server_name == b.tls_server_name
         && a.connect_timeout == b.connect_timeout
         && a.probe.https == b.probe.https
 }

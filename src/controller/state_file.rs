@@ -4,9 +4,9 @@
 //! or parsed stops start-up and is never overwritten: losing an operator's
 //! drain silently is worse than not starting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,14 @@ use crate::signals::AdminState;
 /// Format version written into the file, so a future change of shape can
 /// be told apart from corruption.
 const FORMAT_VERSION: u32 = 1;
+
+/// Largest state file read. A real one holds a line per stamp with a
+/// decision (a few KiB for thousands of stamps); without a cap a path that
+/// points at `/dev/zero` or a runaway file ran the machine out of memory.
+pub const MAX_STATE_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Largest weight override, as the admin API and `stampgate ctl` accept.
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// The operator's word on one stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +48,53 @@ impl Decision {
 struct StateFile {
     version: u32,
     stamps: BTreeMap<String, Decision>,
+    /// Only an edge of a fleet writes it; a file without it reads as
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet: Option<FleetRecord>,
+}
+
+/// What an edge of a fleet keeps beside the decisions in force, so that it
+/// starts while etcd is down with what it last knew, and resumes its watch
+/// where it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetRecord {
+    /// The last etcd revision applied.
+    pub revision: i64,
+    /// Stamps under a local (this edge only) override.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub local: BTreeSet<String>,
+    /// The fleet's decision per stamp (what a cleared override returns to).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decisions: BTreeMap<String, FleetStamp>,
+}
+
+/// The fleet's decision on one stamp, as last applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetStamp {
+    /// Admin state.
+    pub admin: AdminState,
+    /// Weight override, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The etcd revision that wrote it.
+    pub revision: i64,
+    /// Who decided, and on which edge.
+    pub by: String,
+    /// The edge whose admin API took it.
+    pub edge: String,
+}
+
+impl FleetStamp {
+    /// The decision itself.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            admin: self.admin,
+            weight: self.weight,
+        }
+    }
 }
 
 /// Why the state file could not be used.
@@ -55,6 +110,14 @@ pub enum StateFileError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// It is larger than [`MAX_STATE_FILE_BYTES`].
+    #[error(
+        "state file {path}: larger than the {MAX_STATE_FILE_BYTES}-byte (16 MiB) limit; refusing to start (the file is left untouched)"
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
     },
     /// It was read but is not a state file.
     #[error("state file {path}: {message}; refusing to start (the file is left untouched)")]
@@ -77,16 +140,34 @@ pub enum StateFileError {
 
 /// Read the decisions; a missing file means none.
 pub fn load(path: &Path) -> Result<BTreeMap<String, Decision>, StateFileError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(source) => {
-            return Err(StateFileError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    load_all(path).map(|(stamps, _)| stamps)
+}
+
+/// Decisions in force and, for an edge of a fleet, its fleet record.
+pub type Loaded = (BTreeMap<String, Decision>, Option<FleetRecord>);
+
+/// Read the decisions and the fleet record; a missing file means none.
+pub fn load_all(path: &Path) -> Result<Loaded, StateFileError> {
+    let read_err = |source| StateFileError::Read {
+        path: path.to_owned(),
+        source,
     };
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), None)),
+        Err(source) => return Err(read_err(source)),
+    };
+    // One byte past the limit tells a file at the limit from a larger one
+    // (a device or pipe has no size to ask for first).
+    let mut text = String::new();
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_STATE_FILE_BYTES {
+        return Err(StateFileError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
     let file: StateFile = serde_json::from_str(&text).map_err(|e| StateFileError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
@@ -97,12 +178,31 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, Decision>, StateFileError> {
             message: format!("version {} is not {FORMAT_VERSION}", file.version),
         });
     }
-    Ok(file.stamps)
+    if let Some((stamp, weight)) = file
+        .stamps
+        .iter()
+        .find_map(|(s, d)| d.weight.filter(|&w| w > MAX_WEIGHT).map(|w| (s, w)))
+    {
+        return Err(StateFileError::Parse {
+            path: path.to_owned(),
+            message: format!("stamps.{stamp}.weight = {weight} is out of range (0..={MAX_WEIGHT})"),
+        });
+    }
+    Ok((file.stamps, file.fleet))
 }
 
 /// Write the decisions atomically: a reader (or a crash) sees the old file
 /// or the new one, never half of one.
 pub fn save(path: &Path, decisions: &BTreeMap<String, Decision>) -> Result<(), StateFileError> {
+    save_all(path, decisions, None)
+}
+
+/// Write the decisions and, for an edge of a fleet, its fleet record.
+pub fn save_all(
+    path: &Path,
+    decisions: &BTreeMap<String, Decision>,
+    fleet: Option<&FleetRecord>,
+) -> Result<(), StateFileError> {
     let write_err = |source| StateFileError::Write {
         path: path.to_owned(),
         source,
@@ -114,6 +214,7 @@ pub fn save(path: &Path, decisions: &BTreeMap<String, Decision>) -> Result<(), S
             .filter(|(_, d)| !d.is_default())
             .map(|(k, d)| (k.clone(), *d))
             .collect(),
+        fleet: fleet.cloned(),
     };
     let text = serde_json::to_string_pretty(&file).expect("decisions serialize");
     let dir = path
@@ -174,6 +275,31 @@ mod tests {
         assert_eq!(back.len(), 2, "the default decision is not written");
         assert_eq!(back["a"].admin, AdminState::Draining);
         assert_eq!(back["b"].weight, Some(10));
+    }
+
+    #[test]
+    fn fleet_record_round_trips_and_old_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save(&path, &BTreeMap::new()).unwrap();
+        assert_eq!(load_all(&path).unwrap().1, None);
+        let mut record = FleetRecord {
+            revision: 42,
+            ..FleetRecord::default()
+        };
+        record.local.insert("a".into());
+        record.decisions.insert(
+            "b".into(),
+            FleetStamp {
+                admin: AdminState::Draining,
+                weight: None,
+                revision: 40,
+                by: "alice".into(),
+                edge: "edge-2".into(),
+            },
+        );
+        save_all(&path, &BTreeMap::new(), Some(&record)).unwrap();
+        assert_eq!(load_all(&path).unwrap().1, Some(record));
     }
 
     #[test]

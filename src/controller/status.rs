@@ -20,12 +20,12 @@ impl Controller {
             .map(|(pi, pool)| {
                 let members: Vec<usize> =
                     (0..self.stamps.len()).filter(|&i| self.stamps[i].pool == pi).collect();
-                let total_rps: f64 = members.iter().map(|&i| self.stamps[i].rps).sum();
+                let total_rps: f64 = members.iter().map(|&i| self.stamps[i].live.rps()).sum();
                 let stamps: Vec<Value> = members
                     .iter()
                     .map(|&i| {
                         let e = &self.stamps[i];
-                        let share = if total_rps > 0.0 { e.rps / total_rps } else { 0.0 };
+                        let share = if total_rps > 0.0 { e.live.rps() / total_rps } else { 0.0 };
                         let last_probe = e.health.last_probe().map(|p| {
                             json!({
                                 "ok": p.ok,
@@ -42,17 +42,17 @@ impl Controller {
                             "health": e.health.state().as_str(),
                             "health_reason": e.health.reason(),
                             "health_for_s": now.duration_since(e.health.since()).as_secs(),
-                            "admin": admin_label(e),
+                            "admin": admin_label(e).as_str(),
                             "configured_weight": e.config.weight,
                             "weight_override": e.weight_override,
-                            "effective_weight": effective_weight(e, pool, now),
+                            "effective_weight": if self.fleet.quorum_down(&e.config.name) { 0 } else { effective_weight(e, pool, now) },
                             "traffic_share": (share * 1000.0).round() / 1000.0,
-                            "requests_per_second": (e.rps * 10.0).round() / 10.0,
-                            "errors_per_second": (e.eps * 10.0).round() / 10.0,
+                            "requests_per_second": (e.live.rps() * 10.0).round() / 10.0,
+                            "errors_per_second": (e.live.eps() * 10.0).round() / 10.0,
                             "in_flight": e.in_flight(),
                             "requests_total": e.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
                             "probe_rtt_ms": e.health.smoothed_rtt().map(ms),
-                            "live_latency_ms": e.live.estimate(now).map(|l| ms(l.latency)),
+                            "live_latency_ms": e.live_latency.estimate(now).map(|l| ms(l.latency)),
                             "latency_outlier": e.latency_outlier.as_ref().map(|v| v.reason(&crate::health::latency::OutlierRule {
                                 factor: pool.outlier.latency_factor,
                                 floor: pool.outlier.latency_floor,

@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 pub mod admin;
 pub mod builtin;
+pub mod etcd;
+pub mod fleet;
+pub mod junit;
 pub mod load;
 pub mod measure;
 pub mod report;
@@ -112,13 +115,24 @@ pub struct DrillArgs {
     /// Where report.json and report.html go.
     #[arg(long, visible_alias = "report", default_value = DEFAULT_OUT)]
     pub out: PathBuf,
+    /// Also write the expectations as JUnit XML to this file (one test
+    /// case each), for CI systems that show test results.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// Runs `stampgate drill` and maps the outcome to the exit code.
 pub async fn run_cli(args: DrillArgs) -> ExitCode {
     if args.list {
         print!("{}", builtin::list());
+        println!(
+            "{:<20} three edges, a real etcd: fleet-wide drain, etcd killed and restarted, one edge's path cut",
+            "fleet"
+        );
         return ExitCode::from(EXIT_PASSED);
+    }
+    if args.name.as_deref() == Some("fleet") {
+        return fleet::run_cli(&args).await;
     }
     let scenario = match resolve(&args) {
         Ok(s) => s,
@@ -132,6 +146,13 @@ pub async fn run_cli(args: DrillArgs) -> ExitCode {
         Ok(report) => {
             print!("{}", report.summary());
             println!("  report: {}", args.out.join("report.html").display());
+            if let Some(path) = &args.junit {
+                if let Err(e) = std::fs::write(path, junit::render(&report)) {
+                    eprintln!("stampgate drill: cannot write {}: {e}", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                println!("  junit:  {}", path.display());
+            }
             if report.passed {
                 ExitCode::from(EXIT_PASSED)
             } else {
@@ -208,9 +229,11 @@ pub async fn run(scenario: &Scenario, out: &Path, progress: bool) -> Result<Repo
     })?;
     let control = load::client(scenario::Protocol::Http1);
     let env = setup::Environment::start(scenario, out, &control).await?;
+    let fingerprint = env.config_fingerprint.clone();
     let outcome = drive(scenario, &env, &control, progress).await;
     env.shutdown().await;
-    let report = outcome?;
+    let mut report = outcome?;
+    report.config_fingerprint = fingerprint;
     write_reports(scenario, &report, out)?;
     Ok(report)
 }
@@ -235,16 +258,10 @@ async fn drive(
         .map_or(0, |d| d.as_millis() as u64);
     let start = Instant::now() + START_LEAD;
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let follower = admin::follow_events(
-        control.clone(),
-        &env.admin_url,
-        start,
-        since_unix_ms,
-        event_tx,
-        stop.clone(),
-    )
-    .await
-    .map_err(|e| DrillError::Setup(format!("cannot follow the proxy's events: {e}")))?;
+    let follower =
+        admin::follow_events(&env.admin_url, start, since_unix_ms, event_tx, stop.clone())
+            .await
+            .map_err(|e| DrillError::Setup(format!("cannot follow the proxy's events: {e}")))?;
 
     let (sample_tx, sample_rx) = mpsc::unbounded_channel();
     let (live_tx, live_rx) = watch::channel(measure::Live::default());

@@ -17,6 +17,13 @@ use super::timeline::Applied;
 pub struct Report {
     /// The scenario's name.
     pub scenario: String,
+    /// Which stampgate ran the drill, and where.
+    pub build: BuildInfo,
+    /// `sha256:HEX` of the proxy config text the drill started the proxy
+    /// with, before the stamps' addresses were filled in, so that two
+    /// reports can be told to have run the same config; `None` when the
+    /// drill drove a proxy it did not start.
+    pub config_fingerprint: Option<String>,
     /// What it rehearses.
     pub description: String,
     /// When the load started (RFC 3339).
@@ -47,6 +54,43 @@ pub struct Report {
     pub fine_bucket_ms: u64,
     /// Per fine bucket: what the shift and recovery are computed from.
     pub fine: Vec<Fine>,
+}
+
+/// The stampgate binary that ran a drill, and the machine: a report
+/// compared with another (or kept by CI) must say which code produced it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildInfo {
+    /// Crate version.
+    pub version: String,
+    /// Short git commit, or `unknown`.
+    pub commit: String,
+    /// `pgo` or `plain`.
+    pub build: String,
+    /// Host name of the machine that ran the drill.
+    pub host: String,
+}
+
+impl BuildInfo {
+    /// This binary, on this machine.
+    pub fn current() -> BuildInfo {
+        use crate::build_info;
+        BuildInfo {
+            version: build_info::VERSION.to_owned(),
+            commit: build_info::COMMIT.to_owned(),
+            build: build_info::BUILD_KIND.to_owned(),
+            host: host_name(),
+        }
+    }
+}
+
+/// The kernel's host name (no libc call: the crate forbids `unsafe`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Whole-run figures.
@@ -205,6 +249,8 @@ impl Report {
         };
         let mut report = Report {
             scenario: scenario.name.clone(),
+            build: BuildInfo::current(),
+            config_fingerprint: None,
             description: scenario.description.clone(),
             started,
             duration_s: scenario.duration.as_secs_f64(),

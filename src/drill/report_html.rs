@@ -342,7 +342,8 @@ pub fn render(report: &Report, regions_of: &BTreeMap<String, String>) -> String 
     let _ = write!(
         page,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>drill {name}</title><style>{STYLE}</style></head><body>\
-         <header><h1>Drill <code>{name}</code> <span class=\"{}\">{}</span></h1><p>{}</p><p class=\"meta\">started {} · {} s at {} req/s over {}</p></header>",
+         <header><h1>Drill <code>{name}</code> <span class=\"{}\">{}</span></h1><p>{}</p><p class=\"meta\">started {} · {} s at {} req/s over {}</p>\
+         <p class=\"meta\">stampgate {} (commit {}, {} build) on {} · config {}</p></header>",
         verdict.0,
         verdict.1,
         esc(&report.description),
@@ -350,6 +351,14 @@ pub fn render(report: &Report, regions_of: &BTreeMap<String, String>) -> String 
         report.duration_s,
         report.rate,
         report.protocol,
+        esc(&report.build.version),
+        esc(&report.build.commit),
+        esc(&report.build.build),
+        esc(&report.build.host),
+        esc(report
+            .config_fingerprint
+            .as_deref()
+            .unwrap_or("not known (a proxy the drill did not start)")),
         name = esc(&report.scenario),
     );
     let _ = write!(

@@ -42,6 +42,10 @@ pub struct Environment {
     pub controls: BTreeMap<String, Uri>,
     /// The spawned proxy's config file (what a reload re-reads).
     pub config_path: Option<PathBuf>,
+    /// [`fingerprint`](crate::config::fingerprint) of the spawned proxy's
+    /// config as written, before the stamps' addresses are filled in (those
+    /// are new ports every run; the config is the same).
+    pub config_fingerprint: Option<String>,
     /// Spawned stamps' serving addresses, by name (for `{{stamp:NAME}}`).
     pub addresses: BTreeMap<String, String>,
     spawned: Option<Spawned>,
@@ -137,6 +141,7 @@ impl Environment {
                     .filter_map(|s| Some((s.name.clone(), s.control.clone()?)))
                     .collect(),
                 config_path: None,
+                config_fingerprint: None,
                 addresses: BTreeMap::new(),
                 spawned: None,
             },
@@ -211,6 +216,7 @@ impl Environment {
                 .map(|s| (s.name().to_owned(), base_uri(s.control_addr())))
                 .collect(),
             config_path: Some(config_path),
+            config_fingerprint: Some(crate::config::fingerprint(template.as_bytes())),
             addresses,
             spawned: Some(Spawned { stamps, app }),
         })

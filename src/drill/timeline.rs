@@ -16,6 +16,7 @@ use super::load::HttpClient;
 use super::measure::{Episode, ms};
 use super::scenario::{Action, Scenario, Step, Target};
 use super::setup::substitute;
+use crate::admin::client::AdminClient;
 
 /// What the timeline needs of the environment.
 pub struct Controls<'a> {
@@ -78,19 +79,20 @@ async fn apply(
     controls: &Controls<'_>,
     client: &HttpClient,
 ) -> Result<(), String> {
-    let admin = controls.admin.to_string();
-    let admin = admin.trim_end_matches('/');
-    let admin_post = |path: String| async move {
-        call(
-            client,
-            Method::POST,
-            &format!("{admin}{path}"),
-            controls.token,
-            Bytes::new(),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let admin = AdminClient::new(
+        &controls.admin.to_string(),
+        controls.token.map(str::to_owned),
+    )
+    .map_err(|e| e.to_string())?;
+    let admin_post = |path: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .call(Method::POST, &path, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("POST {}{path}: {e}", admin.base()))
+        }
     };
     match (&step.action, &step.target) {
         (Action::Fault(_) | Action::Clear, Target::Proxy) => {

@@ -59,47 +59,18 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::config::{HealthConfig, PoolConfig};
+pub use crate::signals::HealthState;
 use crate::signals::ProbeSample;
 
-/// Default probe window length: Azure Front Door's default sample size.
-const DEFAULT_SAMPLE_SIZE: u32 = 4;
-/// Default successes needed in the window: Front Door's default, so that one
-/// lost probe never moves traffic but two in a row do.
-const DEFAULT_SUCCESSFUL_SAMPLES_REQUIRED: u32 = 3;
-/// Default live gateway-error share that degrades a stamp: up to one failure
-/// in ten is cheaply absorbed by retries to another stamp; more means users
-/// feel it, so the stamp should carry less traffic.
-const DEFAULT_DEGRADED_ERROR_RATE: f64 = 0.10;
-/// Default weight of a degraded stamp: it keeps enough traffic to show
-/// whether it recovers, while most users go elsewhere.
-const DEFAULT_DEGRADED_WEIGHT_PERCENT: u32 = 25;
-/// Default minimum time in a state before moving up: several probe intervals
-/// at the 1s default, so one lucky window cannot bring a stamp back.
-const DEFAULT_MIN_HOLD: Duration = Duration::from_secs(10);
-/// Default consecutive gateway failures that eject (the example config).
-const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
-/// Default first ejection: about ten probe intervals, long enough for probes
-/// to confirm a real outage.
-const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
-/// Default longest ejection: Envoy's `max_ejection_time` default.
-const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
-/// Default penalty per usability change (BGP route-flap damping's unit).
-const DEFAULT_FLAP_PENALTY: f64 = 1000.0;
-/// Default penalty half-life. BGP uses 15 minutes for routes; stamps fail
-/// and recover on the scale of seconds, so a minute is the matching scale.
-const DEFAULT_FLAP_HALF_LIFE: Duration = Duration::from_secs(60);
-/// Default suppress threshold: one outage (down and up, two changes) stays
-/// under it; a second outage within a couple of minutes crosses it.
-const DEFAULT_FLAP_SUPPRESS: f64 = 3000.0;
-/// Default reuse threshold: half of suppress, so a suppressed stamp stays
-/// out at least one half-life after it stops flapping.
-const DEFAULT_FLAP_REUSE: f64 = 1500.0;
-/// Default EWMA weight of a new RTT sample: about the last three probes
-/// dominate, so one slow probe does not degrade a stamp.
-const DEFAULT_RTT_ALPHA: f64 = 0.3;
+/// Penalty one flap adds (BGP route-flap damping's unit): the config speaks
+/// in flaps (`health.flap_suppress`), the damper in points.
+const FLAP_PENALTY: f64 = 1000.0;
+/// EWMA weight of a new RTT sample: about the last three probes dominate,
+/// so one slow probe does not degrade a stamp. Not a config key.
+const RTT_ALPHA: f64 = 0.3;
 
 /// Live windows with fewer requests carry too little evidence for a rate
 /// (one failure in three requests is not a 33% error rate) and are ignored.
@@ -112,114 +83,117 @@ const RECOVERY_FRACTION: f64 = 0.8;
 /// traffic to measure has no live evidence either way, and the probes decide.
 const LIVE_ERROR_MAX_AGE: Duration = Duration::from_secs(30);
 
-/// What stampgate observed about a stamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthState {
-    /// No verdict yet; takes traffic at full weight (optimistic start).
-    Unknown,
-    /// Probes pass and live traffic is within thresholds.
-    Healthy,
-    /// Probes pass but RTT or live errors are over threshold: reduced weight.
-    Degraded,
-    /// Probes fail, or the stamp is ejected or flap-damped: no traffic.
-    Unhealthy,
-}
-
-impl HealthState {
-    /// The lowercase name used in status JSON, logs and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthState::Unknown => "unknown",
-            HealthState::Healthy => "healthy",
-            HealthState::Degraded => "degraded",
-            HealthState::Unhealthy => "unhealthy",
-        }
-    }
-
-    /// Whether a stamp in this state may receive new requests.
-    pub fn is_usable(self) -> bool {
-        self != HealthState::Unhealthy
-    }
-
-    /// Order for "up" and "down": `Unknown` counts as healthy (full weight).
-    fn rank(self) -> u8 {
-        match self {
-            HealthState::Unhealthy => 0,
-            HealthState::Degraded => 1,
-            HealthState::Healthy | HealthState::Unknown => 2,
-        }
-    }
-}
-
-impl fmt::Display for HealthState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Tuning of one stamp's state machine, built by the controller from the
-/// pool's config. [`Default`] gives the documented defaults.
+/// Tuning of one stamp's state machine, built from the pool's config
+/// ([`HealthSettings::for_pool`]). [`Default`] gives what a pool with no
+/// optional keys gets: the values and their reasons are in
+/// [`crate::config::defaults`], the one place they are stated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthSettings {
-    /// Length of the sliding probe window (default 4).
+    /// Length of the sliding probe window (`probe.sample_size`).
     pub sample_size: u32,
-    /// Successes in the window needed to be healthy (default 3). The stamp
-    /// is unhealthy once the window can no longer reach it.
+    /// Successes in the window needed to be healthy
+    /// (`probe.successful_samples_required`). The stamp is unhealthy once
+    /// the window can no longer reach it.
     pub successful_samples_required: u32,
-    /// Smoothed probe RTT above this degrades the stamp (default: off, since
-    /// a normal RTT depends on the distance to the stamp).
+    /// Smoothed probe RTT above this degrades the stamp (`health.degraded_rtt`,
+    /// off by default, since a normal RTT depends on the distance to the
+    /// stamp).
     pub degraded_rtt: Option<Duration>,
-    /// Live gateway-error share above this degrades the stamp (default 0.1).
+    /// Live gateway-error share above this degrades the stamp
+    /// (`health.degraded_error_rate`).
     pub degraded_error_rate: Option<f64>,
-    /// Weight factor of a degraded stamp, in percent (default 25).
+    /// Weight factor of a degraded stamp, in percent
+    /// (`health.degraded_weight_percent`).
     pub degraded_weight_percent: u32,
-    /// Minimum time in a state before moving up (default 10s). Moves down
-    /// are never delayed.
+    /// Minimum time in a state before moving up (`health.min_hold`). Moves
+    /// down are never delayed.
     pub min_hold: Duration,
-    /// Consecutive gateway failures that eject; smaller signals are ignored
-    /// (default 5).
+    /// Consecutive gateway failures that eject
+    /// (`outlier.consecutive_failures`); smaller signals are ignored.
     pub consecutive_failures: u32,
-    /// Ejection n lasts `min(base_ejection × n, max_ejection)` (default 10s).
+    /// Ejection n lasts `min(base_ejection × n, max_ejection)`
+    /// (`outlier.base_ejection`).
     pub base_ejection: Duration,
-    /// Upper bound of one ejection (default 300s).
+    /// Upper bound of one ejection (`outlier.max_ejection`).
     pub max_ejection: Duration,
-    /// Penalty added by each change between usable and unusable (default
-    /// 1000; 0 turns flap damping off, as does a zero half-life).
+    /// Penalty added by each change between usable and unusable (1000; 0
+    /// turns flap damping off, as does a zero half-life).
     pub flap_penalty: f64,
-    /// Half-life of the flap penalty (default 60s).
+    /// Half-life of the flap penalty (`health.flap_half_life`).
     pub flap_half_life: Duration,
-    /// Penalty above which the stamp is held out (default 3000).
+    /// Penalty above which the stamp is held out, from
+    /// `health.flap_suppress` flaps (see [`HealthSettings::for_pool`]).
     pub flap_suppress: f64,
-    /// A held-out stamp may return once the penalty is below this (default
-    /// 1500).
+    /// A held-out stamp may return once the penalty is below this (half of
+    /// `flap_suppress`, so it stays out at least one half-life after it
+    /// stops flapping).
     pub flap_reuse: f64,
-    /// EWMA weight of a new RTT sample, in (0, 1] (default 0.3).
+    /// EWMA weight of a new RTT sample, in (0, 1] (0.3).
     pub rtt_alpha: f64,
 }
 
 impl Default for HealthSettings {
     fn default() -> Self {
-        Self {
-            sample_size: DEFAULT_SAMPLE_SIZE,
-            successful_samples_required: DEFAULT_SUCCESSFUL_SAMPLES_REQUIRED,
-            degraded_rtt: None,
-            degraded_error_rate: Some(DEFAULT_DEGRADED_ERROR_RATE),
-            degraded_weight_percent: DEFAULT_DEGRADED_WEIGHT_PERCENT,
-            min_hold: DEFAULT_MIN_HOLD,
-            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
-            base_ejection: DEFAULT_BASE_EJECTION,
-            max_ejection: DEFAULT_MAX_EJECTION,
-            flap_penalty: DEFAULT_FLAP_PENALTY,
-            flap_half_life: DEFAULT_FLAP_HALF_LIFE,
-            flap_suppress: DEFAULT_FLAP_SUPPRESS,
-            flap_reuse: DEFAULT_FLAP_REUSE,
-            rtt_alpha: DEFAULT_RTT_ALPHA,
-        }
+        use crate::config::defaults as d;
+        Self::from_parts(
+            d::DEFAULT_SAMPLE_SIZE,
+            d::DEFAULT_SUCCESSFUL_SAMPLES_REQUIRED,
+            &HealthConfig {
+                degraded_rtt: None,
+                degraded_error_rate: d::DEFAULT_DEGRADED_ERROR_RATE,
+                degraded_weight_percent: d::DEFAULT_DEGRADED_WEIGHT_PERCENT,
+                min_hold: d::DEFAULT_MIN_HOLD,
+                flap_half_life: d::DEFAULT_FLAP_HALF_LIFE,
+                flap_suppress: d::DEFAULT_FLAP_SUPPRESS,
+            },
+            (
+                d::DEFAULT_CONSECUTIVE_FAILURES,
+                d::DEFAULT_BASE_EJECTION,
+                d::DEFAULT_MAX_EJECTION,
+            ),
+        )
     }
 }
 
 impl HealthSettings {
+    /// The state machine's tuning from a validated pool config.
+    pub fn for_pool(pool: &PoolConfig) -> Self {
+        let o = &pool.outlier;
+        Self::from_parts(
+            pool.probe.sample_size,
+            pool.probe.successful_samples_required,
+            &pool.health,
+            (o.consecutive_failures, o.base_ejection, o.max_ejection),
+        )
+    }
+
+    fn from_parts(
+        sample_size: u32,
+        successful_samples_required: u32,
+        h: &HealthConfig,
+        (consecutive_failures, base_ejection, max_ejection): (u32, Duration, Duration),
+    ) -> Self {
+        // The n-th flap within about a half-life crosses the limit: n-1
+        // flaps sit at (n-1)·P, the n-th pushes past (n-½)·P.
+        let suppress = (f64::from(h.flap_suppress) - 0.5) * FLAP_PENALTY;
+        HealthSettings {
+            sample_size,
+            successful_samples_required,
+            degraded_rtt: h.degraded_rtt,
+            degraded_error_rate: Some(h.degraded_error_rate),
+            degraded_weight_percent: h.degraded_weight_percent,
+            min_hold: h.min_hold,
+            consecutive_failures,
+            base_ejection,
+            max_ejection,
+            flap_penalty: FLAP_PENALTY,
+            flap_half_life: h.flap_half_life,
+            flap_suppress: suppress,
+            flap_reuse: suppress / 2.0,
+            rtt_alpha: RTT_ALPHA,
+        }
+    }
+
     /// Config validation already rejects these; the clamps only keep a
     /// hand-built value from producing a window that can never decide.
     fn sanitized(mut self) -> Self {
@@ -227,7 +201,7 @@ impl HealthSettings {
         self.successful_samples_required =
             self.successful_samples_required.clamp(1, self.sample_size);
         if !(self.rtt_alpha > 0.0 && self.rtt_alpha <= 1.0) {
-            self.rtt_alpha = DEFAULT_RTT_ALPHA;
+            self.rtt_alpha = RTT_ALPHA;
         }
         self
     }
@@ -997,6 +971,44 @@ mod tests {
 
     const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+    /// The hold and damping tuning the hold and flap tests count against
+    /// (10 s hold; penalty halving every minute; out above 3000 points,
+    /// back below 1500), stated here so that a new default changes no
+    /// test's arithmetic.
+    fn damped() -> HealthSettings {
+        HealthSettings {
+            min_hold: secs(10),
+            flap_half_life: secs(60),
+            flap_suppress: 3000.0,
+            flap_reuse: 1500.0,
+            ..HealthSettings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_what_a_pool_without_optional_keys_gets() {
+        let config = crate::config::parse_str(
+            "[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n[[pools.p.stamps]]\n\
+             name = \"a-1\"\nregion = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            HealthSettings::for_pool(&config.pools[0]),
+            HealthSettings::default()
+        );
+        let d = HealthSettings::default();
+        assert_eq!(d.min_hold, crate::config::defaults::DEFAULT_MIN_HOLD);
+        assert_eq!(
+            d.flap_half_life,
+            crate::config::defaults::DEFAULT_FLAP_HALF_LIFE
+        );
+        // Four flaps within about a half-life: three stay under, the
+        // fourth crosses.
+        assert!(3.0 * d.flap_penalty < d.flap_suppress);
+        assert!(4.0 * d.flap_penalty > d.flap_suppress);
+    }
+
     /// Settings with holds and damping off, so each test sees one rule.
     fn plain() -> HealthSettings {
         HealthSettings {
@@ -1614,7 +1626,7 @@ mod tests {
 
     #[test]
     fn min_hold_delays_moves_up_but_not_down() {
-        let mut sim = Sim::new(HealthSettings::default());
+        let mut sim = Sim::new(damped());
         assert_eq!(
             only(sim.probes("+++")).to,
             Healthy,
@@ -1695,7 +1707,7 @@ mod tests {
     fn the_flap_penalty_halves_every_half_life() {
         let mut sim = Sim::new(HealthSettings {
             min_hold: Duration::ZERO,
-            ..HealthSettings::default()
+            ..damped()
         });
         sim.probes("+++");
         assert_eq!(
@@ -1719,7 +1731,7 @@ mod tests {
     fn flapping_ends_suppressed_and_stays_out_until_the_penalty_decays() {
         let mut sim = Sim::new(HealthSettings {
             min_hold: Duration::ZERO,
-            ..HealthSettings::default()
+            ..damped()
         });
         sim.step = ms(200);
         let mut transitions = Vec::new();
@@ -1772,7 +1784,7 @@ mod tests {
     fn a_suppressed_stamp_also_waits_for_a_passing_window() {
         let mut sim = Sim::new(HealthSettings {
             min_hold: Duration::ZERO,
-            ..HealthSettings::default()
+            ..damped()
         });
         sim.step = ms(200);
         sim.probes("--+++--+++");
@@ -1798,7 +1810,7 @@ mod tests {
     fn ejection_cycles_are_damped_too() {
         let mut sim = Sim::new(HealthSettings {
             min_hold: Duration::ZERO,
-            ..HealthSettings::default()
+            ..damped()
         });
         sim.probes("++++");
         for round in 0..2 {

@@ -10,7 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +61,10 @@ pub struct Entry {
     pub request_id: Option<HeaderValue>,
     /// W3C `traceparent`, when the client sent one.
     pub traceparent: Option<HeaderValue>,
+    /// `Referer`, for the combined format.
+    pub referer: Option<HeaderValue>,
+    /// `User-Agent`, for the combined format.
+    pub user_agent: Option<HeaderValue>,
     /// The proxy's error code (`x-stampgate-error`), for its own answers.
     pub error: Option<&'static str>,
     /// The body ended before it was complete (client gone, stamp reset,
@@ -82,6 +86,19 @@ pub struct AccessLogError {
 pub struct AccessLog {
     tx: SyncSender<Box<Entry>>,
     stats: Arc<ProxyStats>,
+    reopen: Arc<AtomicBool>,
+}
+
+/// Asks the access log's writer to open its file again by name before the
+/// next line (log rotation: SIGUSR1 after the file was renamed).
+#[derive(Debug, Clone)]
+pub struct Reopen(Arc<AtomicBool>);
+
+impl Reopen {
+    /// The next line goes to a file opened afresh at the configured path.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl AccessLog {
@@ -107,14 +124,24 @@ impl AccessLog {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let format = settings.format;
         let written = stats.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let dest = Destination {
+            path: settings.path.clone(),
+            reopen: reopen.clone(),
+        };
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, out, format, &written))
+            .spawn(move || write_lines(rx, out, format, &written, &dest))
             .map_err(|source| AccessLogError {
                 path: settings.path.clone().unwrap_or_else(|| "-".into()),
                 source,
             })?;
-        Ok(AccessLog { tx, stats })
+        Ok(AccessLog { tx, stats, reopen })
+    }
+
+    /// The handle that asks for the file to be reopened.
+    pub fn reopener(&self) -> Reopen {
+        Reopen(self.reopen.clone())
     }
 
     /// Queue `entry` without waiting; a full queue drops it (counted).
@@ -139,14 +166,17 @@ fn write_lines(
     out: Box<dyn Write + Send>,
     format: AccessLogFormat,
     stats: &ProxyStats,
+    dest: &Destination,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
     let mut write = |entry: Box<Entry>, out: &mut BufWriter<Box<dyn Write + Send>>| {
+        dest.reopen_if_asked(out);
         line.clear();
         match format {
             AccessLogFormat::Json => json_line(&entry, &mut line),
             AccessLogFormat::Text => text_line(&entry, &mut line),
+            AccessLogFormat::Combined => combined_line(&entry, &mut line),
         }
         line.push('\n');
         let counter = match out.write_all(line.as_bytes()) {
@@ -180,6 +210,31 @@ fn write_lines(
         }
     }
     let _ = out.flush();
+}
+
+/// Where the writer thread writes, and the flag that asks it to reopen.
+struct Destination {
+    /// `None`: standard output, never reopened.
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Destination {
+    /// Swap `out` for the file now at the path, when asked. On failure the
+    /// old file is kept: lines in a renamed file beat no lines.
+    fn reopen_if_asked(&self, out: &mut BufWriter<Box<dyn Write + Send>>) {
+        if !self.reopen.load(Ordering::Relaxed) || !self.reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let Some(path) = &self.path else { return };
+        let _ = out.flush();
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => *out.get_mut() = Box::new(file),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot reopen the access log; writing on to the old file");
+            }
+        }
+    }
 }
 
 /// How long the writer lets lines gather while requests keep coming: the
@@ -317,6 +372,59 @@ pub fn text_line(e: &Entry, out: &mut String) {
     }
 }
 
+/// Apache's combined format: `%h %l %u %t "%r" %>s %b "%{Referer}i"
+/// "%{User-agent}i"`. The request line has the path only, as the other
+/// formats do (query strings carry tokens); the time is UTC.
+pub fn combined_line(e: &Entry, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{} - - [{}] \"", e.client.ip(), clf_time(e.time));
+    push_clf_escaped(out, e.method.as_str().as_bytes());
+    out.push(' ');
+    push_clf_escaped(out, e.uri.path().as_bytes());
+    let _ = write!(out, " {}\" {} ", version_str(e.version), e.status);
+    // %b: "-" for no body bytes.
+    if e.bytes == 0 {
+        out.push('-');
+    } else {
+        let _ = write!(out, "{}", e.bytes);
+    }
+    for header in [&e.referer, &e.user_agent] {
+        out.push_str(" \"");
+        match header {
+            Some(v) => push_clf_escaped(out, v.as_bytes()),
+            None => out.push('-'),
+        }
+        out.push('"');
+    }
+}
+
+/// `10/Oct/2000:13:55:36 +0000`, from the HTTP date `Tue, 10 Oct 2000
+/// 13:55:36 GMT` (same fields, other order; no calendar code of our own).
+fn clf_time(t: SystemTime) -> String {
+    let http = httpdate::fmt_http_date(t);
+    let parts: Vec<&str> = http.split(' ').collect();
+    match parts.as_slice() {
+        [_, day, month, year, time, _] => format!("{day}/{month}/{year}:{time} +0000"),
+        _ => http,
+    }
+}
+
+/// As Apache escapes logged strings: `"` and `\` with a backslash, bytes
+/// outside printable ASCII as `\xhh`, so a header cannot forge a line.
+fn push_clf_escaped(out: &mut String, bytes: &[u8]) {
+    use std::fmt::Write as _;
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +448,8 @@ mod tests {
             bytes: 321,
             request_id: Some(HeaderValue::from_static("abc")),
             traceparent: None,
+            referer: None,
+            user_agent: None,
             error: None,
             aborted: false,
         }
@@ -389,6 +499,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn combined_lines_are_apaches_format() {
+        let mut e = entry();
+        e.user_agent = Some(HeaderValue::from_static("curl/8.5.0"));
+        let mut line = String::new();
+        combined_line(&e, &mut line);
+        assert_eq!(
+            line,
+            "127.0.0.1 - - [15/Jan/2027:08:00:00 +0000] \"GET /catalogservice/api/1.0/catalogitem/7 HTTP/1.1\" 200 321 \"-\" \"curl/8.5.0\""
+        );
+    }
+
+    #[test]
+    fn combined_lines_escape_what_could_forge_a_field() {
+        let mut e = entry();
+        e.bytes = 0;
+        e.referer = Some(HeaderValue::from_bytes(b"a\"b\\c\xff").unwrap());
+        e.user_agent = None;
+        let mut line = String::new();
+        combined_line(&e, &mut line);
+        assert!(
+            line.ends_with(" 200 - \"a\\\"b\\\\c\\xff\" \"-\""),
+            "{line}"
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
         let stats = Arc::new(ProxyStats::default());
@@ -396,6 +532,7 @@ mod tests {
         let log = AccessLog {
             tx,
             stats: stats.clone(),
+            reopen: Arc::default(),
         };
         log.send(Box::new(entry()));
         log.send(Box::new(entry()));

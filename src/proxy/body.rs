@@ -12,7 +12,12 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::future::Future;
 
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
 use super::in_flight::InFlight;
+use crate::routing::Outcome;
 use crate::upstream::StampBody;
 use crate::upstream::body::BoxError;
 
@@ -34,6 +39,15 @@ impl ClientBody {
             ClientBody::Hyper(b) => b.is_end_stream(),
         }
     }
+
+    /// Whether the body's length is not known up front: the only kind
+    /// of body that a `Transfer-Encoding` can have framed.
+    pub fn length_unknown(&self) -> bool {
+        match self {
+            ClientBody::Empty => false,
+            ClientBody::Hyper(b) => b.size_hint().exact().is_none(),
+        }
+    }
 }
 
 pin_project! {
@@ -42,17 +56,59 @@ pin_project! {
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
         /// Streamed from the stamp; `guard` ends in-flight accounting on drop;
-        /// `cut` ends the body when an operator's drain deadline passes.
+        /// `cut` ends the body when an operator's drain deadline passes;
+        /// `first` is a frame read before the head was passed on (see
+        /// `handler::first_frame`); `stall` aborts the body when the stamp
+        /// stays silent for `read_timeout`.
         Upstream {
             #[pin] inner: StampBody,
             guard: Option<InFlight>,
             #[pin] cut: crate::tripwire::TrippedOwned,
+            first: Option<Frame<Bytes>>,
+            stall: Stall,
         },
         /// Made by the proxy (errors, 404).
         Local {
             data: Option<Bytes>,
             guard: Option<InFlight>,
         },
+    }
+}
+
+/// The read timeout of a stamp's response body. The timer is allocated
+/// and registered only once the body waits, and moved only when the body
+/// waits again after progress: a body that is always ready costs no timer
+/// operation.
+#[derive(Debug)]
+pub struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    progress: bool,
+}
+
+impl Stall {
+    /// A stamp body may stay silent for `limit`.
+    pub fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            timer: None,
+            progress: false,
+        }
+    }
+
+    /// The body waits: whether the stamp has been silent for the limit
+    /// (registers `cx` to be woken when it will have been).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = match &mut self.timer {
+            Some(timer) if self.progress => {
+                timer.as_mut().reset(Instant::now() + self.limit);
+                timer
+            }
+            Some(timer) => timer,
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+        };
+        self.progress = false;
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -80,18 +136,36 @@ impl Body for ResponseBody {
                 mut inner,
                 cut,
                 guard,
+                first,
+                stall,
             } => {
                 let cut_off =
                     || Poll::Ready(Some(Err("cut: the stamp's drain deadline passed".into())));
                 if cut.is_tripped() {
                     return cut_off();
                 }
-                let polled = inner.as_mut().poll_frame(cx);
-                // Only a body that waits registers for the cut: most small
-                // bodies are ready at once, and registering takes the
-                // stamp-wide waiter list's lock twice.
-                if polled.is_pending() && cut.poll(cx).is_ready() {
-                    return cut_off();
+                let polled = match first.take() {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    None => inner.as_mut().poll_frame(cx),
+                };
+                // Only a body that waits registers for the cut and the read
+                // timeout: most small bodies are ready at once, and
+                // registering takes the stamp-wide waiter list's lock twice.
+                if polled.is_pending() {
+                    if cut.poll(cx).is_ready() {
+                        return cut_off();
+                    }
+                    if stall.expired(cx) {
+                        // A gateway failure of the stamp, like a reset.
+                        if let Some(stamp) = guard.as_ref().and_then(|g| g.stamp.as_ref()) {
+                            stamp.record(Outcome::GatewayFailure);
+                        }
+                        return Poll::Ready(Some(Err(
+                            "the stamp was silent for read_timeout mid-body".into(),
+                        )));
+                    }
+                } else {
+                    stall.progress = true;
                 }
                 if let Some(guard) = guard {
                     // hyper stops polling once `is_end_stream` says so, so
@@ -123,14 +197,25 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Upstream { inner, first, .. } => first.is_none() && inner.is_end_stream(),
             ResponseBody::Local { data, .. } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Upstream { inner, first, .. } => {
+                let mut hint = inner.size_hint();
+                if let Some(data) = first.as_ref().and_then(Frame::data_ref) {
+                    let len = data.len() as u64;
+                    // Upper first: a lower bound above the upper one panics.
+                    if let Some(upper) = hint.upper() {
+                        hint.set_upper(upper + len);
+                    }
+                    hint.set_lower(hint.lower() + len);
+                }
+                hint
+            }
             ResponseBody::Local { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

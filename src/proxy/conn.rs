@@ -14,7 +14,13 @@ use std::task::Context;
 use http::header::HeaderValue;
 use tokio::time::Instant;
 
-use crate::metrics::ProxyStats;
+use crate::counters::Label;
+use crate::metrics::{Listener, Protocol, ProxyStats};
+
+/// A protocol as stored in [`ConnActivity`]'s atomic.
+fn index(p: Protocol) -> u8 {
+    u8::try_from(p.index()).expect("three protocols")
+}
 
 /// Activity of one client connection, for its two timers: a connection is
 /// idle when no request is in flight (including streaming bodies) and none
@@ -30,6 +36,12 @@ pub struct ConnActivity {
     /// Milliseconds since `born`, plus one, at which a request head started
     /// arriving with nothing in flight; 0: no head pending.
     head_started_ms: AtomicU64,
+    /// Milliseconds since `born`, plus one, at which an HTTP/2 header
+    /// block was opened and not yet finished; 0: none open.
+    block_started_ms: AtomicU64,
+    /// Milliseconds since `born`, plus one, since which a write to the
+    /// client has been waiting (it reads nothing); 0: not waiting.
+    write_blocked_ms: AtomicU64,
     /// An HTTP/2 connection: frames arrive between requests (pings,
     /// settings), so only the idle timer applies once it is known.
     pub(super) h2: AtomicBool,
@@ -37,10 +49,10 @@ pub struct ConnActivity {
     /// see [`ConnActivity::take_resting`].
     resting: AtomicBool,
     born: Instant,
-    /// Index of [`crate::metrics::PROTOCOLS`] this connection is counted under, and the
-    /// counters (none in unit tests).
+    /// The [`Protocol`] this connection is counted under (as its
+    /// [`Label::index`]), and the counters (none in unit tests).
     pub(super) protocol: AtomicU8,
-    gauge: Option<(Arc<ProxyStats>, usize)>,
+    gauge: Option<(Arc<ProxyStats>, Listener)>,
 }
 
 impl ConnActivity {
@@ -51,40 +63,48 @@ impl ConnActivity {
             last_active_ms: AtomicU64::new(0),
             // A new connection owes its first request head at once.
             head_started_ms: AtomicU64::new(1),
+            block_started_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             resting: AtomicBool::new(false),
             born: Instant::now(),
-            protocol: AtomicU8::new(0),
+            protocol: AtomicU8::new(index(Protocol::Pending)),
             gauge: None,
         }
     }
 
-    /// A fresh connection on `listener` (index of [`crate::metrics::LISTENERS`]), counted
-    /// as open in `stats` until dropped.
-    pub fn counted(stats: Arc<ProxyStats>, listener: usize) -> ConnActivity {
+    /// A fresh connection on `listener`, counted as open in `stats` until
+    /// dropped.
+    pub fn counted(stats: Arc<ProxyStats>, listener: Listener) -> ConnActivity {
         stats.accepted[listener].fetch_add(1, Ordering::Relaxed);
-        stats.connections[listener][0].fetch_add(1, Ordering::Relaxed);
+        stats.connections[listener][Protocol::Pending].fetch_add(1, Ordering::Relaxed);
         let mut activity = ConnActivity::new();
         activity.gauge = Some((stats, listener));
         activity
+    }
+
+    /// No request has told the protocol yet.
+    pub(super) fn is_pending(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) == index(Protocol::Pending)
     }
 
     /// The first request tells the protocol: move the connection from
     /// `pending` to it.
     pub(super) fn classify(&self, version: http::Version) {
         let protocol = if version == http::Version::HTTP_2 {
-            2
+            Protocol::Http2
         } else {
-            1
+            Protocol::Http1
         };
+        let (pending, new) = (index(Protocol::Pending), index(protocol));
         if self
             .protocol
-            .compare_exchange(0, protocol, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(pending, new, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
             && let Some((stats, listener)) = &self.gauge
         {
-            stats.connections[*listener][0].fetch_sub(1, Ordering::Relaxed);
-            stats.connections[*listener][usize::from(protocol)].fetch_add(1, Ordering::Relaxed);
+            stats.connections[*listener][Protocol::Pending].fetch_sub(1, Ordering::Relaxed);
+            stats.connections[*listener][protocol].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -117,6 +137,41 @@ impl ConnActivity {
         match self.head_started_ms.load(Ordering::Relaxed) {
             0 => None,
             started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
+        }
+    }
+
+    /// An HTTP/2 header block was opened (`true`) or finished (`false`).
+    pub(super) fn header_block(&self, open: bool) {
+        let at = if open { self.now_ms() + 1 } else { 0 };
+        self.block_started_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// When an open HTTP/2 header block becomes late, if one is open: it
+    /// stops the whole connection, so requests in flight do not excuse it.
+    pub fn header_block_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        match self.block_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            started => Some(self.born + std::time::Duration::from_millis(started - 1) + limit),
+        }
+    }
+
+    /// A write to the client returned: `blocked` when it could not take a
+    /// byte. The clock is read only when a wait starts.
+    pub(super) fn write_polled(&self, blocked: bool) {
+        let since = self.write_blocked_ms.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        } else if !blocked && since != 0 {
+            self.write_blocked_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When a client that stopped reading is cut, if a write waits on it.
+    pub fn write_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        match self.write_blocked_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.born + std::time::Duration::from_millis(since - 1) + limit),
         }
     }
 
@@ -182,7 +237,7 @@ impl Drop for Busy<'_> {
 impl Drop for ConnActivity {
     fn drop(&mut self) {
         if let Some((stats, listener)) = &self.gauge {
-            let protocol = usize::from(self.protocol.load(Ordering::Relaxed));
+            let protocol = Protocol::ALL[usize::from(self.protocol.load(Ordering::Relaxed))];
             stats.connections[*listener][protocol].fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -211,9 +266,9 @@ pub struct ConnInfo {
 /// time (the HTTP/1.1 fast path), kept across its requests. A registered
 /// tokio timer moved to a later deadline costs one atomic operation; a new
 /// timer per try was inserted into the runtime's timer wheel and removed
-/// again, each under the wheel's lock (about 800 instructions per request
-/// in the profile, about 550 with this). The mutex is the connection's
-/// own, never contended.
+/// again, each under the wheel's lock (the profile's figures are in
+/// `bench/PERF.md`, "Figures behind code comments"). The mutex is the
+/// connection's own, never contended.
 #[derive(Debug, Default)]
 pub struct TryTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 

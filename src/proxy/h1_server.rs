@@ -34,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::{ClientBody, ResponseBody};
 use super::conn::{ConnActivity, ConnInfo, TryTimer};
-use super::handler::Gateway;
+use super::handler::{Gateway, error_response};
+use crate::error::{BadRequest, ProxyError};
 use crate::tripwire::{Tripped, Tripwire};
 use crate::upstream::h1_client::{chunk_size_line, consumed_by_parser, decimal, tokens, unwritten};
 
@@ -43,6 +44,9 @@ use crate::upstream::h1_client::{chunk_size_line, consumed_by_parser, decimal, t
 const MAX_HEADERS: usize = 100;
 /// A request head not complete within this many bytes goes to hyper.
 const MAX_HEAD: usize = 16 * 1024;
+/// How an HTTP/2 preface starts, as far as `httparse` reads before it
+/// refuses the version.
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2";
 /// Bytes read at a time.
 const READ_CHUNK: usize = 8 * 1024;
 /// While a request is served, read ahead (pipelined requests, or the end
@@ -88,6 +92,11 @@ where
     let mut keep: Option<KeepPermit> = None;
     // One shutdown waiter for the connection's life, not one per request.
     let mut closing = pin!(shutdown.tripped());
+    // A connection's protocol is chosen by its first bytes: once a request
+    // was served, an HTTP/2 preface is a malformed HTTP/1.1 request, not
+    // a switch (hyper would take it as h2c prior knowledge after the
+    // hand-off).
+    let mut served = false;
     loop {
         let (req, close) = match conn.read_head(closing.as_mut(), &info.activity).await {
             Ok(Head::Request(req, close)) => (req, close),
@@ -96,6 +105,11 @@ where
                 keep = None;
                 try_timer.release();
                 continue;
+            }
+            Ok(Head::Handoff(bytes)) if served && bytes.starts_with(H2_PREFACE_LINE) => {
+                conn.refuse(&ProxyError::BadRequest(BadRequest::LateHttp2Preface))
+                    .await;
+                return Served::Closed;
             }
             Ok(Head::Handoff(bytes)) => {
                 return Served::Handoff(Prefixed {
@@ -163,6 +177,7 @@ where
             Err(Gone) => return Served::Closed,
         }
         drop(busy);
+        served = true;
         // A buffer with nothing in it is released: an idle keep-alive
         // connection holds no read buffer. Part of the next head read
         // ahead starts that head's timer now, as its first byte would have.
@@ -422,6 +437,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
     }
 
+    /// Answer a head refused before it reached the handler, then end the
+    /// connection: what follows it cannot be framed.
+    async fn refuse(&mut self, err: &ProxyError) {
+        let resp = error_response(err, &super::headers::new_request_id(), Version::HTTP_11);
+        let (body, mut pump) = self.start_response(resp, false, true);
+        let mut body = pin!(body);
+        let _ = std::future::poll_fn(|cx| self.poll_pump(cx, body.as_mut(), &mut pump)).await;
+        buffers::give(std::mem::take(&mut self.out));
+        self.close().await;
+    }
+
     /// End the connection cleanly after its last response.
     async fn close(&mut self) {
         let _ = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
@@ -670,7 +696,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         if req.version != Some(1) {
             return Parsed::Handoff;
         }
-        let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+        // A `#` (a fragment, which no request target may carry) is
+        // dropped by the `http` crate's URI parser, so the URI would not
+        // be what was sent; hyper's path decides (the fuzzer in `fuzz.rs`
+        // found this).
+        let Some(path) = req
+            .path
+            .filter(|p| p.starts_with('/') && !p.as_bytes().contains(&b'#'))
+        else {
             return Parsed::Handoff;
         };
         let method = match Method::from_bytes(req.method.unwrap_or_default().as_bytes()) {
@@ -738,6 +771,13 @@ pin_project_lite::pin_project! {
         prefix: Bytes,
         #[pin]
         inner: I,
+    }
+}
+
+impl<I> Prefixed<I> {
+    /// `inner`, read after `prefix`.
+    pub fn new(prefix: Bytes, inner: I) -> Prefixed<I> {
+        Prefixed { prefix, inner }
     }
 }
 
@@ -854,5 +894,7 @@ mod date {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -19,26 +19,29 @@ use tokio::time::Instant;
 
 use super::access_log::{AccessLog, Entry};
 use super::attempts::{Attempts, Failure, Try, Verdict, classify, is_gateway_failure};
-use super::body::{ClientBody, ResponseBody};
+use super::body::{ClientBody, ResponseBody, Stall};
 use super::conn::{ConnInfo, TryTimer};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
 };
 use super::in_flight::InFlight;
 use super::request_body::RequestBody;
-use crate::error::{Blame, ProxyError};
+use crate::error::{BadRequest, Blame, ProxyError};
 use crate::metrics::ProxyStats;
 use crate::routing::stats::Hedge;
 use crate::routing::{
-    Outcome, PoolView, RouteEntry, RoutingTable, StampStats, StampView, host_without_port,
+    ConnectError, Outcome, PoolView, RouteEntry, RoutingTable, StampStats, StampView,
+    host_without_port,
 };
 use crate::signals::Signal;
 use crate::upstream::StampBody;
-use crate::upstream::body::UpstreamBody;
+use crate::upstream::body::{BoxError, UpstreamBody};
 
 /// Seconds a fail-closed pool asks clients to wait before trying again:
 /// about one probe interval, after which a recovered stamp is back.
 const RETRY_AFTER_SECS: &str = "5";
+/// The `Allow` of a 405 to CONNECT: every method the proxy forwards.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
 
 /// Everything the request path shares, read-only apart from atomics.
 /// Locks: none. The routing table is swapped by the controller only.
@@ -52,6 +55,11 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Proxy-wide counters.
     pub stats: Arc<ProxyStats>,
+    /// `proxy.redirect_http_to_https`: plain-HTTP requests get a 308.
+    pub redirect: Option<super::redirect::Redirect>,
+    /// An upgraded connection with no bytes either way for this long is
+    /// closed (`proxy.idle_timeout`).
+    pub upgrade_idle: std::time::Duration,
 }
 
 /// What the access log needs of the request, taken before the request is
@@ -62,6 +70,8 @@ struct RequestHead {
     uri: Uri,
     version: http::Version,
     traceparent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
 }
 
 impl Gateway {
@@ -73,7 +83,14 @@ impl Gateway {
         conn: &ConnInfo,
         timer: Option<&TryTimer>,
     ) -> Response<ResponseBody> {
-        let mut guard = InFlight::begin(&conn.activity, req.version());
+        if !conn.tls
+            && let Some(redirect) = &self.redirect
+            && let Some(resp) = redirect.answer(&req)
+        {
+            return resp;
+        }
+        let version = req.version();
+        let mut guard = InFlight::begin(&conn.activity, version);
         let table = self.routing.load_full();
         let client_id = req.headers().get(&X_REQUEST_ID).cloned();
         let head = table.access_log.map(|_| RequestHead {
@@ -82,6 +99,8 @@ impl Gateway {
             uri: req.uri().clone(),
             version: req.version(),
             traceparent: req.headers().get(&TRACEPARENT).cloned(),
+            referer: req.headers().get(http::header::REFERER).cloned(),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
         });
         let (mut resp, request_id, error) = match self
             .forward(req, conn, timer, &table, &mut guard)
@@ -98,7 +117,11 @@ impl Gateway {
                 if matches!(err, ProxyError::NoRoute) {
                     self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
                 }
-                (error_response(&err, &id), Some(id), Some(err.code()))
+                (
+                    error_response(&err, &id, version),
+                    Some(id),
+                    Some(err.code()),
+                )
             }
         };
         let status = resp.status().as_u16();
@@ -157,6 +180,8 @@ impl Gateway {
             bytes: 0,
             request_id,
             traceparent: head.traceparent,
+            referer: head.referer,
+            user_agent: head.user_agent,
             error,
             aborted: false,
         }
@@ -175,7 +200,10 @@ impl Gateway {
     {
         let (mut parts, body) = req.into_parts();
 
-        let host = client_host(&parts);
+        let (host, repeated) = checked_host(&parts, &body).map_err(|e| (e, None))?;
+        if let (true, Some(host)) = (repeated, &host) {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         let host_name = host
             .as_ref()
             .and_then(|h| h.to_str().ok())
@@ -200,12 +228,41 @@ impl Gateway {
             version: parts.version,
             host: host.as_ref(),
         };
+        // `TE` is hop-by-hop, but `te: trailers` is the one value HTTP/2
+        // allows and gRPC servers require it: it goes on to HTTP/2 stamps.
+        // An upgrade goes through only to an HTTP/1.1 stamp and only with
+        // hyper's handle on the client connection (the fast path hands
+        // upgrade requests to hyper).
+        let upgrade = if pool.upstream.version() == http::Version::HTTP_11 {
+            super::upgrade::requested(&parts.headers, parts.version)
+                .zip(parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        } else {
+            None
+        };
+        let te_trailers = pool.upstream.version() == http::Version::HTTP_2
+            && parts
+                .headers
+                .get_all(header::TE)
+                .iter()
+                .any(headers::names_trailers);
         let request_id = headers::prepare_request(
             &mut parts.headers,
             &client,
             pool.host_header.as_ref(),
             table.header_rules,
         );
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let (upgrade_value, mut on_upgrade) = match upgrade {
+            Some((value, on)) => (Some(value), Some(on)),
+            None => (None, None),
+        };
+        if let Some(value) = &upgrade_value {
+            super::upgrade::restore(&mut parts.headers, value.clone());
+        }
         let fail = |e: ProxyError| (e, request_id.clone());
 
         // The route's timeout runs from the request's arrival.
@@ -215,7 +272,8 @@ impl Gateway {
         let mut body = RequestBody::new(body, &parts, length, route, table.max_request_body)
             .await
             .map_err(fail)?;
-        let limit = if body.replayable() {
+        // An upgrade is never retried: the stamp may have switched.
+        let limit = if body.replayable() && upgrade_value.is_none() {
             route.retry.attempts as usize
         } else {
             1
@@ -296,14 +354,47 @@ impl Gateway {
             observe(&stamp.stats, &sent, elapsed);
             guard.upstream = Some(elapsed);
             let failure = match sent {
-                Ok(Ok(resp)) => {
-                    match classify(resp.status(), route.retry.on_server_error, this.last) {
-                        Verdict::Deliver(outcome) => {
-                            stamp.stats.record(outcome);
-                            let resp =
-                                respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                Ok(Ok(mut resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    let switched = match resp.body_mut() {
+                        StampBody::H1(body) => body.take_switched(),
+                        StampBody::H2(_) => None,
+                    };
+                    match (on_upgrade.take(), switched, upgrade_value.clone()) {
+                        (Some(client), Some((io, early)), Some(value)) => {
+                            stamp.stats.record(Outcome::Answered);
+                            super::upgrade::splice(
+                                client,
+                                io,
+                                early,
+                                self.upgrade_idle,
+                                self.stats.clone(),
+                            );
+                            let mut resp = respond(resp, None, stamp, pool, table, &request_id);
+                            super::upgrade::restore(resp.headers_mut(), value);
+                            *resp.body_mut() = ResponseBody::local(bytes::Bytes::new());
                             return Ok((resp, request_id));
                         }
+                        _ => Failure::Error(ProxyError::UpstreamProtocol {
+                            stamp: stamp.name.to_string(),
+                            detail:
+                                "101 Switching Protocols to a request that asked for no upgrade"
+                                    .to_owned(),
+                        }),
+                    }
+                }
+                Ok(Ok(resp)) => {
+                    match classify(resp.status(), route.retry.on_server_error, this.last) {
+                        Verdict::Deliver(outcome) => match first_frame(resp) {
+                            Ok((resp, first)) => {
+                                stamp.stats.record(outcome);
+                                let resp = respond(resp, first, stamp, pool, table, &request_id);
+                                return Ok((resp, request_id));
+                            }
+                            Err(e) => Failure::Error(ProxyError::UpstreamProtocol {
+                                stamp: stamp.name.to_string(),
+                                detail: format!("response body: {e}"),
+                            }),
+                        },
                         Verdict::ServerError => {
                             stamp.stats.record(Outcome::ServerError);
                             Failure::ServerError(resp)
@@ -334,7 +425,7 @@ impl Gateway {
             }
             return match failure {
                 Failure::Status(resp) | Failure::ServerError(resp) => {
-                    let resp = respond(resp, stamp, request_id.as_ref(), table.stamp_header);
+                    let resp = respond(resp, None, stamp, pool, table, &request_id);
                     Ok((resp, request_id))
                 }
                 Failure::Error(e) => Err(fail(e)),
@@ -478,16 +569,47 @@ impl Gateway {
     }
 }
 
+/// Read what of the body is already there without waiting: a body whose
+/// first bytes are broken (bad chunk line, oversized trailer) fails here,
+/// while nothing has been sent, and the client gets a 502 instead of a
+/// bare close. A frame read is handed back to go out first.
+#[allow(clippy::type_complexity)] // the response and its first frame
+fn first_frame(
+    mut resp: Response<StampBody>,
+) -> Result<(Response<StampBody>, Option<http_body::Frame<bytes::Bytes>>), BoxError> {
+    if resp.body().is_end_stream() {
+        return Ok((resp, None));
+    }
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(resp.body_mut()).poll_frame(&mut cx) {
+        Poll::Ready(Some(Err(e))) => Err(e),
+        Poll::Ready(Some(Ok(frame))) => Ok((resp, Some(frame))),
+        Poll::Ready(None) | Poll::Pending => Ok((resp, None)),
+    }
+}
+
 /// The stamp's response, on its way to the client.
 fn respond(
     resp: Response<StampBody>,
+    first: Option<http_body::Frame<bytes::Bytes>>,
     stamp: &StampView,
-    request_id: Option<&HeaderValue>,
-    stamp_header: bool,
+    pool: &PoolView,
+    table: &RoutingTable,
+    request_id: &Option<HeaderValue>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
-    headers::prepare_response(&mut parts.headers, request_id);
-    if stamp_header {
+    headers::prepare_response(&mut parts.headers, request_id.as_ref());
+    // 1xx, 204 and 304 answers carry no body, so a length on them only
+    // misleads (RFC 9110, 8.6); HAProxy removes it too.
+    let status = parts.status;
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    if table.stamp_header {
         parts
             .headers
             .insert(X_STAMPGATE_STAMP.clone(), stamp.name_header.clone());
@@ -499,6 +621,8 @@ fn respond(
             inner: body,
             guard: None,
             cut,
+            first,
+            stall: Stall::new(pool.read_timeout),
         },
     )
 }
@@ -517,13 +641,13 @@ fn observe(
             stats.upstream_latency.observe(elapsed);
         }
         Ok(Err(ProxyError::ConnectRefused { .. })) => {
-            stats.connect_errors[0].fetch_add(1, Ordering::Relaxed);
+            stats.connect_errors[ConnectError::Refused].fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(ProxyError::ConnectTimeout { .. })) => {
-            stats.connect_errors[1].fetch_add(1, Ordering::Relaxed);
+            stats.connect_errors[ConnectError::Timeout].fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(ProxyError::ConnectFailed { .. })) => {
-            stats.connect_errors[2].fetch_add(1, Ordering::Relaxed);
+            stats.connect_errors[ConnectError::Other].fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(_)) | Err(_) => {}
     }
@@ -620,15 +744,80 @@ async fn send_try(
     .await
 }
 
-/// The host the client asked for: the Host header (HTTP/1.1) or the URI
-/// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
-fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
+/// The host the client asked for, after refusing heads that a stamp
+/// could read differently from the proxy. Both engines (the fast path and
+/// hyper) leave these to this one place; each check is a compare on
+/// fields already parsed, with no allocation on the way through.
+///
+/// - `CONNECT` is answered 405: the proxy opens no tunnels.
+/// - Two `Host` headers with different values are 400; the same value
+///   twice is folded to one (the `bool` returned says to).
+/// - A target with an authority (absolute-form in HTTP/1.1, `:authority`
+///   in HTTP/2) and a `Host` that differs (ASCII case aside) is 400, as
+///   HAProxy answers; when they agree the request is routed by that host
+///   and forwarded in origin-form.
+/// - An HTTP/1.1 request without `Host` is 400 (RFC 9112 §3.2).
+/// - A body whose `Transfer-Encoding` names a coding other than `chunked`
+///   is 501 (the stamp would get it re-chunked and still encoded), and
+///   `chunked` twice is 400. Only a request whose body has no length yet
+///   can carry one, so the common request skips the header lookup.
+fn checked_host(
+    parts: &http::request::Parts,
+    body: &ClientBody,
+) -> Result<(Option<HeaderValue>, bool), ProxyError> {
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    let mut repeated = false;
+    if let Some(first) = host {
+        for other in hosts {
+            if other != first {
+                return Err(ProxyError::BadRequest(BadRequest::ConflictingHost));
+            }
+            repeated = true;
+        }
+    }
+    let authority = parts.uri.authority();
+    match (host, authority) {
+        (Some(h), Some(a)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err(ProxyError::BadRequest(BadRequest::HostMismatch));
+        }
+        (None, _) if parts.version == http::Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest(BadRequest::MissingHost));
+        }
+        _ => {}
+    }
+    if body.length_unknown() {
+        check_transfer_coding(&parts.headers)?;
+    }
+    let host = host
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    Ok((host, repeated))
+}
+
+/// Refuse every `Transfer-Encoding` but one `chunked` (see [`checked_host`]).
+fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut chunked = false;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(ProxyError::UnsupportedTransferCoding {
+                    coding: String::from_utf8_lossy(coding).into_owned(),
+                });
+            }
+            if std::mem::replace(&mut chunked, true) {
+                return Err(ProxyError::BadRequest(BadRequest::ChunkedTwice));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -656,8 +845,13 @@ fn upstream_uri(
 }
 
 /// The one place a [`ProxyError`] becomes a response: status from the
-/// error, a short JSON body, the cause in `x-stampgate-error`.
-pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+/// error, a short JSON body, the cause in `x-stampgate-error`, and
+/// `connection: close` (HTTP/1.x) when the connection cannot go on.
+pub fn error_response(
+    err: &ProxyError,
+    request_id: &HeaderValue,
+    version: http::Version,
+) -> Response<ResponseBody> {
     let body = serde_json::json!({
         "error": err.code(),
         "message": err.to_string(),
@@ -680,6 +874,14 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Re
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
         );
+    }
+    if matches!(err, ProxyError::ConnectMethod) {
+        // RFC 9110 §15.5.6: a 405 lists what the target does allow.
+        h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
+    // HTTP/2 has no Connection header; its streams are framed apart.
+    if err.closes_connection() && version < http::Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

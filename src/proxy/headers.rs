@@ -40,6 +40,20 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
     ]
 }
 
+/// Whether a `TE` value lists `trailers` (case-insensitive, parameters
+/// allowed on the other codings).
+pub fn names_trailers(te: &HeaderValue) -> bool {
+    te.to_str().is_ok_and(|v| {
+        v.split(',').any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+    })
+}
+
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 ///
 /// One pass over the names finds which of the eight are present (comparing
@@ -109,7 +123,8 @@ pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
 /// `X-Request-Id` (`Host` too when absent, as from HTTP/2, which then costs
 /// one grow). Not one more: a map sized for a one-header request plus these
 /// stays under glibc's per-thread cache limit (1,032 bytes), and one more
-/// doubles it past that, into malloc's slow path (about 600 instructions).
+/// doubles it past that, into malloc's slow path (its cost per request is
+/// in `bench/PERF.md`, "Figures behind code comments").
 pub const ADDED_REQUEST_HEADERS: usize = 5;
 
 /// Rewrite request headers for the stamp. Returns the request id (sent by
@@ -227,8 +242,8 @@ fn append_via(headers: &mut HeaderMap, version: http::Version) {
 /// Marked sensitive, which HTTP/2's HPACK encodes as a never-indexed
 /// literal: a value that never repeats would only evict useful entries
 /// from the connection's header table, and grow the chain of same-name
-/// entries the encoder compares on every response (about 2,000
-/// instructions per h2c request in the profile).
+/// entries the encoder compares on every response (measured in
+/// `bench/PERF.md`, "Figures behind code comments").
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = fastrand::u128(..);

@@ -42,7 +42,7 @@ impl InFlight {
     pub(super) fn begin(conn: &Arc<ConnActivity>, version: http::Version) -> InFlight {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.head_arrived();
-        if conn.protocol.load(Ordering::Relaxed) == 0 {
+        if conn.is_pending() {
             conn.classify(version);
         }
         if version == http::Version::HTTP_2 && !conn.h2.load(Ordering::Relaxed) {

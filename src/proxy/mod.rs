@@ -28,9 +28,12 @@ pub mod h1_server;
 pub mod handler;
 pub mod headers;
 pub mod in_flight;
+pub mod proxy_protocol;
+pub mod redirect;
 pub mod request_body;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use access_log::AccessLog;
 use handler::Gateway;
@@ -67,6 +70,8 @@ pub struct Wiring {
     pub access_log: AccessLog,
     /// Proxy-wide counters.
     pub stats: Arc<ProxyStats>,
+    /// The TLS listeners' certificates (swapped by the controller on reload).
+    pub certificates: Arc<tls::Certificates>,
 }
 
 /// Running client listeners.
@@ -110,7 +115,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
         None
     } else {
         Some(TlsAcceptor::from(tls::server_config(
-            &config.proxy.certificates,
+            wiring.certificates.clone(),
         )?))
     };
     let plain = bind_all(&config.proxy.listen).await?;
@@ -118,6 +123,15 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
     let limits = ConnLimits {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
+        close_grace: config.proxy.shutdown_grace,
+        http1_engine: config.proxy.http1_engine,
+    };
+    let redirect = match (config.proxy.redirect_http_to_https, secure.first()) {
+        (true, Some(l)) => Some(redirect::Redirect {
+            https_port: l.local_addr().map_or(443, |a| a.port()),
+            exempt: config.proxy.redirect_exempt_paths.clone(),
+        }),
+        _ => None,
     };
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {
@@ -125,8 +139,11 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
             signals: wiring.signals,
             access_log: wiring.access_log,
             stats: wiring.stats,
+            redirect,
+            upgrade_idle: config.proxy.idle_timeout,
         }),
         limits,
+        proxy_protocol: config.proxy.proxy_protocol,
         http: Arc::new(server::http_builder()),
         shutdown: Arc::new(Tripwire::new()),
         tracker: TaskTracker::new(),
@@ -140,7 +157,11 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
     for l in secure {
         acceptor.tracker.spawn(acceptor.clone().run(l, tls.clone()));
     }
-    tracing::info!(?listen, ?tls_listen, "proxy listening");
+    tracing::info!(
+        listen = %crate::logging::list(&listen),
+        tls_listen = %crate::logging::list(&tls_listen),
+        "proxy listening"
+    );
     Ok(ProxyHandle {
         listen,
         tls_listen,

@@ -26,6 +26,9 @@ use super::conn::{ConnActivity, ConnInfo};
 use super::h1_server::{self, Served};
 use super::handler::Gateway;
 use super::headers;
+use super::proxy_protocol;
+use crate::config::Http1Engine;
+use crate::metrics::{HandshakeFailure, Listener};
 use crate::tripwire::Tripwire;
 
 /// After an accept error (out of file descriptors, mostly) wait this long
@@ -40,6 +43,13 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Close a connection with nothing in flight after this long.
     pub idle_timeout: Duration,
+    /// Once a graceful close started (GOAWAY, or `Connection: close` on the
+    /// next answer), drop the connection after this long whatever the
+    /// client does: an HTTP/2 client that never answers the shutdown PING
+    /// would otherwise hold it for ever (`proxy.shutdown_grace`).
+    pub close_grace: Duration,
+    /// Whether HTTP/1.1 starts on the fast path or goes straight to hyper.
+    pub http1_engine: Http1Engine,
 }
 
 /// What every accept loop shares.
@@ -49,6 +59,8 @@ pub struct Acceptor {
     pub gateway: Arc<Gateway>,
     /// Connection limits.
     pub limits: ConnLimits,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// hyper's HTTP/1 + HTTP/2 server settings.
     pub http: Arc<auto::Builder<TokioExecutor>>,
     /// Tripped on shutdown: stop accepting, finish in-flight requests.
@@ -64,6 +76,73 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: I,
         activity: Arc<ConnActivity>,
+        frames: H2Frames,
+    }
+}
+
+/// HTTP/2 client connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows the frame headers of an HTTP/2 client connection just far
+/// enough to see a header block left open (HEADERS without END_HEADERS and
+/// no final CONTINUATION): hyper holds such a block without a request in
+/// flight, so neither of its timers nor ours would end it, while the
+/// block stops every other stream of the connection. An HTTP/1 connection
+/// is recognised by its first bytes and costs nothing after them.
+#[derive(Debug, Default)]
+struct H2Frames {
+    /// Bytes of the preface matched so far; `u8::MAX` once it failed
+    /// (not HTTP/2: stop looking).
+    preface: u8,
+    /// The frame header being read, and how much of it.
+    head: [u8; 9],
+    head_len: u8,
+    /// Payload bytes of the current frame still to pass.
+    skip: u32,
+}
+
+impl H2Frames {
+    const OFF: u8 = u8::MAX;
+    const HEADERS: u8 = 0x1;
+    const CONTINUATION: u8 = 0x9;
+    const END_HEADERS: u8 = 0x4;
+
+    fn feed(&mut self, mut bytes: &[u8], activity: &ConnActivity) {
+        while !bytes.is_empty() {
+            let matched = usize::from(self.preface);
+            if self.preface == Self::OFF {
+                return;
+            } else if matched < H2_PREFACE.len() {
+                let n = bytes.len().min(H2_PREFACE.len() - matched);
+                if bytes[..n] != H2_PREFACE[matched..matched + n] {
+                    self.preface = Self::OFF;
+                    return;
+                }
+                self.preface += n as u8;
+                bytes = &bytes[n..];
+            } else if self.skip > 0 {
+                let n = bytes.len().min(self.skip as usize);
+                self.skip -= n as u32;
+                bytes = &bytes[n..];
+            } else {
+                let have = usize::from(self.head_len);
+                let n = bytes.len().min(9 - have);
+                self.head[have..have + n].copy_from_slice(&bytes[..n]);
+                self.head_len += n as u8;
+                bytes = &bytes[n..];
+                if self.head_len == 9 {
+                    let h = self.head;
+                    self.head_len = 0;
+                    self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+                    let end = h[4] & Self::END_HEADERS != 0;
+                    match h[3] {
+                        Self::HEADERS if !end => activity.header_block(true),
+                        Self::CONTINUATION if end => activity.header_block(false),
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -78,6 +157,7 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.bytes_read();
+            this.frames.feed(&buf.filled()[before..], this.activity);
         }
         polled
     }
@@ -89,7 +169,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        this.activity.write_polled(polled.is_pending());
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -105,7 +188,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.write_polled(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -150,8 +236,31 @@ impl Acceptor {
         }
     }
 
-    async fn serve(self, stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn serve(self, mut stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = stream.set_nodelay(true);
+        // Behind a balancer speaking the PROXY protocol, the peer is the
+        // balancer; the header (before any TLS) names the client. A
+        // connection without a valid one within the head timeout is
+        // closed: serving it would log the balancer as the client.
+        let remote = if self.proxy_protocol {
+            let header = Box::pin(tokio::time::timeout(
+                self.limits.header_read_timeout,
+                proxy_protocol::read_header(&mut stream),
+            ));
+            match header.await {
+                Ok(Ok(client)) => client.unwrap_or(remote),
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "PROXY header refused; closing");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "no PROXY header within header_read_timeout; closing");
+                    return;
+                }
+            }
+        } else {
+            remote
+        };
         match tls {
             None => self.serve_io(stream, remote, false).await,
             // The TLS arm is boxed: a task holds its future's largest state,
@@ -165,11 +274,11 @@ impl Acceptor {
                 match handshake.await {
                     Ok(Ok(tls_stream)) => Box::pin(self.serve_io(tls_stream, remote, true)).await,
                     Ok(Err(e)) => {
-                        self.handshake_failed(0);
+                        self.handshake_failed(HandshakeFailure::Error);
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     }
                     Err(_) => {
-                        self.handshake_failed(1);
+                        self.handshake_failed(HandshakeFailure::Timeout);
                         tracing::debug!(%remote, "TLS handshake timed out");
                     }
                 }
@@ -177,8 +286,7 @@ impl Acceptor {
         }
     }
 
-    /// Count a failed handshake: 0 error, 1 timeout.
-    fn handshake_failed(&self, reason: usize) {
+    fn handshake_failed(&self, reason: HandshakeFailure) {
         self.gateway.stats.tls_handshake_failures[reason].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -186,11 +294,12 @@ impl Acceptor {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let listener = usize::from(tls);
+        let listener = Listener::of(tls);
         let activity = Arc::new(ConnActivity::counted(self.gateway.stats.clone(), listener));
         let io = Watched {
             inner: io,
             activity: activity.clone(),
+            frames: H2Frames::default(),
         };
         let info = ConnInfo {
             remote,
@@ -198,6 +307,12 @@ impl Acceptor {
             tls,
             activity: activity.clone(),
         };
+        if self.limits.http1_engine == Http1Engine::Hyper {
+            // As a hand-off with nothing read: one hyper serving function
+            // per stream type, not two.
+            let io = h1_server::Prefixed::new(bytes::Bytes::new(), io);
+            return Box::pin(self.serve_hyper(io, info, &activity)).await;
+        }
         // Requests without a body are served by the fast path; the first
         // request it does not take hands the connection to hyper for good.
         let fast = h1_server::serve(io, &self.gateway, &info, &self.shutdown);
@@ -229,7 +344,7 @@ impl Acceptor {
                 Ok::<_, std::convert::Infallible>(gateway.handle(req, &info, None).await)
             })
         });
-        let conn = self.http.serve_connection(io, service);
+        let conn = self.http.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
         let timer = tokio::time::sleep(head.min(idle));
@@ -248,17 +363,25 @@ impl Acceptor {
                 () = &mut stop, if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + self.limits.close_grace);
                 }
-                () = &mut timer, if !closing => match self.limits.check(activity, remote) {
-                    // Slowloris: drop the connection, not a graceful close
-                    // that would wait for the head to finish.
-                    Timers::HeadLate => break,
-                    Timers::Idle => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                () = &mut timer => {
+                    if closing {
+                        tracing::debug!(%remote, "graceful close not finished within shutdown_grace");
+                        break;
                     }
-                    Timers::Wait(at) => timer.as_mut().reset(at),
-                },
+                    match self.limits.check(activity, remote) {
+                        // Slowloris: drop the connection, not a graceful close
+                        // that would wait for the head to finish.
+                        Timers::HeadLate => break,
+                        Timers::Idle => {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            timer.as_mut().reset(tokio::time::Instant::now() + self.limits.close_grace);
+                        }
+                        Timers::Wait(at) => timer.as_mut().reset(at),
+                    }
+                }
             }
         }
     }
@@ -303,6 +426,20 @@ impl ConnLimits {
     fn check(&self, activity: &ConnActivity, remote: SocketAddr) -> Timers {
         let (head, idle) = (self.header_read_timeout, self.idle_timeout);
         let now = tokio::time::Instant::now();
+        if let Some(late) = activity.header_block_deadline(head)
+            && late <= now
+        {
+            tracing::debug!(%remote, "HTTP/2 header block not finished within header_read_timeout");
+            return Timers::HeadLate;
+        }
+        // A client that reads nothing holds the response (and the stamp's
+        // connection behind it) as long as it likes unless cut.
+        if let Some(late) = activity.write_deadline(idle)
+            && late <= now
+        {
+            tracing::debug!(%remote, "client read nothing for idle_timeout");
+            return Timers::HeadLate;
+        }
         match activity.head_deadline(head) {
             Some(late) if late <= now => {
                 tracing::debug!(%remote, "request head not received within header_read_timeout");
@@ -330,6 +467,8 @@ mod tests {
         ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            close_grace: Duration::from_secs(30),
+            http1_engine: Http1Engine::Fast,
         }
     }
 

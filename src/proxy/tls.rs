@@ -1,9 +1,16 @@
 //! TLS termination for client connections: rustls with the ring provider,
 //! the certificate chosen by SNI (the first configured one is the default
 //! for clients that send no or an unknown name), ALPN `h2` then `http/1.1`.
+//!
+//! The certificates live in [`Certificates`], swapped whole on reload (by
+//! the controller, their one writer): a handshake loads the current set
+//! once, lock-free, so new handshakes get the new certificate while open
+//! connections, which are past their handshake, carry on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -60,11 +67,60 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The server configuration for TLS listeners.
-pub fn server_config(
-    certs: &[CertificateConfig],
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+/// The certificates of the TLS listeners: empty when none is configured.
+#[derive(Debug, Default)]
+pub struct Certificates {
+    current: ArcSwapOption<SniResolver>,
+}
+
+impl Certificates {
+    /// The certificates of `certs` (the config's `[[proxy.certificates]]`).
+    pub fn new(certs: &[CertificateConfig]) -> Result<Certificates, TlsSetupError> {
+        let store = Certificates::default();
+        store.replace(certs)?;
+        Ok(store)
+    }
+
+    /// Use `certs` for every handshake from now on. On an error nothing
+    /// changes: the certificates in use stay.
+    pub fn replace(&self, certs: &[CertificateConfig]) -> Result<(), TlsSetupError> {
+        let resolver = if certs.is_empty() {
+            None
+        } else {
+            Some(Arc::new(resolver(certs)?))
+        };
+        self.current.store(resolver);
+        Ok(())
+    }
+
+    /// Whether any certificate is configured.
+    pub fn is_empty(&self) -> bool {
+        self.current.load().is_none()
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref()?.resolve(hello)
+    }
+}
+
+/// The server configuration for TLS listeners, resolving from `certs`.
+pub fn server_config(certs: Arc<Certificates>) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate);
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn resolver(certs: &[CertificateConfig]) -> Result<SniResolver, TlsSetupError> {
+    let provider = rustls::crypto::ring::default_provider();
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     let mut default = None;
@@ -89,15 +145,9 @@ pub fn server_config(
         }
     }
     let default = default.ok_or(TlsSetupError::NoCertificate)?;
-    let resolver = SniResolver {
+    Ok(SniResolver {
         exact,
         wildcard,
         default,
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    })
 }

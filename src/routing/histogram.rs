@@ -36,19 +36,24 @@ impl LatencyHistogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// `(sum in seconds, count, cumulative buckets)` for encoding.
+    /// `(sum in seconds, count, per-bucket counts)` for encoding, the
+    /// last bucket `+Inf` holding what is above the largest bound.
+    /// Per bucket, not cumulative: prometheus-client accumulates them
+    /// itself while encoding. Read while requests record, the count is
+    /// raised to the buckets' total so that `+Inf` always equals it.
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
+        let mut total = 0;
         let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
             .iter()
             .zip(&self.buckets)
             .map(|(&le, n)| {
-                cumulative += n.load(Ordering::Relaxed);
-                (le, cumulative)
+                let n = n.load(Ordering::Relaxed);
+                total += n;
+                (le, n)
             })
             .collect();
-        let count = self.count.load(Ordering::Relaxed);
-        buckets.push((f64::INFINITY, count.max(cumulative)));
+        let count = self.count.load(Ordering::Relaxed).max(total);
+        buckets.push((f64::INFINITY, count - total));
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         (sum, count, buckets)
     }
@@ -59,7 +64,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_buckets_are_per_bucket_and_add_up_to_the_count() {
         let h = LatencyHistogram::default();
         h.observe(Duration::from_micros(500));
         h.observe(Duration::from_millis(30));
@@ -68,7 +73,9 @@ mod tests {
         assert_eq!(count, 3);
         assert!((sum - 9.0305).abs() < 1e-6, "{sum}");
         assert_eq!(buckets[0], (0.001, 1));
-        assert_eq!(buckets[5], (0.05, 2));
-        assert_eq!(buckets.last().unwrap().1, 3, "+Inf counts everything");
+        assert_eq!(buckets[4], (0.025, 0));
+        assert_eq!(buckets[5], (0.05, 1));
+        assert_eq!(buckets.last().unwrap().1, 1, "+Inf: above 5 s");
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), count);
     }
 }

@@ -14,6 +14,8 @@ use http::uri::Authority;
 use crate::config::{
     AllUnhealthy, Config, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
 };
+use crate::counters::{ByEnum, Label, labels};
+use crate::signals::{AdminShown, HealthState};
 use crate::upstream::Upstream;
 
 pub mod budget;
@@ -53,8 +55,8 @@ pub struct StampStats {
     pub cut: arc_swap::ArcSwap<crate::tripwire::Tripwire>,
     /// Answers by status class (index 0 = 1xx ... 4 = 5xx), for metrics.
     pub responses: [AtomicU64; 5],
-    /// Connect failures by kind (refused, timeout, other), for metrics.
-    pub connect_errors: [AtomicU64; 3],
+    /// Connect failures by kind, for metrics.
+    pub connect_errors: ByEnum<ConnectError, AtomicU64, 3>,
     /// Time from sending a request to the stamp's response head.
     pub upstream_latency: crate::routing::histogram::LatencyHistogram,
     /// Tries sent to the stamp and waiting for a response head: requests
@@ -75,40 +77,74 @@ pub struct StampStats {
 /// `/metrics` can read it without asking the controller task.
 #[derive(Debug, Default)]
 pub struct ControlStats {
-    /// Health state, as an index of [`HEALTH_STATES`].
-    pub health: AtomicU8,
-    /// Admin state, as an index of [`ADMIN_STATES`].
-    pub admin: AtomicU8,
-    /// Health transitions into each state of [`HEALTH_STATES`].
-    pub transitions: [AtomicU64; 4],
+    /// Health state, as its [`Label::index`] (read with [`ControlStats::health`]).
+    health: AtomicU8,
+    /// Admin state as shown, as its [`Label::index`].
+    admin: AtomicU8,
+    /// Health transitions into each state.
+    pub transitions: ByEnum<HealthState, AtomicU64, 4>,
     /// Passive ejections (consecutive gateway failures).
     pub ejections: AtomicU64,
-    /// Probe results: passed, failed.
-    pub probes: [AtomicU64; 2],
+    /// Probe results.
+    pub probes: ByEnum<ProbeResult, AtomicU64, 2>,
     /// Probe round-trip times (until the answer or the failure).
     pub probe_duration: crate::routing::histogram::LatencyHistogram,
 }
 
-/// Health state labels, indexed as in [`ControlStats::health`].
-pub const HEALTH_STATES: [&str; 4] = ["unknown", "healthy", "degraded", "unhealthy"];
-/// Admin state labels, indexed as in [`ControlStats::admin`].
-pub const ADMIN_STATES: [&str; 4] = ["active", "draining", "drained", "disabled"];
+labels! {
+    /// Why a connect to a stamp failed (`kind` on /metrics).
+    pub enum ConnectError {
+        /// Nothing listens at the address.
+        Refused => "refused",
+        /// No answer within `connect_timeout`.
+        Timeout => "timeout",
+        /// Anything else (unreachable, TLS, ...).
+        Other => "other",
+    }
+}
+
+labels! {
+    /// An active probe's result (`result` on /metrics).
+    pub enum ProbeResult {
+        /// It met its expectations.
+        Passed => "passed",
+        /// It did not.
+        Failed => "failed",
+    }
+}
+
+impl ProbeResult {
+    /// The result of a probe that did (`true`) or did not pass.
+    pub fn of(ok: bool) -> ProbeResult {
+        if ok {
+            ProbeResult::Passed
+        } else {
+            ProbeResult::Failed
+        }
+    }
+}
 
 impl ControlStats {
-    /// Mirror the current health and admin state labels.
-    pub fn set_state(&self, health: &str, admin: &str) {
-        let index = |all: &[&str; 4], s: &str| all.iter().position(|x| *x == s).unwrap_or(0) as u8;
-        self.health
-            .store(index(&HEALTH_STATES, health), Ordering::Relaxed);
-        self.admin
-            .store(index(&ADMIN_STATES, admin), Ordering::Relaxed);
+    /// Mirror the current health and admin state.
+    pub fn set_state(&self, health: HealthState, admin: AdminShown) {
+        let index = |i: usize| u8::try_from(i).expect("a handful of states");
+        self.health.store(index(health.index()), Ordering::Relaxed);
+        self.admin.store(index(admin.index()), Ordering::Relaxed);
     }
 
-    /// Count a transition into `state` (a [`HEALTH_STATES`] label).
-    pub fn transition_to(&self, state: &str) {
-        if let Some(i) = HEALTH_STATES.iter().position(|x| *x == state) {
-            self.transitions[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// The health state last mirrored.
+    pub fn health(&self) -> HealthState {
+        HealthState::ALL[usize::from(self.health.load(Ordering::Relaxed))]
+    }
+
+    /// The admin state last mirrored.
+    pub fn admin(&self) -> AdminShown {
+        AdminShown::ALL[usize::from(self.admin.load(Ordering::Relaxed))]
+    }
+
+    /// Count a transition into `state`.
+    pub fn transition_to(&self, state: HealthState) {
+        self.transitions[state].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -266,12 +302,15 @@ pub struct PoolView {
     /// Consecutive gateway failures after which the request path asks the
     /// controller to eject a stamp.
     pub outlier_threshold: u32,
+    /// Longest silence of a stamp while its response body is read.
+    pub read_timeout: std::time::Duration,
 }
 
 impl PoolView {
     fn routes_like(&self, other: &PoolView) -> bool {
         self.selector == other.selector
             && self.failing_open == other.failing_open
+            && self.read_timeout == other.read_timeout
             && Arc::ptr_eq(&self.upstream, &other.upstream)
             && self.stamps.len() == other.stamps.len()
             && self
@@ -543,6 +582,7 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
             .and_then(|h| http::HeaderValue::from_str(h).ok()),
         upstream,
         outlier_threshold: pool.outlier.consecutive_failures,
+        read_timeout: pool.read_timeout,
     }
 }
 
@@ -633,46 +673,207 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A pool of three stamps (priorities 1, 2, 2) with `method`.
-    fn pool_config(method: &str) -> PoolConfig {
-        let text = format!(
-            r#"
-[[routes]]
-name = "r"
-pool = "p"
-[pools.p]
-method = "{method}"
-[[pools.p.stamps]]
-name = "a"
-region = "r1"
-address = "127.0.0.1:9001"
-weight = 1
-[[pools.p.stamps]]
-name = "b"
-region = "r2"
-address = "127.0.0.1:9002"
-weight = 1
-priority = 2
-[[pools.p.stamps]]
-name = "c"
-region = "r3"
-address = "127.0.0.1:9003"
-weight = 1
-priority = 2
-"#
-        );
-        let cfg = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
-        cfg.pools.into_iter().next().unwrap()
+    // --- RoutingTable::build ---------------------------------------------
+
+    /// One route to pool `p` with `pool_keys`, and a stamp per
+    /// `(name, region, priority)`.
+    fn config(pool_keys: &str, stamps: &[(&str, &str, u32)]) -> Config {
+        let mut text = format!("[[routes]]\nname = \"r\"\npool = \"p\"\n[pools.p]\n{pool_keys}\n");
+        for (i, (name, region, priority)) in stamps.iter().enumerate() {
+            text.push_str(&format!(
+                "[[pools.p.stamps]]\nname = \"{name}\"\nregion = \"{region}\"\n\
+                 address = \"127.0.0.1:{}\"\npriority = {priority}\n",
+                9000 + i
+            ));
+        }
+        crate::config::parse_str(&text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
-    fn input(trickle: bool, rtt_ms: u64) -> StampInput {
-        StampInput {
-            effective_weight: 1,
-            admin_enabled: true,
-            rtt: Some(Duration::from_millis(rtt_ms)),
-            trickle,
-            stats: Arc::default(),
+    /// What the controller says of one stamp.
+    #[derive(Clone, Copy)]
+    struct Seen {
+        weight: u32,
+        enabled: bool,
+        rtt_ms: Option<u64>,
+        trickle: bool,
+    }
+
+    const UP: Seen = Seen {
+        weight: 100,
+        enabled: true,
+        rtt_ms: None,
+        trickle: false,
+    };
+    const SLOW: Seen = Seen {
+        trickle: true,
+        ..UP
+    };
+    const DOWN: Seen = Seen { weight: 0, ..UP };
+
+    fn rtt(ms: u64) -> Seen {
+        Seen {
+            rtt_ms: Some(ms),
+            ..UP
         }
+    }
+
+    fn build(config: &Config, seen: &[Seen]) -> RoutingTable {
+        let dns = crate::discovery::DnsCache::new();
+        let mut next = seen.iter();
+        RoutingTable::build(
+            config,
+            7,
+            |p| Arc::new(Upstream::new(p, &dns).expect("plain upstream")),
+            |_| RouteShared {
+                budget: Arc::new(RetryBudget::new(Duration::from_secs(10), 10, 0.2)),
+                stats: Arc::new(RouteStats::new(&[])),
+            },
+            |_, _| {
+                let s = next.next().expect("one Seen per stamp");
+                StampInput {
+                    effective_weight: s.weight,
+                    admin_enabled: s.enabled,
+                    rtt: s.rtt_ms.map(Duration::from_millis),
+                    trickle: s.trickle,
+                    stats: Arc::default(),
+                }
+            },
+        )
+    }
+
+    /// The first pool's tiers as stamp names with their weights.
+    fn tiers(table: &RoutingTable) -> Vec<Vec<(String, u32)>> {
+        let pool = &table.pools[0];
+        pool.selector
+            .tiers()
+            .iter()
+            .map(|t| {
+                t.weighted_members()
+                    .map(|(i, w)| (pool.stamps[i].name.to_string(), w))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn named(tiers: &[&[(&str, u32)]]) -> Vec<Vec<(String, u32)>> {
+        tiers
+            .iter()
+            .map(|t| t.iter().map(|&(n, w)| (n.to_owned(), w)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn priority_makes_one_tier_per_priority_in_order_of_only_usable_stamps() {
+        let cfg = config(
+            "method = \"priority\"",
+            &[
+                ("a", "r1", 2),
+                ("b", "r2", 1),
+                ("c", "r3", 1),
+                ("d", "r4", 3),
+            ],
+        );
+        let seen = [UP, Seen { weight: 40, ..UP }, DOWN, UP];
+        let table = build(&cfg, &seen);
+        assert_eq!(table.generation, 7);
+        assert_eq!(
+            tiers(&table),
+            named(&[&[("b", 40)], &[("a", 100)], &[("d", 100)]]),
+            "the unusable c is in no tier"
+        );
+        assert!(!table.pools[0].failing_open);
+        assert_eq!(table.pools[0].stamps[1].effective_weight, 40);
+        assert_eq!(table.pools[0].stamps[2].configured_weight, 100);
+    }
+
+    #[test]
+    fn weighted_is_one_tier_of_effective_weights() {
+        let cfg = config(
+            "method = \"weighted\"",
+            &[("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 1)],
+        );
+        let table = build(&cfg, &[Seen { weight: 10, ..UP }, UP, DOWN]);
+        assert_eq!(tiers(&table), named(&[&[("a", 10), ("b", 100)]]));
+    }
+
+    #[test]
+    fn latency_trickles_stamps_slower_than_the_fastest_usable_one_by_the_sensitivity() {
+        let cfg = config(
+            "method = \"latency\"\nlatency_sensitivity = \"50ms\"",
+            &[
+                ("fastest-but-down", "r0", 1),
+                ("a", "r1", 1),
+                ("b", "r2", 1),
+                ("c", "r3", 1),
+                ("unmeasured", "r4", 1),
+            ],
+        );
+        let seen = [
+            Seen {
+                weight: 0,
+                ..rtt(1)
+            },
+            rtt(10),
+            rtt(60),
+            rtt(61),
+            UP,
+        ];
+        // Full weights scaled by 400 so that c's one unit of trickle,
+        // 0.25 % of the first tier's weight, is 300.
+        assert_eq!(
+            tiers(&build(&cfg, &seen)),
+            named(&[&[
+                ("a", 40_000),
+                ("b", 40_000),
+                ("unmeasured", 40_000),
+                ("c", 300)
+            ]]),
+            "within 50 ms of a (10 ms), not of the unusable 1 ms stamp; \
+             an unmeasured stamp is not guessed slow"
+        );
+    }
+
+    #[test]
+    fn fail_open_puts_every_enabled_stamp_back_at_its_configured_weight() {
+        let cfg = config(
+            "method = \"priority\"\nall_unhealthy = \"fail-open\"",
+            &[("a", "r1", 1), ("b", "r2", 2), ("disabled", "r3", 1)],
+        );
+        let seen = [
+            DOWN,
+            DOWN,
+            Seen {
+                enabled: false,
+                ..DOWN
+            },
+        ];
+        let table = build(&cfg, &seen);
+        assert!(table.pools[0].failing_open);
+        assert_eq!(
+            tiers(&table),
+            named(&[&[("a", 100), ("b", 100)]]),
+            "one tier, priorities ignored, the operator's disabled stamp left out"
+        );
+        // One usable stamp is enough to end it.
+        let table = build(&cfg, &[DOWN, Seen { weight: 5, ..UP }, DOWN]);
+        assert!(!table.pools[0].failing_open);
+        assert_eq!(
+            tiers(&table),
+            named(&[&[("b", 5)]]),
+            "the empty tier is dropped"
+        );
+    }
+
+    #[test]
+    fn fail_closed_leaves_no_tier_when_nothing_is_usable() {
+        let cfg = config(
+            "all_unhealthy = \"fail-closed\"",
+            &[("a", "r1", 1), ("b", "r2", 1)],
+        );
+        let table = build(&cfg, &[DOWN, DOWN]);
+        assert!(!table.pools[0].failing_open);
+        assert!(tiers(&table).is_empty());
     }
 
     /// Share of new requests per stamp over many picks.
@@ -688,29 +889,35 @@ priority = 2
             .collect()
     }
 
-    fn built(method: &str, inputs: Vec<StampInput>) -> PoolView {
-        let config = pool_config(method);
-        let upstream = Arc::new(Upstream::new(&config, &Default::default()).unwrap());
-        build_pool(&config, inputs, upstream)
+    /// Three stamps at priorities 1, 2, 2.
+    fn three(method: &str) -> Config {
+        config(
+            &format!("method = \"{method}\""),
+            &[("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 2)],
+        )
     }
 
     #[test]
     fn a_latency_outlier_keeps_only_a_trickle_in_every_method() {
         fastrand::seed(3);
         for method in ["weighted", "latency"] {
-            let pool = built(
-                method,
-                vec![input(false, 1), input(true, 1), input(false, 1)],
+            let table = build(
+                &three(method),
+                &[
+                    rtt(1),
+                    Seen {
+                        trickle: true,
+                        ..rtt(1)
+                    },
+                    rtt(1),
+                ],
             );
-            let s = shares(&pool);
+            let s = shares(&table.pools[0]);
             assert!(s[1] > 0.0 && s[1] < 0.005, "{method}: trickle {s:?}");
         }
         // Priority: the slow primary must not keep its tier to itself.
-        let pool = built(
-            "priority",
-            vec![input(true, 1), input(false, 1), input(false, 1)],
-        );
-        let s = shares(&pool);
+        let table = build(&three("priority"), &[SLOW, UP, UP]);
+        let s = shares(&table.pools[0]);
         assert!(s[0] > 0.0 && s[0] < 0.005, "primary trickles: {s:?}");
         assert!(
             s[1] > 0.45 && s[2] > 0.45,
@@ -722,19 +929,13 @@ priority = 2
     fn the_latency_method_trickles_stamps_slower_than_the_sensitivity() {
         fastrand::seed(4);
         // 300 ms against 1 ms, sensitivity 50 ms by default.
-        let pool = built(
-            "latency",
-            vec![input(false, 1), input(false, 300), input(false, 30)],
-        );
-        let s = shares(&pool);
+        let table = build(&three("latency"), &[rtt(1), rtt(300), rtt(30)]);
+        let s = shares(&table.pools[0]);
         assert!(s[1] > 0.0 && s[1] < 0.005, "{s:?}");
         assert!(s[2] > 0.45, "30 ms is within the sensitivity: {s:?}");
         // Nobody trickled: no scaling, even shares.
-        let pool = built(
-            "latency",
-            vec![input(false, 1), input(false, 2), input(false, 3)],
-        );
-        assert!(shares(&pool).iter().all(|&x| x > 0.3));
+        let table = build(&three("latency"), &[rtt(1), rtt(2), rtt(3)]);
+        assert!(shares(&table.pools[0]).iter().all(|&x| x > 0.3));
     }
 
     #[test]

@@ -23,6 +23,33 @@ pub enum AdminState {
     Disabled,
 }
 
+impl AdminState {
+    /// How the state is shown: a draining stamp with nothing in flight is
+    /// `drained`.
+    pub fn shown(self, in_flight: u64) -> AdminShown {
+        match self {
+            AdminState::Active => AdminShown::Active,
+            AdminState::Draining if in_flight == 0 => AdminShown::Drained,
+            AdminState::Draining => AdminShown::Draining,
+            AdminState::Disabled => AdminShown::Disabled,
+        }
+    }
+}
+
+crate::counters::labels! {
+    /// The admin state as status, events and metrics show it.
+    pub enum AdminShown {
+        /// Takes traffic as its health allows.
+        Active => "active",
+        /// No new requests; some still in flight.
+        Draining => "draining",
+        /// Draining, and nothing in flight any more.
+        Drained => "drained",
+        /// No traffic at all.
+        Disabled => "disabled",
+    }
+}
+
 /// A stamp, or every stamp of a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -70,6 +97,61 @@ pub enum Command {
     Reload,
     /// The JSON status document (`/admin/status`).
     Status,
+    /// Fleet: what `command` would decide per stamp (from the fleet's
+    /// decisions as applied here); changes nothing.
+    /// Refusals (unknown stamp, last usable region) come back as for the
+    /// command itself.
+    Plan(Box<Command>),
+    /// Fleet: decisions read from etcd, to apply on this edge.
+    ApplyFleet(FleetApply),
+    /// Fleet: the emergency override: carry out `command` on this edge
+    /// only, and keep the stamps it touches out of fleet decisions until
+    /// [`Command::ClearLocal`].
+    Local(Box<Command>),
+    /// Fleet: end the local override of a stamp; it follows the fleet's
+    /// decision again.
+    ClearLocal {
+        /// The stamp.
+        stamp: String,
+    },
+    /// Fleet: stamps that a quorum of live edges sees unhealthy, with the
+    /// edges that see it so (the whole set each time; empty clears).
+    FleetHealth {
+        /// Stamp name to the names of the edges that see it down.
+        down: std::collections::BTreeMap<String, Vec<String>>,
+    },
+}
+
+/// The fleet's word on one stamp, as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetDecision {
+    /// The stamp.
+    pub stamp: String,
+    /// Admin state.
+    pub admin: AdminState,
+    /// Weight override.
+    pub weight: Option<u32>,
+    /// A drain's deadline, counted from when each edge applies it.
+    pub deadline: Option<Duration>,
+    /// The operator (token label) who decided.
+    pub by: String,
+    /// The edge whose admin API took the decision.
+    pub edge: String,
+    /// What was asked, in words (`drain stamp a`).
+    pub why: String,
+    /// The etcd revision that wrote it (its key's mod revision).
+    pub revision: i64,
+}
+
+/// A batch of fleet decisions to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetApply {
+    /// The decisions; older than what a stamp already has: skipped.
+    pub decisions: Vec<FleetDecision>,
+    /// A full read: stamps without a decision here go back to active.
+    pub full: bool,
+    /// The etcd revision this batch brings the edge to.
+    pub revision: i64,
 }
 
 /// Why a command was not carried out. Maps to the admin API's status code.
@@ -101,6 +183,14 @@ pub enum AdminError {
     /// The controller is gone (shutting down).
     #[error("the controller is not running")]
     Unavailable,
+    /// Fleet: etcd cannot be reached, so a fleet-wide decision cannot be
+    /// made; nothing changed anywhere.
+    #[error("{0}")]
+    FleetUnavailable(String),
+    /// Fleet: another operator changed the same stamp at the same time,
+    /// and retrying on the new state did not settle it.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl AdminError {
@@ -112,7 +202,10 @@ impl AdminError {
             AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
             AdminError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            AdminError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Unavailable | AdminError::FleetUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! connection back into the pool once it has been read to its end.
 //!
 //! This replaces hyper's `client::conn::http1`, whose connection task,
-//! per-request channels and extra wake-ups cost about a third of the
-//! proxy's instructions per request. Nothing here is spawned: the
+//! per-request channels and extra wake-ups were the largest single cost
+//! in the request path's profile (figures in `bench/PERF.md`, "Figures
+//! behind code comments"). Nothing here is spawned: the
 //! connection is owned by whoever is using it (the request future, then the
 //! response body), so dropping either closes it.
 //!
@@ -441,9 +442,9 @@ async fn write_slices(io: &mut Io, parts: [&[u8]; 3], written: &mut u64) -> io::
 /// `Transfer-Encoding` always (framing is each hop's own), `Connection`
 /// when its tokens are only `close` and `keep-alive`, so that it names no
 /// other header for `proxy::headers::strip_hop_by_hop` to find and remove. A header left
-/// out costs no insert into the map and no removal from it: removing a
-/// stamp's `Connection: keep-alive` again was about 1,200 instructions per
-/// response. Any other `Connection` value goes into the map, and the strip
+/// out costs no insert into the map and no removal from it, which showed
+/// in the per-response profile (`bench/PERF.md`, "Figures behind code
+/// comments"). Any other `Connection` value goes into the map, and the strip
 /// removes it with the headers it names.
 pub fn consumed_by_parser(name: &HeaderName, value: &[u8]) -> bool {
     if name == header::CONNECTION {
@@ -607,10 +608,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| protocol(format!("status {code}")))?;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(protocol("101 Switching Protocols is not supported"));
-    }
-    if status.is_informational() {
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(Parsed::Informational));
     }
     let version = if minor == 1 {
@@ -632,10 +630,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
             .map_err(|_| protocol("invalid header value"))?;
         if name == header::TRANSFER_ENCODING {
             has_te = true;
-            // Only the final coding says whether the body is chunked.
-            chunked = tokens(&value)
-                .last()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            // Only the final coding of the whole list says whether the body
+            // is chunked; a line with no coding in it (`Transfer-Encoding:`
+            // after `chunked`) does not end the list (the fuzzer in
+            // `fuzz.rs` found that it read such a body to the close).
+            if let Some(last) = tokens(&value).last() {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
         } else if name == header::CONTENT_LENGTH {
             for token in tokens(&value) {
                 let n = parse_length(token).ok_or_else(|| protocol("invalid Content-Length"))?;
@@ -659,27 +660,30 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     }
 
     let mut reuse = !close && (version == Version::HTTP_11 || keep_alive);
-    let framing =
-        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Length(0)
-        } else if has_te {
-            if length.is_some() {
-                // Both: a smuggling attempt or a broken stamp. The chunked
-                // framing wins (RFC 9112 §6.3), the stated length must not
-                // reach the client, and the connection is not trusted again.
-                headers.remove(header::CONTENT_LENGTH);
-                reuse = false;
-            }
-            if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            }
-        } else if let Some(n) = length {
-            Framing::Length(n)
+    let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
+        reuse = false;
+        Framing::Switched
+    } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if has_te {
+        if length.is_some() {
+            // Both: a smuggling attempt or a broken stamp. The chunked
+            // framing wins (RFC 9112 §6.3), the stated length must not
+            // reach the client, and the connection is not trusted again.
+            headers.remove(header::CONTENT_LENGTH);
+            reuse = false;
+        }
+        if chunked {
+            Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
-        };
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
     if framing == Framing::Close {
         reuse = false;
     }
@@ -723,6 +727,9 @@ enum Framing {
     Chunked(Chunk),
     /// Until the stamp closes the connection.
     Close,
+    /// `101 Switching Protocols`: no HTTP body; the connection is the
+    /// request path's to take ([`H1Body::take_switched`]), never pooled.
+    Switched,
 }
 
 /// Where a chunked body's decoder stands.
@@ -788,6 +795,12 @@ fn advance_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<(), H1Error>
                 if nl == 0 || buf[nl - 1] != b'\r' {
                     return Err(protocol("trailer line not ended by CRLF"));
                 }
+                // A bare CR (or NUL) inside a trailer line: a parser that
+                // ends lines at a bare CR would see the trailers end
+                // elsewhere ("\r\r\n" is an empty line to it).
+                if buf[..nl - 1].iter().any(|&b| b == b'\r' || b == 0) {
+                    return Err(protocol("control character in a trailer line"));
+                }
                 let seen = seen + nl + 1;
                 if seen > MAX_HEAD {
                     return Err(protocol("trailer section too large"));
@@ -816,7 +829,15 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     for &d in &line[..digits] {
         size = size << 4 | u64::from((d as char).to_digit(16).ok_or_else(bad)?);
     }
-    let rest = line[digits..].trim_ascii_start();
+    // BWS is spaces and tabs only: `trim_ascii_start` also took a bare CR
+    // (or a form feed), so "5\r\r\n" read as size 5 where a parser that
+    // ends lines at a bare CR reads another line (found by the fuzzer in
+    // `fuzz.rs`; httparse refuses it too).
+    let bws = line[digits..]
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &line[digits + bws..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err(bad());
     }
@@ -860,6 +881,17 @@ impl H1Body {
         body
     }
 
+    /// After `101 Switching Protocols`: the raw connection and the bytes
+    /// the stamp already sent past the head. `None` for any other answer.
+    pub fn take_switched(&mut self) -> Option<(Io, BytesMut)> {
+        if !matches!(&self.reading, Some(r) if r.framing == Framing::Switched) {
+            return None;
+        }
+        let conn = self.reading.take()?.conn;
+        let H1Conn { io, read, .. } = *conn;
+        Some((io, read))
+    }
+
     /// The body was read to its end: the connection goes back if it may.
     /// Bytes after the response (the stamp must send none) make it
     /// unusable.
@@ -879,7 +911,7 @@ impl Reading {
         loop {
             let buf = &mut self.conn.read;
             match &mut self.framing {
-                Framing::Length(0) => return Poll::Ready(Ok(None)),
+                Framing::Length(0) | Framing::Switched => return Poll::Ready(Ok(None)),
                 Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
                     let n = (*left).min(buf.len() as u64);
                     *left -= n;
@@ -1039,5 +1071,7 @@ impl IdleQueue {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -138,6 +138,9 @@ pub struct Upstream {
     /// HTTP/1.1: TCP from the same connector settings, TLS on top here.
     http: HttpConnector<CacheResolver>,
     tls: tokio_rustls::TlsConnector,
+    /// `upstream_tls.server_name`: SNI and verified name instead of the
+    /// stamp's host, on both paths.
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
     conns: ConnCache,
     scheme: Scheme,
     version: http::Version,
@@ -165,9 +168,15 @@ impl Upstream {
         let tls = client_tls(pool)?;
         // ALPN stays empty for HTTP/1.1, as hyper-rustls leaves it.
         let h1_tls = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        let server_name = tls_server_name(pool)?;
+        let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
+        if let Some(name) = &server_name {
+            builder = builder.with_server_name_resolver(
+                hyper_rustls::FixedServerNameResolver::new(name.clone()),
+            );
+        }
         let connector = if pool.upstream_http2 {
             builder.enable_http2().wrap_connector(http.clone())
         } else {
@@ -177,6 +186,7 @@ impl Upstream {
             connector,
             http,
             tls: h1_tls,
+            server_name,
             conns: ConnCache::new(POOL_IDLE_TIMEOUT),
             scheme: if pool.upstream_tls {
                 Scheme::HTTPS
@@ -302,6 +312,22 @@ impl Upstream {
         key: Authority,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        // The URI names the stamp to connect to; `:authority` must say
+        // what `Host` says (RFC 9113, 8.3.1), so the Host header becomes
+        // the URI's authority and is not sent twice.
+        let target = if let Some(host) = req.headers_mut().remove(http::header::HOST)
+            && let Ok(authority) = Authority::try_from(host.as_bytes())
+        {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            let mut stamp_uri = http::uri::Parts::default();
+            stamp_uri.scheme = parts.scheme.clone();
+            stamp_uri.authority = parts.authority.replace(authority);
+            stamp_uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
+            Uri::from_parts(stamp_uri).expect("the stamp's own URI")
+        } else {
+            req.uri().clone()
+        };
         if let Some(mut tx) = self.conns.h2(&key) {
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
@@ -309,7 +335,7 @@ impl Upstream {
             }
         }
         // Boxed for the same reason as in `send_h1`.
-        let mut tx = Box::pin(self.connect_h2(stamp, req.uri())).await?;
+        let mut tx = Box::pin(self.connect_h2(stamp, &target)).await?;
         self.conns.set_h2(&key, &tx);
         tx.send_request(req).await.map_err(|e| classify(stamp, &e))
     }
@@ -348,23 +374,48 @@ impl Upstream {
             stamp: stamp.to_owned(),
             detail,
         };
-        let host = target.host().unwrap_or_default();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| failed(format!("invalid TLS server name {host:?}: {e}")))?;
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| failed(format!("TLS handshake: {}", chain_text(&e))))?;
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = target.host().unwrap_or_default();
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| failed(format!("invalid TLS server name {host:?}: {e}")))?
+            }
+        };
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+            tls_rejected(stamp, &e)
+                .unwrap_or_else(|| failed(format!("TLS handshake: {}", chain_text(&e))))
+        })?;
         Ok(H1Conn::new(Io::Tls(Box::new(tls))))
     }
 
     async fn connect_h2(&self, stamp: &str, target: &Uri) -> Result<Http2Sender, ProxyError> {
-        let io = self.connect(stamp, target).await?;
+        use hyper_util::client::legacy::connect::Connection as _;
+        let io = self.connect(stamp, target).await.map_err(|e| match e {
+            // A stamp whose ALPN list lacks h2 refuses the handshake.
+            ProxyError::ConnectFailed { stamp, detail } if detail.contains("NoApplicationProtocol") => {
+                ProxyError::ConnectFailed {
+                    stamp,
+                    detail: format!("{detail}: the stamp's TLS ALPN offered no h2 (upstream_http2 = true needs it)"),
+                }
+            }
+            other => other,
+        })?;
+        // Over TLS, HTTP/2 needs the stamp to pick `h2` by ALPN; one that
+        // picks nothing speaks HTTP/1.1 and would answer the HTTP/2
+        // preface with garbage, which showed as a vague reset.
+        if target.scheme() == Some(&Scheme::HTTPS) && !io.connected().is_negotiated_h2() {
+            return Err(ProxyError::ConnectFailed {
+                stamp: stamp.to_owned(),
+                detail: "the stamp's TLS ALPN offered no h2; upstream_http2 = true needs it \
+                         (set upstream_http2 = false for an HTTP/1.1-only stamp)"
+                    .to_owned(),
+            });
+        }
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -411,6 +462,11 @@ fn request_target<'a>(method: &Method, uri: &'a Uri) -> &'a str {
 /// before one byte of the request was written is a failed connection: the
 /// stamp saw nothing.
 fn classify_h1(stamp: &str, err: H1Error, reused: bool) -> ProxyError {
+    if let H1Error::Closed { err: io, .. } = &err
+        && let Some(rejected) = tls_rejected(stamp, io)
+    {
+        return rejected;
+    }
     let stamp = stamp.to_owned();
     match err {
         H1Error::Body(BodyError::TooLarge { limit }) => ProxyError::BodyTooLarge { limit },
@@ -458,9 +514,85 @@ fn client_tls(pool: &PoolConfig) -> Result<rustls::ClientConfig, UpstreamSetupEr
             pool: pool.name.clone(),
             source,
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &pool.client_cert {
+        None => config.with_no_client_auth(),
+        Some(c) => config
+            .with_client_auth_cert(c.cert_chain.clone(), c.key.clone_key())
+            .map_err(|source| UpstreamSetupError::Tls {
+                pool: pool.name.clone(),
+                source,
+            })?,
+    };
     Ok(config)
+}
+
+/// `upstream_tls.server_name` as rustls takes it (validated with the
+/// config; a failure here is reported like any TLS setup error).
+fn tls_server_name(
+    pool: &PoolConfig,
+) -> Result<Option<rustls::pki_types::ServerName<'static>>, UpstreamSetupError> {
+    pool.tls_server_name
+        .as_ref()
+        .map(|n| {
+            rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| {
+                UpstreamSetupError::Tls {
+                    pool: pool.name.clone(),
+                    source: rustls::Error::General(format!("upstream_tls.server_name {n:?}: {e}")),
+                }
+            })
+        })
+        .transpose()
+}
+
+/// The stamp refused our client certificate (or the lack of one). With
+/// TLS 1.2 the alert ends the handshake; with TLS 1.3 the client's side of
+/// the handshake is already done, and the alert arrives on the first read:
+/// either way it is a rustls `AlertReceived` somewhere in the chain.
+fn tls_rejected(stamp: &str, err: &(dyn StdError + 'static)) -> Option<ProxyError> {
+    use rustls::AlertDescription as A;
+    const REFUSALS: [A; 8] = [
+        A::CertificateRequired,
+        A::BadCertificate,
+        A::UnknownCA,
+        A::CertificateUnknown,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::UnsupportedCertificate,
+        A::AccessDenied,
+    ];
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut alert = None;
+    while let Some(e) = cur {
+        // An `io::Error` wrapping the rustls error (as tokio-rustls makes
+        // them) hides it from `source()`, which skips to the wrapped
+        // error's own source: look inside with `get_ref`.
+        let inner = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+        let typed = e
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| inner.and_then(|i| i.downcast_ref::<rustls::Error>()));
+        if let Some(rustls::Error::AlertReceived(a)) = typed {
+            alert = Some(*a);
+            break;
+        }
+        // The h2 crate keeps only the kind and text of an I/O error, so
+        // on the HTTP/2 path rustls' message is all that is left.
+        if let Some(text) = inner.map(|i| i.to_string())
+            && let Some(name) = text.strip_prefix("received fatal alert: ")
+            && let Some(a) = REFUSALS.iter().find(|a| format!("{a:?}") == name)
+        {
+            alert = Some(*a);
+            break;
+        }
+        cur = e.source();
+    }
+    let alert = alert?;
+    REFUSALS
+        .contains(&alert)
+        .then(|| ProxyError::UpstreamTlsRejected {
+            stamp: stamp.to_owned(),
+            detail: format!("the stamp refused our client certificate: alert {alert:?}"),
+        })
 }
 
 /// Turn an error of an exchange with a stamp into what happened there. The
@@ -473,6 +605,9 @@ fn classify(stamp: &str, err: &hyper::Error) -> ProxyError {
             BodyError::Client(e) => ProxyError::ClientBody(e.to_string()),
         };
     }
+    if let Some(rejected) = tls_rejected(stamp, err) {
+        return rejected;
+    }
     ProxyError::UpstreamReset {
         stamp: stamp.to_owned(),
         detail: chain_text(err),
@@ -482,6 +617,9 @@ fn classify(stamp: &str, err: &hyper::Error) -> ProxyError {
 /// A failed connect (TCP or TLS): refused and timed out are told apart,
 /// because the stamp's metrics count them separately.
 fn classify_connect(stamp: &str, err: &(dyn StdError + Send + Sync + 'static)) -> ProxyError {
+    if let Some(rejected) = tls_rejected(stamp, err) {
+        return rejected;
+    }
     let stamp = stamp.to_owned();
     match find_source::<io::Error>(err).map(io::Error::kind) {
         Some(io::ErrorKind::ConnectionRefused) => ProxyError::ConnectRefused { stamp },
@@ -496,6 +634,9 @@ fn classify_connect(stamp: &str, err: &(dyn StdError + Send + Sync + 'static)) -
 /// The connection was made but the HTTP/2 handshake on it failed (the
 /// preface or settings exchange): no request was sent.
 fn handshake_failed(stamp: &str, err: &hyper::Error) -> ProxyError {
+    if let Some(rejected) = tls_rejected(stamp, err) {
+        return rejected;
+    }
     ProxyError::ConnectFailed {
         stamp: stamp.to_owned(),
         detail: chain_text(err),
@@ -551,6 +692,7 @@ mod tests {
             connector,
             http: tcp,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            server_name: None,
             conns: ConnCache::new(POOL_IDLE_TIMEOUT),
             scheme: Scheme::HTTP,
             version: http::Version::HTTP_11,

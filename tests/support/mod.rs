@@ -261,6 +261,46 @@ pub async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
     assert!(waited.is_ok(), "not within {EVENTUALLY:?}: {what}");
 }
 
+/// Wait until the controller has stored a table newer than generation
+/// `after`; return its generation. Awaits the publish itself, so a test
+/// needs no sleep to let a change reach the routing table.
+pub async fn published_after(
+    controller: &stampgate::controller::ControllerHandle,
+    after: u64,
+) -> u64 {
+    let mut published = controller.published();
+    let waited = tokio::time::timeout(EVENTUALLY, published.wait_for(|&g| g > after)).await;
+    match waited {
+        Ok(Ok(g)) => *g,
+        Ok(Err(_)) => panic!("the controller stopped before publishing past generation {after}"),
+        Err(_) => panic!("no table past generation {after} within {EVENTUALLY:?}"),
+    }
+}
+
+/// Wait until a published routing table satisfies `holds`, looking at each
+/// table as the controller stores it (never polling on a timer); panic
+/// naming `what` after [`EVENTUALLY`].
+pub async fn published_until(
+    controller: &stampgate::controller::ControllerHandle,
+    what: &str,
+    mut holds: impl FnMut(&stampgate::routing::RoutingTable) -> bool,
+) {
+    let mut published = controller.published();
+    let waited = tokio::time::timeout(EVENTUALLY, async {
+        loop {
+            published.borrow_and_update();
+            if holds(&controller.routing.load()) {
+                return;
+            }
+            if published.changed().await.is_err() {
+                panic!("the controller stopped: {what}");
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "not within {EVENTUALLY:?}: {what}");
+}
+
 /// Resident set size of this process, in bytes (Linux).
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -353,14 +393,20 @@ impl FakeController {
                 }
             }
         });
-        let handle = ControllerHandle {
-            routing: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+        // Nothing publishes here: the table stays at generation 0.
+        let (_, published) = tokio::sync::watch::channel(0);
+        let handle = ControllerHandle::new(
+            std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
                 stampgate::routing::RoutingTable::empty(),
             )),
-            signals: tx,
-            events: stampgate::controller::events::EventLog::new(),
-            stats: Default::default(),
-        };
+            tx,
+            stampgate::controller::events::EventLog::new(),
+            Default::default(),
+            published,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
         FakeController { handle, seen }
     }
 
@@ -413,3 +459,4 @@ where
         }
     }
 }
+pub mod etcd;

@@ -3,7 +3,9 @@
 //! because the admin API addresses a stamp by name alone.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
@@ -11,11 +13,13 @@ use http::{HeaderName, HeaderValue};
 
 use super::{Ctx, check_host_name, key_segment, pem, quote, quote_list, shown_duration};
 use crate::config::defaults::*;
-use crate::config::raw::{RawHealth, RawOutlier, RawPool, RawProbe, RawStamp};
+use crate::config::raw::{
+    RawHealth, RawOutlier, RawPool, RawProbe, RawStamp, RawUpstreamTls, RawUpstreamTlsTable,
+};
 use crate::config::units::format_duration;
 use crate::config::{
-    AllUnhealthy, ConfigError, HealthConfig, Method, OutlierConfig, PoolConfig, ProbeConfig,
-    StampConfig,
+    AllUnhealthy, ClientCertConfig, ConfigError, HealthConfig, Method, OutlierConfig, PoolConfig,
+    ProbeConfig, StampConfig,
 };
 
 /// Validates every pool, in name order.
@@ -49,16 +53,30 @@ fn pool(ctx: &Ctx<'_>, name: &str, raw: RawPool) -> Result<PoolConfig, ConfigErr
     ctx.name(&base, name)?;
     let method = method(ctx, &key("method"), raw.method.as_deref())?;
     let all_unhealthy = all_unhealthy(ctx, &key("all_unhealthy"), raw.all_unhealthy.as_deref())?;
-    let upstream_tls = raw.upstream_tls.unwrap_or(DEFAULT_UPSTREAM_TLS);
+    let (upstream_tls, tls_table) = match raw.upstream_tls {
+        None => (DEFAULT_UPSTREAM_TLS, None),
+        Some(RawUpstreamTls::On(on)) => (on, None),
+        // The table form is TLS with settings: there is no table that
+        // means "off".
+        Some(RawUpstreamTls::Table(t)) => (true, Some(t)),
+    };
+    let tls_table = tls_table.unwrap_or_default();
     let probe = probe(
         ctx,
         &key("probe"),
         raw.probe.unwrap_or_default(),
         upstream_tls,
     )?;
-    let ca_file = match &raw.ca_file {
-        None => None,
-        Some(raw_path) => {
+    let ca_file = match (&raw.ca_file, &tls_table.ca_file) {
+        (None, None) => None,
+        (Some(_), Some(inner)) => {
+            return Err(ctx.invalid(
+                &key("upstream_tls.ca_file"),
+                quote(inner),
+                format!("{} is set too; name the trust file once", key("ca_file")),
+            ));
+        }
+        (Some(raw_path), None) => {
             // A trust file that nothing uses hides a forgotten upstream_tls.
             if !upstream_tls && !probe.https {
                 return Err(ctx.invalid(
@@ -67,10 +85,22 @@ fn pool(ctx: &Ctx<'_>, name: &str, raw: RawPool) -> Result<PoolConfig, ConfigErr
                     "only used with upstream_tls = true or probe.https = true",
                 ));
             }
-            let path = ctx.path(&key("ca_file"), raw_path)?;
-            pem::load_certs(&path)
-                .map_err(|rule| ctx.invalid(&key("ca_file"), quote(raw_path), rule))?;
-            Some(path)
+            Some(ca_file(ctx, &key("ca_file"), raw_path)?)
+        }
+        (None, Some(raw_path)) => Some(ca_file(ctx, &key("upstream_tls.ca_file"), raw_path)?),
+    };
+    let client_cert = client_cert(ctx, &key("upstream_tls"), &tls_table)?;
+    let tls_server_name = match &tls_table.server_name {
+        None => None,
+        Some(n) => {
+            rustls::pki_types::ServerName::try_from(n.as_str()).map_err(|_| {
+                ctx.invalid(
+                    &key("upstream_tls.server_name"),
+                    quote(n),
+                    "must be a DNS name or an IP address",
+                )
+            })?;
+            Some(n.clone())
         }
     };
     let host_header = match raw.host_header {
@@ -93,6 +123,8 @@ fn pool(ctx: &Ctx<'_>, name: &str, raw: RawPool) -> Result<PoolConfig, ConfigErr
         )?,
         upstream_tls,
         ca_file,
+        client_cert,
+        tls_server_name,
         upstream_http2: raw.upstream_http2.unwrap_or(DEFAULT_UPSTREAM_HTTP2),
         host_header,
         connect_timeout: ctx.positive_duration(
@@ -100,11 +132,57 @@ fn pool(ctx: &Ctx<'_>, name: &str, raw: RawPool) -> Result<PoolConfig, ConfigErr
             raw.connect_timeout.as_deref(),
             DEFAULT_CONNECT_TIMEOUT,
         )?,
+        read_timeout: ctx.positive_duration(
+            &key("read_timeout"),
+            raw.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        )?,
         probe,
         outlier: outlier(ctx, &key("outlier"), raw.outlier.unwrap_or_default())?,
         health: health(ctx, &key("health"), raw.health.unwrap_or_default())?,
         stamps: stamps(ctx, &base, raw.stamps.unwrap_or_default())?,
     })
+}
+
+/// A PEM trust file, checked to hold a certificate.
+fn ca_file(ctx: &Ctx<'_>, key: &str, raw_path: &str) -> Result<PathBuf, ConfigError> {
+    let path = ctx.path(key, raw_path)?;
+    pem::load_certs(&path).map_err(|rule| ctx.invalid(key, quote(raw_path), rule))?;
+    Ok(path)
+}
+
+/// `upstream_tls.cert` and `.key`: both or neither, loaded and checked to
+/// be a pair, so a wrong file fails `check` instead of every handshake.
+fn client_cert(
+    ctx: &Ctx<'_>,
+    base: &str,
+    t: &RawUpstreamTlsTable,
+) -> Result<Option<ClientCertConfig>, ConfigError> {
+    let (cert_key, key_key) = (format!("{base}.cert"), format!("{base}.key"));
+    let (raw_cert, raw_key) = match (&t.cert, &t.key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        (Some(c), None) => {
+            return Err(ctx.invalid(&cert_key, quote(c), format!("needs {key_key} too")));
+        }
+        (None, Some(k)) => {
+            return Err(ctx.invalid(&key_key, quote(k), format!("needs {cert_key} too")));
+        }
+    };
+    let cert_path = ctx.path(&cert_key, raw_cert)?;
+    let cert_chain = pem::load_certs(&cert_path)
+        .map_err(|rule| ctx.invalid(&cert_key, quote(raw_cert), rule))?;
+    let key_path = ctx.path(&key_key, raw_key)?;
+    let key =
+        pem::load_key(&key_path).map_err(|rule| ctx.invalid(&key_key, quote(raw_key), rule))?;
+    pem::check_pair(&cert_chain, &key, &cert_path)
+        .map_err(|rule| ctx.invalid(&key_key, quote(raw_key), rule))?;
+    Ok(Some(ClientCertConfig {
+        cert_path,
+        key_path,
+        cert_chain,
+        key: Arc::new(key),
+    }))
 }
 
 fn method(ctx: &Ctx<'_>, key: &str, raw: Option<&str>) -> Result<Method, ConfigError> {

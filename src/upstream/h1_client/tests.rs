@@ -222,14 +222,21 @@ async fn informational_responses_are_skipped() {
     assert_eq!(q.len(), 1);
 }
 
+/// A 101 hands the raw connection, and the bytes that came after the
+/// head, to the request path; it never goes back to the pool.
 #[tokio::test]
-async fn switching_protocols_is_refused() {
-    let (resp, _q, _server) = exchange(
+async fn switching_protocols_hands_over_the_connection() {
+    let (resp, q, _server) = exchange(
         Method::GET,
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nearly",
     )
     .await;
-    assert!(protocol_error(resp).contains("101"));
+    let mut resp = resp.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let (_io, early) = resp.body_mut().take_switched().expect("the raw connection");
+    assert_eq!(&early[..], b"early");
+    assert!(resp.body_mut().take_switched().is_none(), "taken once");
+    assert_eq!(q.len(), 0, "never pooled");
 }
 
 #[tokio::test]

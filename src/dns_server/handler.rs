@@ -1,0 +1,339 @@
+//! The hickory glue: one [`RequestHandler`] that turns a parsed query into
+//! an authoritative answer for the zone. hickory-server owns the sockets,
+//! the wire format, truncation of UDP answers (TC bit) and FORMERR for
+//! packets it cannot parse; this file decides what the answer says.
+//!
+//! Per query: one `ArcSwap::load` of the routing table, one of the live
+//! edges, one of the discovery cache per stamp host name, relaxed atomic
+//! counters. No lock, and nothing the proxy's request path waits on.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use super::rate_limit::{RateLimiter, Verdict};
+use super::{LiveEdges, answer};
+use crate::config::{DnsRecordConfig, DnsServerSettings};
+use crate::discovery::DnsCache;
+use crate::metrics::{DNS_QTYPES, DNS_RCODES, DnsQueryStats};
+use crate::routing::RoutingTable;
+
+/// SOA timers. Nothing transfers this zone (answers are computed, not
+/// stored), so refresh, retry and expire only need to be sane values for
+/// tools that read them; these are RFC 1912's suggestions.
+const SOA_REFRESH: i32 = 3600;
+const SOA_RETRY: i32 = 600;
+const SOA_EXPIRE: i32 = 86_400 * 14;
+/// The only EDNS version there is.
+const EDNS_VERSION: u8 = 0;
+
+/// The zone, parsed once at start.
+#[derive(Debug)]
+pub(super) struct Zone {
+    origin: Name,
+    origin_lower: LowerName,
+    nameservers: Vec<Name>,
+    hostmaster: Name,
+    ttl: u32,
+    /// Records with their lower-case names, in config order.
+    records: Vec<(LowerName, DnsRecordConfig)>,
+}
+
+impl Zone {
+    pub(super) fn new(settings: &DnsServerSettings) -> Result<Zone, String> {
+        let name = |s: &str| Name::from_ascii(s).map_err(|e| format!("{s}: {e}"));
+        let origin = name(&settings.zone)?;
+        Ok(Zone {
+            origin_lower: LowerName::new(&origin),
+            origin,
+            nameservers: settings
+                .nameservers
+                .iter()
+                .map(|n| name(n))
+                .collect::<Result<_, _>>()?,
+            hostmaster: name(&settings.hostmaster)?,
+            ttl: u32::try_from(settings.ttl.as_secs()).unwrap_or(i32::MAX as u32),
+            records: settings
+                .records
+                .iter()
+                .map(|r| Ok((LowerName::new(&name(&r.fqdn)?), r.clone())))
+                .collect::<Result<_, String>>()?,
+        })
+    }
+
+    /// The SOA record; the serial is the routing table generation, so a
+    /// change of what the zone answers shows as a new serial.
+    fn soa(&self, generation: u64) -> Record {
+        let soa = SOA::new(
+            self.nameservers[0].clone(),
+            self.hostmaster.clone(),
+            // Serial arithmetic (RFC 1982) wraps, so truncation is fine.
+            generation as u32,
+            SOA_REFRESH,
+            SOA_RETRY,
+            SOA_EXPIRE,
+            // Negative answers are cached as long as positive ones.
+            self.ttl,
+        );
+        Record::from_rdata(self.origin.clone(), self.ttl, RData::SOA(soa))
+    }
+}
+
+/// Answers queries for one zone from the routing table.
+pub(super) struct Handler {
+    pub(super) zone: Zone,
+    pub(super) routing: Arc<ArcSwap<RoutingTable>>,
+    pub(super) resolved: DnsCache,
+    pub(super) edges: LiveEdges,
+    pub(super) limiter: Option<RateLimiter>,
+    pub(super) stats: Arc<DnsQueryStats>,
+}
+
+/// What a lookup found, before it is written out.
+struct Found {
+    code: ResponseCode,
+    answers: Vec<Record>,
+    /// SOA in the authority section (NODATA, NXDOMAIN).
+    soa: bool,
+    /// Index of the metrics label: a record, the apex, or "-".
+    label: usize,
+}
+
+impl Handler {
+    /// The label index of names that are no record: unknown names, names
+    /// outside the zone, malformed queries.
+    fn other_label(&self) -> usize {
+        self.zone.records.len() + 1
+    }
+
+    fn lookup(&self, name: &LowerName, original: &Name, qtype: RecordType) -> Found {
+        let table = self.routing.load();
+        let zone = &self.zone;
+        let mut found = Found {
+            code: ResponseCode::NoError,
+            answers: Vec::new(),
+            soa: false,
+            label: self.other_label(),
+        };
+        let record = zone.records.iter().position(|(n, _)| n == name);
+        if *name == zone.origin_lower {
+            found.label = record.unwrap_or(zone.records.len());
+            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                found.answers.push(zone.soa(table.generation));
+            }
+            if matches!(qtype, RecordType::NS | RecordType::ANY) {
+                for ns in &zone.nameservers {
+                    let ns =
+                        Record::from_rdata(original.clone(), zone.ttl, RData::NS(NS(ns.clone())));
+                    found.answers.push(ns);
+                }
+            }
+        } else if let Some(i) = record {
+            found.label = i;
+        } else if zone.records.iter().any(|(n, _)| name.zone_of(n)) {
+            // An empty non-terminal (`eu` when only `api.eu` is a record):
+            // the name exists, it just has no data (RFC 8020).
+            found.soa = true;
+            return found;
+        } else {
+            found.code = ResponseCode::NXDomain;
+            found.soa = true;
+            return found;
+        }
+        if let Some(i) = record {
+            self.addresses(
+                &table,
+                &zone.records[i].1,
+                original,
+                qtype,
+                &mut found.answers,
+            );
+        }
+        // NODATA: the name exists but has nothing of this type.
+        found.soa = found.answers.is_empty();
+        found
+    }
+
+    fn addresses(
+        &self,
+        table: &RoutingTable,
+        record: &DnsRecordConfig,
+        owner: &Name,
+        qtype: RecordType,
+        out: &mut Vec<Record>,
+    ) {
+        let (v4, v6) = match qtype {
+            RecordType::A => (true, false),
+            RecordType::AAAA => (false, true),
+            RecordType::ANY => (true, true),
+            _ => return,
+        };
+        let edges = self.edges.load();
+        let answer = answer::compute(table, record, &edges, |host| self.resolved.get(host));
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        for ip in answer.ordered(&mut rng) {
+            let rdata = match ip {
+                IpAddr::V4(ip) if v4 => RData::A(A(ip)),
+                IpAddr::V6(ip) if v6 => RData::AAAA(AAAA(ip)),
+                _ => continue,
+            };
+            out.push(Record::from_rdata(owner.clone(), self.zone.ttl, rdata));
+        }
+    }
+
+    fn count(&self, label: usize, qtype: Option<RecordType>, code: ResponseCode) {
+        let t = match qtype {
+            Some(RecordType::A) => 0,
+            Some(RecordType::AAAA) => 1,
+            Some(RecordType::SOA) => 2,
+            Some(RecordType::NS) => 3,
+            Some(RecordType::ANY) => 4,
+            _ => 5,
+        };
+        let c = match code {
+            ResponseCode::NoError => 0,
+            ResponseCode::NXDomain => 1,
+            ResponseCode::Refused => 2,
+            ResponseCode::FormErr => 3,
+            ResponseCode::NotImp => 4,
+            ResponseCode::ServFail => 5,
+            _ => 6,
+        };
+        debug_assert_eq!((DNS_QTYPES.len(), DNS_RCODES.len()), (6, 7));
+        self.stats.count(label, t, c);
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+
+        if request.protocol() == Protocol::Udp
+            && let Some(limiter) = &self.limiter
+        {
+            match limiter.check(request.src().ip(), tokio::time::Instant::now()) {
+                Verdict::Answer => {}
+                Verdict::Slip => {
+                    self.stats.rate_limited[1].fetch_add(1, Ordering::Relaxed);
+                    metadata.truncation = true;
+                    let response = builder.build_no_records(metadata);
+                    return send(&mut response_handle, response, metadata).await;
+                }
+                Verdict::Drop => {
+                    self.stats.rate_limited[0].fetch_add(1, Ordering::Relaxed);
+                    return unsent(metadata);
+                }
+            }
+        }
+
+        // EDNS0 (RFC 6891): answer with our own OPT record, keeping the
+        // client's buffer size (at least 512), which hickory uses to
+        // decide when a UDP answer must be truncated.
+        let mut edns = Edns::new();
+        let mut edns_used = false;
+        if let Some(req) = &request.edns {
+            edns.set_max_payload(req.max_payload().max(512));
+            edns.set_version(EDNS_VERSION);
+            edns_used = true;
+            if req.version() > EDNS_VERSION {
+                metadata.response_code = ResponseCode::BADVERS;
+                builder.edns(&edns);
+                self.count(self.other_label(), None, ResponseCode::BADVERS);
+                let response = builder.build_no_records(metadata);
+                return send(&mut response_handle, response, metadata).await;
+            }
+        }
+        if edns_used {
+            builder.edns(&edns);
+        }
+
+        let queries = request.queries.queries();
+        let code_only = |code: ResponseCode| {
+            let mut m = metadata;
+            m.response_code = code;
+            m
+        };
+        if request.metadata.op_code != OpCode::Query {
+            self.count(self.other_label(), None, ResponseCode::NotImp);
+            let m = code_only(ResponseCode::NotImp);
+            return send(&mut response_handle, builder.build_no_records(m), m).await;
+        }
+        let [query] = queries else {
+            self.count(self.other_label(), None, ResponseCode::FormErr);
+            let m = code_only(ResponseCode::FormErr);
+            return send(&mut response_handle, builder.build_no_records(m), m).await;
+        };
+        let qtype = query.query_type();
+        let in_zone = self.zone.origin_lower.zone_of(query.name());
+        if !in_zone || query.query_class() != DNSClass::IN {
+            // Not ours, and no recursion: refuse rather than point
+            // anywhere (an open resolver is an amplifier).
+            self.count(self.other_label(), Some(qtype), ResponseCode::Refused);
+            let mut m = code_only(ResponseCode::Refused);
+            m.authoritative = false;
+            return send(&mut response_handle, builder.build_no_records(m), m).await;
+        }
+
+        let found = self.lookup(query.name(), query.original().name(), qtype);
+        self.count(found.label, Some(qtype), found.code);
+        metadata.response_code = found.code;
+        let soa = found
+            .soa
+            .then(|| self.zone.soa(self.routing.load().generation));
+        let response = builder.build(
+            metadata,
+            found.answers.iter(),
+            std::iter::empty(),
+            soa.iter(),
+            std::iter::empty(),
+        );
+        send(&mut response_handle, response, metadata).await
+    }
+}
+
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    metadata: Metadata,
+) -> ResponseInfo {
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, "dns: cannot send a response");
+            let mut failed = metadata;
+            failed.response_code = ResponseCode::ServFail;
+            unsent(failed)
+        }
+    }
+}
+
+/// What hickory wants back for a response that was not sent.
+fn unsent(metadata: Metadata) -> ResponseInfo {
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
