@@ -226,6 +226,7 @@ fn table(config: &Config, generation: u64, states: &[State]) -> RoutingTable {
                 effective_weight: st.weight,
                 admin_enabled: st.enabled,
                 rtt: st.rtt_ms.map(Duration::from_millis),
+                trickle: false,
                 stats,
             }
         },
