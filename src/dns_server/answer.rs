@@ -198,7 +198,7 @@ fn stamp_addresses(
 /// (fail-open). An edge without a reported pool list is this edge, judged
 /// from the local table: it can serve when the pool has a usable stamp.
 fn edges(pool: &PoolView, edges: &[EdgeInfo]) -> Answer {
-    let local_ok = !pool.selector.is_empty() && !pool.failing_open;
+    let local_ok = pool.has_usable_stamp();
     let serves = |e: &EdgeInfo| match &e.pools {
         None => local_ok,
         Some(pools) => pools.contains(&pool.name),

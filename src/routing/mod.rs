@@ -311,6 +311,16 @@ pub struct PoolView {
 }
 
 impl PoolView {
+    /// Whether a stamp of this pool is usable by its own health and the
+    /// operator's word: the selector has one, and it is not the fail-open
+    /// fallback (which hands traffic to stamps known to be down). This is
+    /// what "this edge can serve the pool" means both for DNS answers of
+    /// kind `"edges"` and for the pools an edge publishes to the fleet, so
+    /// that the two can never disagree.
+    pub fn has_usable_stamp(&self) -> bool {
+        !self.selector.is_empty() && !self.failing_open
+    }
+
     fn routes_like(&self, other: &PoolView) -> bool {
         self.selector == other.selector
             && self.failing_open == other.failing_open
