@@ -24,6 +24,7 @@ use super::conn::{ConnInfo, TryTimer};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
 };
+use super::hedge;
 use super::in_flight::InFlight;
 use super::request_body::RequestBody;
 use crate::config::HedgeAfter;
@@ -437,13 +438,14 @@ impl Gateway {
     }
 
     /// The first try of a hedged request: alone until `hedge_at`, then,
-    /// if [`Attempts::hedge`] grants a second try, both at once. The first
-    /// usable answer wins and the other try is dropped, which drops its
-    /// upstream connection (a connection goes back to the pool only once a
-    /// response body was read to its end). A try that fails while the
-    /// other runs is counted here; the returned try (the winner, or the
-    /// last to fail) is left to the caller like any other.
-    async fn hedged(&self, h: HedgedTry<'_, '_>) -> Raced {
+    /// if [`Attempts::hedge`] grants a second try, both at once
+    /// ([`hedge::race`]). The first usable answer wins and the other try is
+    /// dropped, which drops its upstream connection (a connection goes back
+    /// to the pool only once a response body was read to its end). A try
+    /// that fails while the other runs is counted here; the returned try
+    /// (the winner, or the last to fail) is left to the caller like any
+    /// other.
+    async fn hedged<'a>(&self, h: HedgedTry<'a, '_>) -> Raced {
         let HedgedTry {
             first,
             first_req,
@@ -459,75 +461,65 @@ impl Gateway {
             guard,
         } = h;
         let first_stamp = &pool.stamps[first.stamp];
-        let first_wait = first_stamp.stats.begin_try(try_start);
-        let mut first_send = pin!(send_try(
-            pool,
-            first_stamp,
-            first_req,
-            try_start + try_timeout,
-            None
-        ));
-        tokio::select! {
-            biased;
-            sent = &mut first_send => {
-                let elapsed = first_wait.finish(is_sample(&sent));
-                return Raced { this: first, sent, elapsed };
-            }
-            () = tokio::time::sleep_until(hedge_at) => {}
-        }
-        let now = Instant::now();
-        let Some(second) = attempts.hedge(&first, &pool.selector, &pool.stamps, &route.budget, now)
-        else {
-            let sent = first_send.await;
-            let elapsed = first_wait.finish(is_sample(&sent));
-            return Raced {
-                this: first,
-                sent,
-                elapsed,
+        // Each try finishes its own head wait; a dropped loser's wait
+        // counts as a (lower-bound) latency sample.
+        let timed = |stamp: &'a StampView, req, start: Instant, until| async move {
+            let wait = stamp.stats.begin_try(start);
+            let sent = send_try(pool, stamp, req, until, None).await;
+            let elapsed = wait.finish(is_sample(&sent));
+            (sent, elapsed)
+        };
+        let start_hedge = || {
+            let now = Instant::now();
+            let second =
+                attempts.hedge(&first, &pool.selector, &pool.stamps, &route.budget, now)?;
+            route.stats.hedge(Hedge::Sent);
+            let stamp = &pool.stamps[second.stamp];
+            let mut req = Request::new(body.for_try());
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
+            *req.version_mut() = pool.upstream.version();
+            *req.headers_mut() = if second.last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
             };
+            guard.at_stamp(second.stamp, &stamp.stats);
+            let until = (now + route.retry.per_try_timeout).min(deadline);
+            Some((second, timed(stamp, req, now, until)))
         };
-        route.stats.hedge(Hedge::Sent);
-        let second_stamp = &pool.stamps[second.stamp];
-        let mut req = Request::new(body.for_try());
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = upstream_uri(pool.upstream.scheme(), &second_stamp.authority, &parts.uri);
-        *req.version_mut() = pool.upstream.version();
-        *req.headers_mut() = if second.last {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
-        guard.at_stamp(second.stamp, &second_stamp.stats);
-        let second_wait = second_stamp.stats.begin_try(now);
-        let until = (now + route.retry.per_try_timeout).min(deadline);
-        let mut second_send = pin!(send_try(pool, second_stamp, req, until, None));
-        let mut waits = (Some(first_wait), Some(second_wait));
-        let (mut first_done, mut second_done) = (false, false);
-        loop {
-            tokio::select! {
-                sent = &mut first_send, if !first_done => {
-                    let elapsed = waits.0.take().map_or(Duration::ZERO, |w| w.finish(is_sample(&sent)));
-                    first_done = true;
-                    if second_done || wins(&sent, route) {
-                        route.stats.hedge(Hedge::Lost);
-                        // The hedge is dropped with this frame; the answer
-                        // is the first stamp's.
-                        guard.at_stamp(first.stamp, &first_stamp.stats);
-                        guard.attempts -= 1;
-                        return Raced { this: first, sent, elapsed };
-                    }
-                    self.lost_try(pool, first_stamp, &sent, elapsed);
-                }
-                sent = &mut second_send, if !second_done => {
-                    let elapsed = waits.1.take().map_or(Duration::ZERO, |w| w.finish(is_sample(&sent)));
-                    second_done = true;
-                    if first_done || wins(&sent, route) {
-                        route.stats.hedge(if wins(&sent, route) { Hedge::Won } else { Hedge::Lost });
-                        return Raced { this: second, sent, elapsed };
-                    }
-                    self.lost_try(pool, second_stamp, &sent, elapsed);
-                }
+        let raced = hedge::race(
+            timed(first_stamp, first_req, try_start, try_start + try_timeout),
+            hedge_at,
+            start_hedge,
+            |(sent, _)| wins(sent, route),
+            |hedge, (sent, elapsed)| {
+                let stamp = hedge.map_or(first_stamp, |t| &pool.stamps[t.stamp]);
+                self.lost_try(pool, stamp, sent, *elapsed);
+            },
+        )
+        .await;
+        let (this, (sent, elapsed)) = match raced {
+            hedge::Raced::Alone(out) => (first, out),
+            hedge::Raced::First(out) => {
+                route.stats.hedge(Hedge::Lost);
+                // The answer is the first stamp's.
+                guard.at_stamp(first.stamp, &first_stamp.stats);
+                guard.attempts -= 1;
+                (first, out)
             }
+            hedge::Raced::Second(second, out) => {
+                let won = wins(&out.0, route);
+                route
+                    .stats
+                    .hedge(if won { Hedge::Won } else { Hedge::Lost });
+                (second, out)
+            }
+        };
+        Raced {
+            this,
+            sent,
+            elapsed,
         }
     }
 

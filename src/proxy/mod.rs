@@ -27,6 +27,7 @@ pub mod conn;
 pub mod h1_server;
 pub mod handler;
 pub mod headers;
+pub mod hedge;
 pub mod in_flight;
 pub mod proxy_protocol;
 pub mod redirect;
