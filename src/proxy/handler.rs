@@ -62,6 +62,9 @@ pub struct Gateway {
     /// An upgraded connection with no bytes either way for this long is
     /// closed (`proxy.idle_timeout`).
     pub upgrade_idle: std::time::Duration,
+    /// Where upgraded connections run: the proxy's connection tracker, so
+    /// that a shutdown waits for them too.
+    pub tunnels: tokio_util::task::TaskTracker,
 }
 
 /// What the access log needs of the request, taken before the request is
@@ -372,6 +375,7 @@ impl Gateway {
                                 early,
                                 self.upgrade_idle,
                                 self.stats.clone(),
+                                &self.tunnels,
                             );
                             let mut resp = respond(resp, None, stamp, pool, table, &request_id);
                             super::upgrade::restore(resp.headers_mut(), value);
