@@ -64,7 +64,6 @@ pub fn splice(
     tracker: &TaskTracker,
 ) {
     stats.upgrades.fetch_add(1, Ordering::Relaxed);
-
     tracker.spawn(async move {
         let client = match client.await {
             Ok(upgraded) => TokioIo::new(upgraded),
