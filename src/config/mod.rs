@@ -11,6 +11,8 @@ use std::time::Duration;
 pub mod defaults;
 mod dns_server;
 mod fleet;
+#[cfg(test)]
+mod fuzz;
 pub mod raw;
 mod summary;
 mod units;

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::*;
+use crate::fuzzing::{mutated, syntax};
 
 /// Byte strings that HTTP parsers care about, to be strung together.
 const TOKENS: &[&[u8]] = &[
@@ -49,37 +50,6 @@ const TOKENS: &[&[u8]] = &[
     b"\xff",
 ];
 
-/// Random bytes, mostly HTTP syntax.
-fn syntax(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        prop_oneof![
-            1 => any::<u8>().prop_map(|b| vec![b]),
-            4 => prop::sample::select(TOKENS).prop_map(<[u8]>::to_vec),
-        ],
-        0..max,
-    )
-    .prop_map(|parts| parts.concat())
-}
-
-/// `valid` with up to four bytes inserted, replaced or removed.
-fn mutated(valid: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-    let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..3u8);
-    (valid, prop::collection::vec(edit, 0..4)).prop_map(|(mut bytes, edits)| {
-        for (at, byte, kind) in edits {
-            let i = at.index(bytes.len() + 1);
-            match kind {
-                0 => bytes.insert(i, byte),
-                1 if i < bytes.len() => bytes[i] = byte,
-                _ if i < bytes.len() => {
-                    bytes.remove(i);
-                }
-                _ => {}
-            }
-        }
-        bytes
-    })
-}
-
 // ---- chunk-size line ------------------------------------------------------
 
 const EXTENSIONS: &[&[u8]] = &[b"", b" ", b"\t ", b";a=b", b" ;x", b";q=\"v\""];
@@ -88,7 +58,7 @@ fn chunk_line() -> impl Strategy<Value = Vec<u8>> {
     let valid = (any::<u32>(), prop::sample::select(EXTENSIONS))
         .prop_map(|(n, ext)| [format!("{n:x}").as_bytes(), ext, b"\r"].concat());
     // The decoder splits lines at LF, so a line never holds one.
-    prop_oneof![syntax(12), mutated(valid)].prop_map(|mut line| {
+    prop_oneof![syntax(TOKENS, 12), mutated(valid, 4)].prop_map(|mut line| {
         line.retain(|&b| b != b'\n');
         line
     })
@@ -274,7 +244,7 @@ fn chunked_body() -> impl Strategy<Value = Vec<u8>> {
             out.extend_from_slice(&after);
             out
         });
-    prop_oneof![1 => syntax(30), 3 => mutated(valid)]
+    prop_oneof![1 => syntax(TOKENS, 30), 3 => mutated(valid, 4)]
 }
 
 proptest! {
@@ -320,7 +290,7 @@ fn response_head() -> impl Strategy<Value = Vec<u8>> {
             ]
             .concat()
         });
-    prop_oneof![1 => syntax(40), 4 => mutated(valid)]
+    prop_oneof![1 => syntax(TOKENS, 40), 4 => mutated(valid, 4)]
 }
 
 /// RFC 9112 §6.3 from `httparse`'s headers: the framing and reuse we must
