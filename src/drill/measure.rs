@@ -415,10 +415,14 @@ pub fn figures(episode: &Episode, fine: &[Fine], events: &[SeenEvent]) -> FaultF
         })
         .clamp(first, fine.len());
     let window = &fine[first..end];
-    // Judged on the second from each bucket on (to the end of the fault).
+    // Judged on the second from each bucket on; in the fault's last
+    // second, on that whole second: a window cut short by the fault's end
+    // would judge a single trickle request (a latency outlier's 0.25 %)
+    // against a tenth of a second's requests and call it 1 %.
     let shifted_from = |k: usize| {
-        let upto = (k + SHARE_WINDOW).min(window.len());
-        shifted(&window[k..upto], &episode.stamps)
+        let from = k.min(window.len().saturating_sub(SHARE_WINDOW));
+        let upto = (from + SHARE_WINDOW).min(window.len());
+        shifted(&window[from..upto], &episode.stamps)
     };
     let shift_bucket = match (0..window.len()).rposition(|k| !shifted_from(k)) {
         None if window.is_empty() => None,
@@ -585,6 +589,19 @@ mod tests {
         let f = figures(&episode(1000, None), &fine, &[]);
         assert_eq!(f.shift_ms, None);
         assert_eq!(f.detect_ms, None);
+    }
+
+    #[test]
+    fn a_trickle_request_in_the_faults_last_bucket_is_judged_on_a_whole_second() {
+        // Off the victim from the fault on, but for one trickle request in
+        // the last bucket judged: 1 of that bucket's 100 is 1 %, of the
+        // second's 900 it is not.
+        let mut fine: Vec<Fine> = (0..10).map(|_| bucket(100, 33, 0)).collect();
+        fine.extend((0..8).map(|_| bucket(100, 0, 0)));
+        fine.push(bucket(100, 1, 0));
+        fine.extend((0..5).map(|_| bucket(100, 33, 0)));
+        let f = figures(&episode(1000, Some(2000)), &fine, &[]);
+        assert_eq!(f.shift_ms, Some(0.0));
     }
 
     #[test]
