@@ -23,7 +23,7 @@ pub use fleet::{FleetSettings, Quorum};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
-pub use validate::{ConfigError, load, parse_str};
+pub use validate::{ConfigError, load, parse_hedge_after, parse_str};
 
 /// A validated configuration. Every value here has passed the checks in
 /// `validate`; durations and sizes are typed, names are unique, routes point

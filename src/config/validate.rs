@@ -798,30 +798,20 @@ impl<'a> Ctx<'a> {
             None => None,
             Some(text) => {
                 let hedge_key = key("hedge_after");
-                let after = match quantile_text(text) {
-                    Some(q) => HedgeAfter::Quantile(q.ok_or_else(|| {
-                        self.invalid(
-                            &hedge_key,
-                            quote(text),
-                            "a quantile must be from p50 to p99.9 (e.g. \"p95\")",
-                        )
-                    })?),
-                    None => {
-                        let after =
-                            self.positive_duration(&hedge_key, Some(text), Duration::ZERO)?;
-                        if after >= per_try_timeout {
-                            return Err(self.invalid(
-                                &hedge_key,
-                                quote(text),
-                                format!(
-                                    "must be less than per_try_timeout ({}): the first try would end before its hedge",
-                                    format_duration(per_try_timeout)
-                                ),
-                            ));
-                        }
-                        HedgeAfter::Fixed(after)
-                    }
-                };
+                let after = parse_hedge_after(text)
+                    .map_err(|rule| self.invalid(&hedge_key, quote(text), rule))?;
+                if let HedgeAfter::Fixed(after) = after
+                    && after >= per_try_timeout
+                {
+                    return Err(self.invalid(
+                        &hedge_key,
+                        quote(text),
+                        format!(
+                            "must be less than per_try_timeout ({}): the first try would end before its hedge",
+                            format_duration(per_try_timeout)
+                        ),
+                    ));
+                }
                 if attempts < 2 {
                     return Err(self.invalid(
                         &hedge_key,
@@ -840,6 +830,21 @@ impl<'a> Ctx<'a> {
             replay_limit,
             on_server_error: raw.on_server_error.unwrap_or(DEFAULT_RETRY_ON_SERVER_ERROR),
         })
+    }
+}
+
+/// `retry.hedge_after` on its own: a duration above zero, or a quantile
+/// `"p50"`..`"p99.9"`; the error is the rule broken. (How it compares with
+/// the route's other keys is checked with them.)
+pub fn parse_hedge_after(text: &str) -> Result<HedgeAfter, String> {
+    match quantile_text(text) {
+        Some(q) => q
+            .map(HedgeAfter::Quantile)
+            .ok_or_else(|| "a quantile must be from p50 to p99.9 (e.g. \"p95\")".to_owned()),
+        None => match parse_duration(text)? {
+            d if d.is_zero() => Err("must be more than 0s".to_owned()),
+            d => Ok(HedgeAfter::Fixed(d)),
+        },
     }
 }
 

@@ -610,9 +610,9 @@ impl Checker<'_> {
             ));
         }
         if let Some(hedge) = &raw.hedge_after
-            && let Err(e) = crate::config::parse_duration(hedge)
+            && let Err(rule) = crate::config::parse_hedge_after(hedge)
         {
-            return Err(self.invalid("proxy.hedge_after", format!("{hedge:?}"), e.to_string()));
+            return Err(self.invalid("proxy.hedge_after", format!("{hedge:?}"), rule));
         }
         Ok(ProxySpec::Spawned(ProxyConfigSource::Generated {
             method,
@@ -891,6 +891,22 @@ mod tests {
             ProxySpec::Spawned(ProxyConfigSource::Generated { .. })
         ));
         assert_eq!(s.regions(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_hedged_proxy_takes_a_delay_or_a_quantile() {
+        for ok in ["100ms", "p95"] {
+            let s = parse(&format!("{MINIMAL}[proxy]\nhedge_after = \"{ok}\"\n")).unwrap();
+            assert!(matches!(
+                s.proxy,
+                ProxySpec::Spawned(ProxyConfigSource::Generated { hedge_after: Some(ref h), .. }) if h == ok
+            ));
+        }
+        let msg = error(&format!("{MINIMAL}[proxy]\nhedge_after = \"p100\"\n"));
+        assert!(
+            msg.contains("proxy.hedge_after = \"p100\": a quantile"),
+            "{msg}"
+        );
     }
 
     #[test]
