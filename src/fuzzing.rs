@@ -6,6 +6,41 @@
 
 use proptest::prelude::*;
 
+/// JSON syntax, numbers at and past the edges of the ranges stampgate
+/// reads, and the field names of its JSON inputs (the admin API's bodies,
+/// the state file).
+pub const JSON_TOKENS: &[&[u8]] = &[
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"\"",
+    b"null",
+    b"true",
+    b"false",
+    b"-1",
+    b"1.5",
+    b"1e3",
+    b"1000",
+    b"1001",
+    b"4294967296",
+    b"18446744073709551616",
+    b"\"weight\"",
+    b"\"admin\"",
+    b"\"active\"",
+    b"\"draining\"",
+    b"\"version\"",
+    b"\"fleet\"",
+    b"\"deadline\"",
+    b"\"30s\"",
+    b"\"dry_run\"",
+    b"\"force\"",
+    b"\\u0000",
+    b"\xff",
+];
+
 /// Random bytes, mostly whole `tokens` (the syntax of the format under
 /// test), up to `max` pieces.
 pub fn syntax(tokens: &'static [&'static [u8]], max: usize) -> impl Strategy<Value = Vec<u8>> {

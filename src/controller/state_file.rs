@@ -301,39 +301,15 @@ mod tests {
         serde_json::to_vec_pretty(&file).unwrap()
     }
 
-    const JSON_TOKENS: &[&[u8]] = &[
-        b"{",
-        b"}",
-        b"[",
-        b"]",
-        b",",
-        b":",
-        b"\"",
-        b"null",
-        b"true",
-        b"-1",
-        b"1001",
-        b"4294967296",
-        b"1e3",
-        b"\"weight\"",
-        b"\"admin\"",
-        b"\"active\"",
-        b"\"draining\"",
-        b"\"version\"",
-        b"\"fleet\"",
-        b"\\u0000",
-        b"\xff",
-    ];
-
     proptest! {
         /// Whatever the file holds, loading it is an answer, never a
         /// panic, and what it accepts is in the API's range.
         #[test]
         fn any_state_file_loads_or_is_refused_and_accepted_weights_are_in_range(
             text in prop_oneof![
-                1 => fuzzing::syntax(JSON_TOKENS, 40),
+                1 => fuzzing::syntax(fuzzing::JSON_TOKENS, 40),
                 2 => fuzzing::mutated(Just(valid_text()), 5),
-                3 => fuzzing::spliced(Just(valid_text()), JSON_TOKENS, 3),
+                3 => fuzzing::spliced(Just(valid_text()), fuzzing::JSON_TOKENS, 3),
             ]
         ) {
             let text = String::from_utf8_lossy(&text);

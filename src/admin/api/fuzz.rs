@@ -48,31 +48,6 @@ const QUERY_TOKENS: &[&[u8]] = &[
     b"99999999999h",
 ];
 
-const JSON_TOKENS: &[&[u8]] = &[
-    b"{",
-    b"}",
-    b"[",
-    b"]",
-    b",",
-    b":",
-    b"\"",
-    b"null",
-    b"true",
-    b"false",
-    b"1000",
-    b"1001",
-    b"-1",
-    b"1.5",
-    b"1e3",
-    b"18446744073709551616",
-    b"\"weight\"",
-    b"\"deadline\"",
-    b"\"30s\"",
-    b"\"dry_run\"",
-    b"\"force\"",
-    b"\\u0000",
-];
-
 const BODIES: &[&[u8]] = &[
     b"",
     b"{}",
@@ -84,8 +59,8 @@ const BODIES: &[&[u8]] = &[
 fn body() -> impl Strategy<Value = Vec<u8>> {
     let valid = prop::sample::select(BODIES).prop_map(<[u8]>::to_vec);
     prop_oneof![
-        1 => fuzzing::syntax(JSON_TOKENS, 30),
-        3 => fuzzing::spliced(valid, JSON_TOKENS, 3),
+        1 => fuzzing::syntax(fuzzing::JSON_TOKENS, 30),
+        3 => fuzzing::spliced(valid, fuzzing::JSON_TOKENS, 3),
     ]
 }
 
