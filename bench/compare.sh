@@ -753,7 +753,9 @@ make_cert "$WORK/tls"
 cpu_model=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 memory=$(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)
 versions=(
-    "$("$SG_BIN" --version) (git $(git -C "$ROOT" rev-parse --short HEAD)$( ((PGO)) && echo ", profile-guided build"))"
+    # The binary names its own commit and build kind: the tree's HEAD
+    # would mislabel a prebuilt SG_BIN.
+    "$("$SG_BIN" --version)"
     "$(haproxy -v | head -1 | cut -d' ' -f1,3)"
     "$(nginx -v 2>&1 | cut -d' ' -f3)"
     "wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"

@@ -51,6 +51,7 @@ fn table(config: &Config, generation: u64) -> RoutingTable {
             effective_weight: s.weight,
             admin_enabled: true,
             rtt: None,
+            trickle: false,
             stats: Arc::default(),
         },
     )

@@ -1,8 +1,9 @@
 //! The composition root: the one place that starts the planes and wires
 //! them together. The control plane (the controller: first routing table,
-//! probes, DNS) comes first, then the access log, the data plane's
-//! listeners, the authoritative DNS server when configured and, when asked
-//! for, the admin API. `run`, `demo` and `drill`
+//! probes, DNS) comes first, then the fleet sync when configured, the
+//! access log, the data plane's listeners, the authoritative DNS server
+//! when configured (fed the fleet's live edges) and, when asked for, the
+//! admin API. `run`, `demo` and `drill`
 //! all start through [`App::start`]; nothing below this module starts
 //! another plane.
 //!
@@ -17,14 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::health_port::{self, HealthPort, HealthPortError, HealthState};
 use crate::admin::{self, AdminHandle, AdminStartError, Tokens};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError, ControllerHandle};
-use crate::dns_server::{self, DnsServerError, DnsServerHandle};
-use crate::fleet::{FleetError, FleetHandle};
+use crate::dns_server::{self, DnsServerError, DnsServerHandle, EdgeInfo, LiveEdges};
+use crate::fleet::{FleetError, FleetHandle, LivePeer};
 use crate::metrics::ProxyStats;
 use crate::proxy::access_log::{AccessLog, AccessLogError, Reopen};
 use crate::proxy::{self, ProxyHandle, ShutdownOutcome, Wiring};
@@ -141,7 +143,7 @@ impl App {
             }
         };
         let stop_dns = CancellationToken::new();
-        let dns = match start_dns_server(config, &controller, &stop_dns).await {
+        let dns = match start_dns_server(config, &controller, fleet.as_ref(), &stop_dns).await {
             Ok(dns) => dns,
             Err(e) => {
                 proxy.shutdown().await;
@@ -264,26 +266,58 @@ impl App {
 }
 
 /// Start the authoritative DNS server when `[dns_server]` is configured,
-/// answering from the controller's routing table. Without a fleet, answers
-/// of kind "edges" hold this edge alone (`fleet.advertise`).
+/// answering from the controller's routing table. Answers of kind "edges"
+/// hold this edge (`fleet.advertise`) and, in a fleet, the live peers.
 async fn start_dns_server(
     config: &Config,
     controller: &ControllerHandle,
+    fleet: Option<&FleetHandle>,
     stop: &CancellationToken,
 ) -> Result<Option<DnsServerHandle>, DnsServerError> {
     let Some(settings) = &config.dns_server else {
         return Ok(None);
     };
+    let edges = match &config.fleet {
+        Some(fleet) => LiveEdges::local(&fleet.name, &fleet.advertise),
+        None => LiveEdges::local("this-edge", &[]),
+    };
     let inputs = dns_server::Inputs {
         resolved: controller.dns.clone(),
-        edges: match &config.fleet {
-            Some(fleet) => dns_server::LiveEdges::local(&fleet.name, &fleet.advertise),
-            None => dns_server::LiveEdges::local("this-edge", &[]),
-        },
+        edges: edges.clone(),
         events: controller.events.clone(),
         stats: controller.stats.clone(),
     };
-    dns_server::start(settings, controller.routing.clone(), inputs, stop.clone())
-        .await
-        .map(Some)
+    let server =
+        dns_server::start(settings, controller.routing.clone(), inputs, stop.clone()).await?;
+    if let Some(fleet) = fleet {
+        tokio::spawn(feed_live_edges(fleet.live_peers(), edges, stop.clone()));
+    }
+    Ok(Some(server))
+}
+
+/// The seam between the fleet and the DNS server, which know nothing of
+/// each other: every change of the fleet's live peers becomes the DNS
+/// server's list of other edges. Runs until the DNS server stops or the
+/// fleet is gone.
+async fn feed_live_edges(
+    mut peers: watch::Receiver<Vec<LivePeer>>,
+    edges: LiveEdges,
+    stop: CancellationToken,
+) {
+    loop {
+        let list: Vec<EdgeInfo> = peers
+            .borrow_and_update()
+            .iter()
+            .map(|p| EdgeInfo {
+                name: p.name.as_str().into(),
+                addresses: p.advertise.clone(),
+                pools: Some(p.pools.iter().map(|s| s.as_str().into()).collect()),
+            })
+            .collect();
+        edges.set_peers(list);
+        tokio::select! {
+            changed = peers.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
 }

@@ -73,6 +73,8 @@ pub mod dns_server;
 pub mod drill;
 pub mod error;
 pub mod fleet;
+#[cfg(test)]
+pub(crate) mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;

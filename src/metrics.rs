@@ -362,6 +362,31 @@ impl Collector for TableCollector {
             let n = r.budget.exhausted_total();
             counter(&mut fam, &vec![("route", r.name.to_string())], n)?;
         }
+        let mut fam = family!(
+            "stampgate_hedges",
+            "Hedged tries by route and result: sent, won (the hedge answered first), lost (the first try answered first, or the hedge failed)",
+            MetricType::Counter,
+        )?;
+        for r in table.routes() {
+            for (result, n) in r.stats.hedges() {
+                let labels = vec![
+                    ("route", r.name.to_string()),
+                    ("result", result.to_string()),
+                ];
+                counter(&mut fam, &labels, n)?;
+            }
+        }
+        let mut fam = family!(
+            "stampgate_hedge_delay_seconds",
+            "Hedge delay of each hedging route: its retry.hedge_after, or for a quantile (\"p95\") the one read from its last 10 s of times to response head, absent while it has too few of them to hedge",
+            MetricType::Gauge,
+        )?;
+        for r in table.routes() {
+            if let Some(delay) = r.hedge_delay() {
+                let labels = vec![("route", r.name.to_string())];
+                ConstGauge::new(delay.as_secs_f64()).encode(fam.encode_family(&labels)?)?;
+            }
+        }
 
         // ---- tries at stamps ----
         let mut fam = family!(

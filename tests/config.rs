@@ -475,6 +475,63 @@ fn bad_configs() -> Vec<Bad> {
             &["pools.p.probe.timeout = \"2s\": must be less than interval (1s)"],
         ),
         bad(
+            "fast probe interval longer than interval",
+            concat!(
+                base!(),
+                "[pools.p.probe]\ninterval = \"1s\"\nfast_interval = \"2s\"\n"
+            ),
+            &["pools.p.probe.fast_interval = \"2s\": must not be longer than interval (1s)"],
+        ),
+        bad(
+            "latency factor of one",
+            concat!(base!(), "[pools.p.outlier]\nlatency_factor = 1.0\n"),
+            &["pools.p.outlier.latency_factor = 1: must be above 1"],
+        ),
+        bad(
+            "hedge after zero",
+            concat!(
+                base!(),
+                "[[routes]]\nname = \"h\"\npool = \"p\"\npath_prefix = \"/h/\"\nretry = { hedge_after = \"0s\" }\n"
+            ),
+            &["routes[1].retry.hedge_after = \"0s\": must be more than 0s"],
+        ),
+        bad(
+            "hedge not below the per-try timeout",
+            concat!(
+                base!(),
+                "[[routes]]\nname = \"h\"\npool = \"p\"\npath_prefix = \"/h/\"\nretry = { hedge_after = \"5s\" }\n"
+            ),
+            &["routes[1].retry.hedge_after = \"5s\": must be less than per_try_timeout (5s)"],
+        ),
+        bad(
+            "hedge at a quantile out of range",
+            concat!(
+                base!(),
+                "[[routes]]\nname = \"h\"\npool = \"p\"\npath_prefix = \"/h/\"\nretry = { hedge_after = \"p100\" }\n"
+            ),
+            &[
+                "routes[1].retry.hedge_after = \"p100\": a quantile must be from p50 to p99.9 (e.g. \"p95\")",
+            ],
+        ),
+        bad(
+            "hedge at a quantile without a second try",
+            concat!(
+                base!(),
+                "[[routes]]\nname = \"h\"\npool = \"p\"\npath_prefix = \"/h/\"\nretry = { attempts = 1, hedge_after = \"p95\" }\n"
+            ),
+            &["routes[1].retry.hedge_after = \"p95\": a hedge is a second try"],
+        ),
+        bad(
+            "hedge without a second try",
+            concat!(
+                base!(),
+                "[[routes]]\nname = \"h\"\npool = \"p\"\npath_prefix = \"/h/\"\nretry = { attempts = 1, hedge_after = \"100ms\" }\n"
+            ),
+            &[
+                "routes[1].retry.hedge_after = \"100ms\": a hedge is a second try: needs retry.attempts of at least 2",
+            ],
+        ),
+        bad(
             "more successes required than samples",
             concat!(
                 base!(),
@@ -789,6 +846,7 @@ fn defaults_fill_every_optional_key() {
             per_try_timeout: Duration::from_secs(5),
             replay_limit: 64 * 1024,
             on_server_error: true,
+            hedge_after: None,
         }
     );
 
@@ -983,7 +1041,7 @@ fn check_summary_of_the_example_config() {
         "catalog-api: hosts * path /catalogservice/ -> pool backend-apis (latency, fail-open)",
         "    westeurope-1     westeurope     127.0.0.1:9001  weight  100  priority 1\n",
         "    southeastasia-1  southeastasia  127.0.0.1:9003  weight  100  priority 1\n",
-        "worst-case detection: active probes 2.5s = interval 1s x (4 - 3 + 1) + timeout 500ms",
+        "worst-case detection: active probes 2.25s = interval 1s + 1 x fast_interval 250ms + 2 x timeout 500ms",
         // 100 req/s over three equal stamps: 33.3 req/s each, 5 failures.
         "passive: 5 consecutive failures (~150ms at 100 req/s)",
     ] {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_server::proto::rr::{Name, RData, RecordType};
 use stampgate::config::{self, Config};
 use stampgate::controller::events::{EventKind, EventLog};
@@ -27,6 +27,7 @@ use stampgate::signals::command::{Command, Target};
 use stampgate::signals::{AdminShown, HealthState};
 use stampgate::stamp::{HealthFault, Stamp, StampOptions};
 use stampgate::upstream::Upstream;
+use support::dns::{self, addresses, ip, ips, query, udp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -37,21 +38,8 @@ const WAIT: Duration = Duration::from_secs(10);
 const ZONE: &str = "example.com.";
 const CATALOG: &str = "catalog.example.com.";
 
-fn ip(last: u8) -> IpAddr {
-    [127, 0, 0, last].into()
-}
-
-fn ips(lasts: &[u8]) -> BTreeSet<IpAddr> {
-    lasts.iter().map(|&l| ip(l)).collect()
-}
-
 // ---- a DNS client (hickory-proto messages over tokio sockets) --------------
-
-fn query(name: &str, rtype: RecordType) -> Message {
-    let mut m = Message::new(fastrand::u16(..), MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    m
-}
+// `support::dns` has the plain UDP query; TCP, EDNS and raw bytes are here.
 
 fn with_edns(mut m: Message, payload: u16) -> Message {
     let mut edns = Edns::new();
@@ -71,19 +59,6 @@ async fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec
         .unwrap();
     buf.truncate(n);
     Some(buf)
-}
-
-async fn udp(server: SocketAddr, m: &Message) -> Message {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.send_to(&m.to_vec().unwrap(), server).await.unwrap();
-    let mut buf = vec![0u8; 65_535];
-    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
-        .await
-        .expect("a UDP answer in time")
-        .unwrap();
-    let answer = Message::from_vec(&buf[..n]).unwrap();
-    assert_eq!(answer.metadata.id, m.metadata.id);
-    answer
 }
 
 async fn tcp(server: SocketAddr, m: &Message) -> Message {
@@ -106,21 +81,13 @@ async fn tcp(server: SocketAddr, m: &Message) -> Message {
     Message::from_vec(&buf).unwrap()
 }
 
-/// The addresses of the answer section.
-fn addresses(m: &Message) -> BTreeSet<IpAddr> {
-    m.answers.iter().filter_map(|r| r.data.ip_addr()).collect()
-}
-
 /// The addresses in answer order.
 fn ordered(m: &Message) -> Vec<IpAddr> {
     m.answers.iter().filter_map(|r| r.data.ip_addr()).collect()
 }
 
 async fn a_records(server: SocketAddr) -> BTreeSet<IpAddr> {
-    let answer = udp(server, &query(CATALOG, RecordType::A)).await;
-    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert!(answer.metadata.authoritative, "AA bit");
-    addresses(&answer)
+    dns::a_records(server, CATALOG).await
 }
 
 fn soa_serial(m: &Message) -> Option<u32> {
@@ -226,6 +193,7 @@ fn table(config: &Config, generation: u64, states: &[State]) -> RoutingTable {
                 effective_weight: st.weight,
                 admin_enabled: st.enabled,
                 rtt: st.rtt_ms.map(Duration::from_millis),
+                trickle: false,
                 stats,
             }
         },
@@ -783,18 +751,7 @@ async fn stamp_at(name: &str, last: u8) -> Stamp {
 
 /// Ask until the answer is `expected`, or fail after [`WAIT`].
 async fn await_answer(server: SocketAddr, expected: BTreeSet<IpAddr>) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let got = a_records(server).await;
-        if got == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "answer stayed {got:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    dns::await_a_records(server, CATALOG, expected, WAIT).await;
 }
 
 #[tokio::test]

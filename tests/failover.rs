@@ -335,13 +335,17 @@ async fn latency_method_moves_traffic_off_a_slow_stamp() {
     stamps[0].set_fault(fault(|f| f.latency_ms = Some(80)));
     let c = http1_client();
     let url = p.url(ITEMS);
+    // It keeps a trickle (to show its recovery), far under 1 %.
     support::published_until(
         &p.handle.controller,
-        "the slow stamp leaves the fast tier",
+        "the slow stamp is down to a trickle",
         |t| {
-            t.pools[0].selector.tiers()[0]
-                .members()
-                .all(|i| &*t.pools[0].stamps[i].name != "westeurope-1")
+            let slow = t.pools[0]
+                .stamps
+                .iter()
+                .position(|s| &*s.name == "westeurope-1")
+                .unwrap();
+            t.pools[0].selector.tiers()[0].share_of(slow) < 0.01
         },
     )
     .await;
@@ -350,8 +354,9 @@ async fn latency_method_moves_traffic_off_a_slow_stamp() {
         *by.entry(get(&c, &url).await.header("x-server-name").to_owned())
             .or_default() += 1;
     }
-    assert_eq!(by.get("westeurope-1"), None, "{by:?}");
-    assert_eq!(by.len(), 2, "the two fast stamps share: {by:?}");
+    assert!(by.get("westeurope-1").is_none_or(|&n| n <= 1), "{by:?}");
+    let fast = by.keys().filter(|k| *k != "westeurope-1").count();
+    assert_eq!(fast, 2, "the two fast stamps share: {by:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use stampgate::admin::Tokens;
 use stampgate::app::App;
 use stampgate::stamp::Stamp;
+use support::dns::{self, ips};
 use support::etcd::Etcd;
 use support::{HttpClient, Setup, admin_call, eventually, get, http1_client, stamp};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,6 +64,16 @@ fn edge_config(
     stamps: &[(String, String, String)],
     dir: &std::path::Path,
 ) -> stampgate::config::Config {
+    edge_setup(name, etcd, stamps, dir).config()
+}
+
+/// [`edge_config`] before parsing; its text ends inside `[fleet]`.
+fn edge_setup(
+    name: &str,
+    etcd: &str,
+    stamps: &[(String, String, String)],
+    dir: &std::path::Path,
+) -> Setup {
     let mut setup = Setup::new()
         .admin(&format!(
             "state_file = \"{}\"",
@@ -79,7 +90,7 @@ fn edge_config(
     for (n, r, a) in stamps {
         setup = setup.address(n, r, a);
     }
-    setup.config()
+    setup
 }
 
 async fn start_edge(config: &stampgate::config::Config) -> Edge {
@@ -299,7 +310,11 @@ async fn etcd_loss_costs_nothing_and_the_fleet_resyncs_when_it_returns() {
         .call(&f.client, "/admin/stamps/a/clear-local")
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(f.edges[2].admin_state(&f.client, "a").await, "drained");
+    // Draining until its requests in flight under the load end.
+    eventually("edge-3 follows the fleet's drain of a", async || {
+        f.edges[2].admin_state(&f.client, "a").await == "drained"
+    })
+    .await;
     for l in loads {
         let (ok, failed) = l.finish().await;
         assert!(ok > 0);
@@ -649,4 +664,136 @@ async fn decision_latency_bench() {
             pct(v, 1.0)
         );
     }
+}
+
+// ---- DNS answers of kind "edges" -------------------------------------------
+
+const EDGES_RECORD: &str = "edge.example.com.";
+
+/// [`edge_config`] with a DNS server whose record `edge` answers the live
+/// edges that can serve pool `p`; this edge advertises 127.0.0.`last`.
+fn dns_edge_config(
+    name: &str,
+    etcd: &str,
+    stamps: &[(String, String, String)],
+    dir: &std::path::Path,
+    last: u8,
+) -> stampgate::config::Config {
+    edge_setup(name, etcd, stamps, dir)
+        .extra(&format!(
+            "advertise = [\"127.0.0.{last}\"]\n\
+             [dns_server]\nlisten = [\"127.0.0.1:0\"]\nzone = \"example.com.\"\n\
+             nameservers = [\"ns1.example.com.\"]\nresponses_per_second = 0\n\
+             [[dns_server.records]]\nname = \"edge\"\npool = \"p\"\nanswer = \"edges\"\n"
+        ))
+        .config()
+}
+
+/// etcd, stamps a (r1) and b (r2), and one edge with a DNS server per
+/// `(name, last byte of its advertised address)`.
+async fn dns_fleet(edges: &[(&str, u8)]) -> Option<(Fleet, Vec<SocketAddr>)> {
+    let etcd = Etcd::start().await?;
+    let stamps = vec![stamp("a", "r1").await, stamp("b", "r2").await];
+    let dir = tempfile::tempdir().unwrap();
+    let list = addresses(&stamps.iter().collect::<Vec<_>>());
+    let mut started = Vec::new();
+    let mut servers = Vec::new();
+    for &(name, last) in edges {
+        let edge = start_edge(&dns_edge_config(name, &etcd.url(), &list, dir.path(), last)).await;
+        servers.push(edge.app.dns.as_ref().unwrap().listen[0]);
+        started.push(edge);
+    }
+    let f = Fleet {
+        etcd,
+        dir,
+        stamps,
+        edges: started,
+        client: http1_client(),
+    };
+    Some((f, servers))
+}
+
+/// Ask `server` until the `edge` record answers 127.0.0.x for exactly the
+/// given x, or fail after [`support::EVENTUALLY`] naming the last answer.
+async fn await_edges(server: SocketAddr, lasts: &[u8]) {
+    dns::await_a_records(server, EDGES_RECORD, ips(lasts), support::EVENTUALLY).await;
+}
+
+/// Drain every stamp of pool `p` on `edge` alone (a local override, forced
+/// past the last-region guard): it can serve the pool no more.
+async fn drain_locally(edge: &Edge, client: &HttpClient) {
+    for region in ["r1", "r2"] {
+        let path = format!("/admin/regions/{region}/drain?local=1&force=1");
+        let answer = edge.call(client, &path).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_edges_answer_every_live_edge_and_drop_one_that_stops_or_dies() {
+    let Some((mut f, dns)) = dns_fleet(&[("edge-1", 2), ("edge-2", 3), ("edge-3", 4)]).await else {
+        return;
+    };
+    await_edges(dns[0], &[2, 3, 4]).await;
+    await_edges(dns[2], &[2, 3, 4]).await;
+    // What each edge published is shown in /admin/fleet.
+    let view = f.edges[0].fleet(&f.client).await;
+    assert_eq!(view["edges"][1]["name"], "edge-2", "{view:#}");
+    assert_eq!(
+        view["edges"][1]["advertise"],
+        json!(["127.0.0.3"]),
+        "{view:#}"
+    );
+    assert_eq!(view["edges"][1]["pools"], json!(["p"]), "{view:#}");
+
+    // etcd away: no lease can be seen, the last known peers are kept.
+    f.etcd.kill().await;
+    eventually("edge-1 notices etcd is gone", async || {
+        f.edges[0].fleet(&f.client).await["connected"] == false
+    })
+    .await;
+    assert_eq!(dns::a_records(dns[0], EDGES_RECORD).await, ips(&[2, 3, 4]));
+    f.etcd.restart().await;
+    f.all_see_edges(3).await;
+
+    // A clean stop revokes edge-2's lease: it leaves at once.
+    f.edges.remove(1).app.shutdown().await;
+    await_edges(dns[0], &[2, 4]).await;
+    // A crash: edge-3 stops renewing and leaves when its lease expires.
+    f.edges[1].app.fleet.as_ref().unwrap().halt();
+    await_edges(dns[0], &[2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_edges_leave_out_an_edge_without_a_usable_stamp_and_fail_open_when_none_has_one() {
+    let Some((f, dns)) = dns_fleet(&[("edge-1", 2), ("edge-2", 3)]).await else {
+        return;
+    };
+    await_edges(dns[0], &[2, 3]).await;
+    // edge-2 drains its stamps on itself alone: it is out of both edges'
+    // answers (its own judges it from its own table).
+    drain_locally(&f.edges[1], &f.client).await;
+    await_edges(dns[0], &[2]).await;
+    await_edges(dns[1], &[2]).await;
+    // edge-1 too: no edge can serve the pool, so every live edge is
+    // answered (fail-open) and the alarm is raised, as for stamps.
+    drain_locally(&f.edges[0], &f.client).await;
+    await_edges(dns[0], &[2, 3]).await;
+    eventually("edge-1 raises the fail-open alarm", async || {
+        let events = get(&f.client, &f.edges[0].admin_url("/admin/events"))
+            .await
+            .json();
+        events.as_array().unwrap().iter().any(|e| {
+            let reason = e["reason"].as_str().unwrap();
+            e["kind"] == "alarm" && reason.contains(EDGES_RECORD) && reason.contains("fail-open")
+        })
+    })
+    .await;
+    // edge-2's stamps back: it alone serves the pool, it alone is answered.
+    for stamp in ["a", "b"] {
+        let path = format!("/admin/stamps/{stamp}/clear-local");
+        let answer = f.edges[1].call(&f.client, &path).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    await_edges(dns[0], &[3]).await;
 }

@@ -136,7 +136,12 @@ async fn every_dashboard_metric_is_exposed_by_metrics() {
     );
 
     let s = stamp("westeurope-1", "westeurope").await;
-    let p = Setup::new().stamp(&s).start().await;
+    // A hedging route, so that its delay gauge has a sample.
+    let p = Setup::new()
+        .stamp(&s)
+        .route("retry = { attempts = 2, hedge_after = \"100ms\" }")
+        .start()
+        .await;
     let admin = admin::start_with_tokens(
         "127.0.0.1:0".parse().unwrap(),
         Tokens::none(),

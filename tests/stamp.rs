@@ -475,8 +475,39 @@ async fn counts_api_requests_but_not_health() {
     http.get(stamp::LIVENESS_PATH).await;
     http.get("/nowhere").await;
     assert_eq!(stamp.requests_served(), 2);
+    assert_eq!(stamp.requests_received(), 2);
     let stats = Http::h1(stamp.control_addr()).get("/stats").await.json();
-    assert_eq!(stats, json!({ "requests": 2 }));
+    assert_eq!(stats, json!({ "requests": 2, "received": 2 }));
+}
+
+#[tokio::test]
+async fn an_api_hang_is_received_but_not_served_and_spares_health() {
+    let stamp = start("we-1", "westeurope").await;
+    stamp.set_fault(Fault {
+        hang: Some(true),
+        scope: Some(stampgate::stamp::FaultScope::Api),
+        ..Fault::default()
+    });
+    let http = Http::h1(stamp.addr());
+    let health = http.get(stamp::HEALTH_PATH).await;
+    assert_eq!(health.status, StatusCode::OK, "health stays green");
+    let held = tokio::spawn({
+        let http = Http::h1(stamp.addr());
+        async move { http.get(ITEMS).await }
+    });
+    // Polled, not slept on: the counter moves when the request arrives.
+    timeout(Duration::from_secs(5), async {
+        while stamp.requests_received() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the API request is received");
+    assert!(!held.is_finished());
+    assert_eq!(stamp.requests_served(), 0);
+    stamp.clear_fault();
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    assert_eq!(stamp.requests_served(), 1);
 }
 
 // ---- faults ----------------------------------------------------------------

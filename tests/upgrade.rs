@@ -119,6 +119,31 @@ async fn websocket_upgrade_is_spliced_both_ways_and_half_closed() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_an_open_tunnel_within_its_grace() {
+    let (stamp, _heads) = echo_stamp().await;
+    let p = Setup::new()
+        .address("ws", "r1", &stamp.to_string())
+        .proxy("shutdown_grace = \"300ms\"")
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
+    tcp.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let stats = p.handle.stats.clone();
+    eventually("the tunnel is open", async || {
+        stats.upgraded_open.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // The tunnel outlives the grace: the shutdown says so rather than
+    // claiming every connection drained.
+    assert_eq!(
+        p.handle.shutdown().await,
+        stampgate::proxy::ShutdownOutcome::GraceExpired
+    );
+}
+
+#[tokio::test]
 async fn idle_upgraded_connection_is_closed() {
     let (stamp, _heads) = echo_stamp().await;
     let p = Setup::new()

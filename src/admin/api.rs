@@ -570,6 +570,13 @@ impl Query {
             let (key, value) = item.split_once('=').unwrap_or((item, ""));
             let key = percent_decode(key)
                 .ok_or_else(|| ApiError::invalid("query", "bad percent-encoding"))?;
+            // `?=1`: an error must name a field, and this one has none.
+            if key.is_empty() {
+                return Err(ApiError::invalid(
+                    "query",
+                    format!("a parameter without a name ({item:?})"),
+                ));
+            }
             let value = percent_decode(value)
                 .ok_or_else(|| ApiError::invalid(&key, "bad percent-encoding"))?;
             pairs.push((key, value));
@@ -665,6 +672,9 @@ fn html(body: &'static str) -> Response<Body> {
 /// (inline CSS and script, no external requests) that polls
 /// `/admin/status` and `/admin/events` and lists the endpoints at its foot.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -75,7 +75,12 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoRoute> {
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
+    // Anything not starting with `/` is no path of ours (the first
+    // segment was once skipped unread, whatever it held).
+    let Some(absolute) = trimmed.strip_prefix('/') else {
+        return Err(NoRoute::NotFound);
+    };
+    let segments: Vec<&str> = absolute.split('/').collect();
     let (allow, endpoint) = match segments.as_slice() {
         [""] | ["admin", "ui"] => ("GET", Endpoint::Read(Read::Dashboard)),
         ["live"] => ("GET", Endpoint::Read(Read::Live)),

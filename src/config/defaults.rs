@@ -143,10 +143,16 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Half the interval at most, so that a hung stamp costs one missed sample,
 /// not a stalled probe loop. Capped at half the interval when that is shorter.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// `probe.fast_interval` is a quarter of `interval` by default (HAProxy's
+/// `fastinter` idea): after one failed probe the verdict is close, and the
+/// next probes should decide it in a fraction of an interval. Never below
+/// this floor, so that a short interval does not become a probe storm.
+pub const MIN_PROBE_FAST_INTERVAL: Duration = Duration::from_millis(100);
 /// A window of 4 samples: Front Door's window, at 30 times the pace.
 pub const DEFAULT_SAMPLE_SIZE: u32 = 4;
 /// 3 of the last 4 must succeed: two failures in a row mark a stamp down
-/// (about 2.5 s worst case) while one lost probe does not. Capped at
+/// (the second one `fast_interval` after the first, so about 1.25 s plus
+/// timeouts worst case) while one lost probe does not. Capped at
 /// `sample_size` when that is smaller.
 pub const DEFAULT_SUCCESSFUL_SAMPLES_REQUIRED: u32 = 3;
 /// Success and redirects: a health endpoint that redirects is still up
@@ -178,6 +184,13 @@ pub const DEFAULT_FAILURE_RATE: f64 = 0.25;
 /// Ten requests in the half-second window: below that a couple of unlucky
 /// answers would be a rate.
 pub const DEFAULT_FAILURE_RATE_MIN_REQUESTS: u32 = 10;
+/// Five times the pool's median: far beyond the spread of identical stamps
+/// (Envoy's success-rate rule uses a similar multiple), and a stamp that
+/// jumps from 1 ms to 300 ms is out at once.
+pub const DEFAULT_LATENCY_FACTOR: f64 = 5.0;
+/// 50 ms: below it a "5x slower" stamp is still fast in absolute terms (2 ms
+/// against 0.4 ms is noise, not a gray failure).
+pub const DEFAULT_LATENCY_FLOOR: Duration = Duration::from_millis(50);
 
 /// 10 %: enough spread that a fleet of proxies started together drifts out
 /// of lock-step within a few intervals, while a probe is never late by much.

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub mod defaults;
 mod dns_server;
 mod fleet;
+#[cfg(test)]
+mod fuzz;
 pub mod raw;
 mod summary;
 mod units;
@@ -21,7 +23,7 @@ pub use fleet::{FleetSettings, Quorum};
 pub use summary::summary;
 pub use units::{parse_duration, parse_size};
 pub(crate) use validate::locate;
-pub use validate::{ConfigError, load, parse_str};
+pub use validate::{ConfigError, load, parse_hedge_after, parse_str};
 
 /// A validated configuration. Every value here has passed the checks in
 /// `validate`; durations and sizes are typed, names are unique, routes point
@@ -208,6 +210,21 @@ pub struct RetryConfig {
     /// a 5xx that is not a gateway failure: with identical stamps, another
     /// region's copy answers the same request correctly.
     pub on_server_error: bool,
+    /// Hedging: when a replayable idempotent request has no response head
+    /// from its stamp after this, a second try goes to another stamp while
+    /// the first still runs; the first answer wins. `None`: off.
+    pub hedge_after: Option<HedgeAfter>,
+}
+
+/// When a hedge goes (`retry.hedge_after`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeAfter {
+    /// A fixed delay (`"100ms"`).
+    Fixed(Duration),
+    /// A quantile of the route's recent times to response head (`"p95"`:
+    /// 0.95), so that about that share of requests never hedges whatever
+    /// the stamps' normal latency is.
+    Quantile(f64),
 }
 
 /// Routing method of a pool.
@@ -285,6 +302,10 @@ pub struct ProbeConfig {
     pub interval: Duration,
     /// Time between probes of an unhealthy stamp (faster, to notice recovery).
     pub unhealthy_interval: Duration,
+    /// Time until the next probe after a failed one, while the stamp is
+    /// not yet unhealthy: the verdict is decided in a fraction of an
+    /// interval (HAProxy's `fastinter`).
+    pub fast_interval: Duration,
     /// Probe time limit (< interval).
     pub timeout: Duration,
     /// Sliding window length.
@@ -320,6 +341,12 @@ pub struct OutlierConfig {
     pub failure_rate: Option<f64>,
     /// ... counted only once it served this many requests in that window.
     pub failure_rate_min_requests: u32,
+    /// A stamp whose live latency is more than this many times the median
+    /// of the pool's other stamps ...
+    pub latency_factor: f64,
+    /// ... and above this is a latency outlier: it keeps a trickle of
+    /// traffic (to see it recover) and loses the rest.
+    pub latency_floor: Duration,
 }
 
 /// `[pools.NAME.health]`

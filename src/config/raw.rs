@@ -231,6 +231,8 @@ pub struct RawRetry {
     pub replay_limit: Option<String>,
     /// Retry idempotent requests a stamp answered with a 5xx.
     pub on_server_error: Option<bool>,
+    /// Duration string: send a second try when the first has no answer yet.
+    pub hedge_after: Option<String>,
 }
 
 /// `[pools.NAME]`
@@ -289,6 +291,9 @@ pub struct RawProbe {
     pub unhealthy_interval: Option<String>,
     /// Duration string.
     #[serde(default, deserialize_with = "duration")]
+    pub fast_interval: Option<String>,
+    /// Duration string.
+    #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<String>,
     /// Sliding window length.
     pub sample_size: Option<i64>,
@@ -326,6 +331,10 @@ pub struct RawOutlier {
     /// Requests a stamp must have served in the window for the failure
     /// rate to count.
     pub failure_rate_min_requests: Option<i64>,
+    /// Live latency above this many times the pool median: an outlier.
+    pub latency_factor: Option<f64>,
+    /// Duration string: ... and above this.
+    pub latency_floor: Option<String>,
 }
 
 /// `[pools.NAME.health]`

@@ -245,11 +245,12 @@ fn pool_block(out: &mut String, pool: &PoolConfig) {
     let probe = &pool.probe;
     let _ = writeln!(
         out,
-        "    worst-case detection: active probes {} = interval {} x ({} - {} + 1) + timeout {} ({} {})",
+        "    worst-case detection: active probes {} = interval {} + {} x fast_interval {} + {} x timeout {} ({} {})",
         format_duration(active_detection(probe)),
         format_duration(probe.interval),
-        probe.sample_size,
-        probe.successful_samples_required,
+        failed_probes_needed(probe) - 1,
+        format_duration(probe.fast_interval),
+        failed_probes_needed(probe),
         format_duration(probe.timeout),
         probe.method,
         probe.path,
@@ -268,12 +269,20 @@ fn pool_block(out: &mut String, pool: &PoolConfig) {
     };
 }
 
-/// Worst case for the active probe to mark a dead stamp down: the window
-/// holds `required` successes, so `size - required + 1` failed probes are
-/// needed, one per interval, and the last one only fails at its timeout.
+/// Failed probes that mark a healthy stamp down: the window holds
+/// `required` successes, so `size - required + 1` failures are needed.
+fn failed_probes_needed(probe: &ProbeConfig) -> u32 {
+    probe.sample_size - probe.successful_samples_required + 1
+}
+
+/// Worst case for the active probe to mark a dead stamp down: the first
+/// failed probe starts up to one `interval` after the fault, each further
+/// one `fast_interval` after the one before, and each may take its whole
+/// `timeout` to fail (a hung stamp). A stamp that refuses or answers 503
+/// is out sooner: `interval + (n - 1) x fast_interval`.
 pub(crate) fn active_detection(probe: &ProbeConfig) -> Duration {
-    let probes = probe.sample_size - probe.successful_samples_required + 1;
-    probe.interval * probes + probe.timeout
+    let probes = failed_probes_needed(probe);
+    probe.interval + probe.fast_interval * (probes - 1) + probe.timeout * probes
 }
 
 /// Time for the least-loaded stamp that gets traffic to see
@@ -360,11 +369,11 @@ weight = 0
     }
 
     #[test]
-    fn active_detection_is_window_times_interval_plus_timeout() {
-        // 1s x (4 - 3 + 1) + 500ms
+    fn active_detection_is_interval_then_fast_probes_each_to_its_timeout() {
+        // 1s + (2 - 1) x 250ms (a quarter of the interval) + 2 x 500ms
         assert_eq!(
             active_detection(&pool("weighted").probe),
-            Duration::from_millis(2500)
+            Duration::from_millis(2250)
         );
     }
 
@@ -423,7 +432,9 @@ weight = 0
             "{s}"
         );
         assert!(
-            s.contains("worst-case detection: active probes 2.5s"),
+            s.contains(
+                "worst-case detection: active probes 2.25s = interval 1s + 1 x fast_interval 250ms + 2 x timeout 500ms"
+            ),
             "{s}"
         );
         assert!(

@@ -25,7 +25,8 @@ use super::raw::{
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
     AccessLogFormat, AccessLogSettings, AdminSettings, CertificateConfig, Config,
-    HealthListenerSettings, Http1Engine, PoolConfig, ProxySettings, RetryConfig, RouteConfig,
+    HealthListenerSettings, HedgeAfter, Http1Engine, PoolConfig, ProxySettings, RetryConfig,
+    RouteConfig,
 };
 use crate::discovery::DnsSettings;
 
@@ -793,7 +794,36 @@ impl<'a> Ctx<'a> {
             raw.replay_limit.as_deref(),
             DEFAULT_REPLAY_LIMIT,
         )?;
+        let hedge_after = match raw.hedge_after.as_deref() {
+            None => None,
+            Some(text) => {
+                let hedge_key = key("hedge_after");
+                let after = parse_hedge_after(text)
+                    .map_err(|rule| self.invalid(&hedge_key, quote(text), rule))?;
+                if let HedgeAfter::Fixed(after) = after
+                    && after >= per_try_timeout
+                {
+                    return Err(self.invalid(
+                        &hedge_key,
+                        quote(text),
+                        format!(
+                            "must be less than per_try_timeout ({}): the first try would end before its hedge",
+                            format_duration(per_try_timeout)
+                        ),
+                    ));
+                }
+                if attempts < 2 {
+                    return Err(self.invalid(
+                        &hedge_key,
+                        quote(text),
+                        "a hedge is a second try: needs retry.attempts of at least 2 (is 1)",
+                    ));
+                }
+                Some(after)
+            }
+        };
         Ok(RetryConfig {
+            hedge_after,
             attempts,
             budget_percent,
             per_try_timeout,
@@ -801,6 +831,37 @@ impl<'a> Ctx<'a> {
             on_server_error: raw.on_server_error.unwrap_or(DEFAULT_RETRY_ON_SERVER_ERROR),
         })
     }
+}
+
+/// `retry.hedge_after` on its own: a duration above zero, or a quantile
+/// `"p50"`..`"p99.9"`; the error is the rule broken. (How it compares with
+/// the route's other keys is checked with them.)
+pub fn parse_hedge_after(text: &str) -> Result<HedgeAfter, String> {
+    match quantile_text(text) {
+        Some(q) => q
+            .map(HedgeAfter::Quantile)
+            .ok_or_else(|| "a quantile must be from p50 to p99.9 (e.g. \"p95\")".to_owned()),
+        None => match parse_duration(text)? {
+            d if d.is_zero() => Err("must be more than 0s".to_owned()),
+            d => Ok(HedgeAfter::Fixed(d)),
+        },
+    }
+}
+
+/// `"p95"`, `"p99.9"`: `Some` of the quantile as a fraction when in
+/// 50..=99.9 percent, `Some(None)` when it is out of range or not a number;
+/// `None` for anything not written as `pNN` (a duration, say).
+fn quantile_text(text: &str) -> Option<Option<f64>> {
+    let percent = text.strip_prefix('p')?;
+    if !percent.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let q = percent
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (50.0..=99.9).contains(p))
+        .map(|p| p / 100.0);
+    Some(q)
 }
 
 fn missing_pool_rule(pools: &[PoolConfig]) -> String {
@@ -840,6 +901,20 @@ fn check_host_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hedge_quantiles_are_written_p50_to_p99_9() {
+        assert_eq!(quantile_text("p95"), Some(Some(0.95)));
+        let q = quantile_text("p99.9").flatten().unwrap();
+        assert!((q - 0.999).abs() < 1e-12, "{q}");
+        assert_eq!(quantile_text("p50"), Some(Some(0.5)));
+        for out in ["p49", "p100", "p99.95x", "p9x"] {
+            assert_eq!(quantile_text(out), Some(None), "{out}");
+        }
+        for duration in ["100ms", "1s", "p", "pp95", ""] {
+            assert_eq!(quantile_text(duration), None, "{duration}");
+        }
+    }
 
     #[test]
     fn example_config_passes_from_any_working_directory() {

@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PoolConfig, StampConfig};
+use crate::config::{Config, HedgeAfter, PoolConfig, StampConfig};
 use crate::discovery::{self, Discovery, DnsCache, DnsError, DnsReport};
+use crate::health::latency::{self, LatencyVerdict, LiveLatency, OutlierRule, Reading};
 use crate::health::probe::{self, ProbeSchedule, ProbeTarget};
 use crate::health::rates::{Counts, FailureWindow, LiveClock, LiveRates};
 use crate::health::state::{
@@ -35,6 +36,7 @@ use crate::health::state::{
 use crate::metrics::ProxyStats;
 use crate::proxy::tls::{Certificates, TlsSetupError};
 use crate::routing::budget::RetryBudget;
+use crate::routing::head_latency::QuantileWindow;
 use crate::routing::{ProbeResult, RouteShared, RouteStats, RoutingTable, StampInput, StampStats};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
@@ -66,6 +68,13 @@ const SLOW_START_STEPS: f64 = 10.0;
 /// `min_weight_percent` idea): zero would starve it of the traffic that
 /// proves it healthy.
 const SLOW_START_FLOOR: f64 = 0.1;
+/// Live windows (seconds) of times to response head an adaptive hedge
+/// delay is read from: long enough for a quiet route to have samples,
+/// short enough to follow a change in its stamps' latency.
+const HEDGE_WINDOW: usize = 10;
+/// Fewer samples than this in [`HEDGE_WINDOW`] make no quantile worth
+/// hedging on.
+const HEDGE_MIN_SAMPLES: u64 = 20;
 /// Retry budget window and floor (Finagle/tower defaults): the floor lets
 /// a quiet route still retry a few requests a second.
 const BUDGET_TTL: Duration = Duration::from_secs(10);
@@ -102,6 +111,10 @@ struct StampEntry {
     /// Requests and failures over the last [`FAILURE_WINDOW`] ticks, for
     /// failure-rate ejection.
     recent: FailureWindow,
+    /// Live latency from the request path's counters, read every tick.
+    live_latency: LiveLatency,
+    /// Set while the stamp is a latency outlier (it gets a trickle).
+    latency_outlier: Option<LatencyVerdict>,
     /// The operator's decision.
     admin: AdminState,
     /// The operator's weight, replacing the configured one.
@@ -129,6 +142,8 @@ impl StampEntry {
             probe_cancel: cancel.child_token(),
             live: LiveRates::default(),
             recent: FailureWindow::new(FAILURE_WINDOW),
+            live_latency: LiveLatency::default(),
+            latency_outlier: None,
             admin: AdminState::Active,
             weight_override: None,
             drain_deadline: None,
@@ -138,6 +153,15 @@ impl StampEntry {
 
     fn weight(&self) -> u32 {
         self.weight_override.unwrap_or(self.config.weight)
+    }
+
+    /// The latency the latency method ranks by: live when the stamp has
+    /// recent traffic (what its callers wait), else the probe's round trip.
+    fn latency(&self, now: Instant) -> Option<Duration> {
+        self.live_latency
+            .estimate(now)
+            .map(|e| e.latency)
+            .or(self.health.smoothed_rtt())
     }
 
     /// The request path's cumulative counts for this stamp.
@@ -279,6 +303,8 @@ pub struct Controller {
     dns_hosts: BTreeSet<String>,
     /// Fleet decisions, local overrides and quorum verdicts.
     fleet: fleet::FleetState,
+    /// Per route hedging at a quantile: its recent times to response head.
+    hedge_windows: HashMap<String, QuantileWindow>,
 }
 
 impl Controller {
@@ -338,6 +364,7 @@ impl Controller {
             dns_reports: dns_tx,
             dns_hosts: BTreeSet::new(),
             fleet,
+            hedge_windows: HashMap::new(),
             config,
         };
         controller.start_dns()?;
@@ -662,6 +689,82 @@ impl Controller {
         entry.health.eject_for_failure_rate(rate, now)
     }
 
+    /// Read every stamp's live latency counters and judge each pool's
+    /// latency outliers; changes are logged and recorded as events.
+    fn judge_latency(&mut self, now: Instant) {
+        for e in &mut self.stamps {
+            let s = &e.stats;
+            let reading = Reading {
+                samples: s.live_samples.load(Ordering::Relaxed),
+                micros: s.live_micros.load(Ordering::Relaxed),
+                ended: s.requests.load(Ordering::Relaxed),
+                awaiting: s.awaiting_head.load(Ordering::Relaxed),
+            };
+            e.live_latency.observe(now, reading);
+        }
+        for (pi, pool) in self.config.pools.iter().enumerate() {
+            let members: Vec<usize> = (0..self.stamps.len())
+                .filter(|&i| self.stamps[i].pool == pi)
+                .collect();
+            let estimates: Vec<_> = members
+                .iter()
+                .map(|&i| self.stamps[i].live_latency.estimate(now))
+                .collect();
+            let was: Vec<bool> = members
+                .iter()
+                .map(|&i| self.stamps[i].latency_outlier.is_some())
+                .collect();
+            let rule = OutlierRule {
+                factor: pool.outlier.latency_factor,
+                floor: pool.outlier.latency_floor,
+            };
+            let max_out = members.len() * pool.outlier.max_ejected_percent as usize / 100;
+            let verdicts = latency::judge(&estimates, &was, &rule, max_out);
+            for (&i, verdict) in members.iter().zip(verdicts) {
+                let entry = &mut self.stamps[i];
+                let change = match (&entry.latency_outlier, &verdict) {
+                    (None, Some(v)) => Some((true, v.reason(&rule))),
+                    (Some(_), None) => {
+                        Some((false, "live latency back near the pool median".into()))
+                    }
+                    _ => None,
+                };
+                entry.latency_outlier = verdict;
+                let Some((out, reason)) = change else {
+                    continue;
+                };
+                let stamp = entry.config.name.clone();
+                if out {
+                    tracing::warn!(pool = %pool.name, %stamp, %reason, "latency outlier: traffic cut to a trickle");
+                } else {
+                    tracing::info!(pool = %pool.name, %stamp, %reason, "latency outlier released");
+                }
+                self.events.push(NewEvent {
+                    kind: EventKind::Health,
+                    pool: Some(pool.name.clone()),
+                    stamp: Some(stamp),
+                    from: Some(
+                        if out {
+                            "in rotation"
+                        } else {
+                            "latency outlier"
+                        }
+                        .into(),
+                    ),
+                    to: Some(
+                        if out {
+                            "latency outlier"
+                        } else {
+                            "in rotation"
+                        }
+                        .into(),
+                    ),
+                    reason,
+                });
+            }
+        }
+    }
+
     fn on_tick(&mut self, now: Instant) {
         let live_window = self.live_clock.due(now);
         for i in 0..self.stamps.len() {
@@ -678,11 +781,37 @@ impl Controller {
             let t = self.judge_failure_rate(i, now);
             self.record_transition(i, t);
         }
+        self.judge_latency(now);
         if live_window.is_some() {
             self.sample_history();
+            self.update_hedge_delays();
         }
         self.advance_drains(now);
         self.publish(now, false);
+    }
+
+    /// Once per live window: each route hedging at a quantile gets its
+    /// delay from the last [`HEDGE_WINDOW`] windows of its times to
+    /// response head; with fewer than [`HEDGE_MIN_SAMPLES`] it has none and
+    /// does not hedge (its retries still cover a failed try).
+    fn update_hedge_delays(&mut self) {
+        let routes = &self.routes;
+        self.hedge_windows
+            .retain(|name, _| routes.contains_key(name));
+        for route in &self.config.routes {
+            let (Some(HedgeAfter::Quantile(q)), Some(shared)) =
+                (route.retry.hedge_after, self.routes.get(&route.name))
+            else {
+                continue;
+            };
+            let latencies = &shared.stats.head_latency;
+            let window = self
+                .hedge_windows
+                .entry(route.name.clone())
+                .or_insert_with(|| QuantileWindow::new(HEDGE_WINDOW));
+            window.sample(latencies);
+            latencies.set_delay(window.quantile(q, HEDGE_MIN_SAMPLES));
+        }
     }
 
     /// One second of figures per stamp into the dashboard's history.
@@ -737,7 +866,7 @@ impl Controller {
     }
 
     /// A table for the current state, with `weights` per stamp.
-    fn build_table(&self, weights: &[u32], generation: u64) -> RoutingTable {
+    fn build_table(&self, weights: &[u32], generation: u64, now: Instant) -> RoutingTable {
         RoutingTable::build(
             &self.config,
             generation,
@@ -749,7 +878,8 @@ impl Controller {
                 StampInput {
                     effective_weight: weights[i],
                     admin_enabled: entry.admin == AdminState::Active,
-                    rtt: entry.health.smoothed_rtt(),
+                    rtt: entry.latency(now),
+                    trickle: entry.latency_outlier.is_some(),
                     stats: entry.stats.clone(),
                 }
             },
@@ -776,7 +906,7 @@ impl Controller {
                 .set_state(e.health.state(), operator::admin_label(e));
         }
         let weights = self.weights(now);
-        let table = self.build_table(&weights, self.generation + 1);
+        let table = self.build_table(&weights, self.generation + 1, now);
         if !force && self.generation > 0 && table.routes_like(&self.routing.load()) {
             return;
         }

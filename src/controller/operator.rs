@@ -192,7 +192,7 @@ impl Controller {
         for &i in &stamps {
             weights[i] = 0;
         }
-        let predicted = self.build_table(&weights, self.generation);
+        let predicted = self.build_table(&weights, self.generation, now);
         if dry_run {
             let current = self.routing.load();
             let mut answer = json!({

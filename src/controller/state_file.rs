@@ -168,7 +168,13 @@ pub fn load_all(path: &Path) -> Result<Loaded, StateFileError> {
             path: path.to_owned(),
         });
     }
-    let file: StateFile = serde_json::from_str(&text).map_err(|e| StateFileError::Parse {
+    parse(&text, path)
+}
+
+/// A state file's text, checked as [`load_all`] does (`path` names it in
+/// errors).
+fn parse(text: &str, path: &Path) -> Result<Loaded, StateFileError> {
+    let file: StateFile = serde_json::from_str(text).map_err(|e| StateFileError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
@@ -178,14 +184,23 @@ pub fn load_all(path: &Path) -> Result<Loaded, StateFileError> {
             message: format!("version {} is not {FORMAT_VERSION}", file.version),
         });
     }
-    if let Some((stamp, weight)) = file
+    // The fleet's decisions are applied like the local ones: the same range.
+    let local = file
         .stamps
         .iter()
-        .find_map(|(s, d)| d.weight.filter(|&w| w > MAX_WEIGHT).map(|w| (s, w)))
+        .map(|(s, d)| (format!("stamps.{s}.weight"), d.weight));
+    let fleet = file.fleet.iter().flat_map(|f| {
+        f.decisions
+            .iter()
+            .map(|(s, d)| (format!("fleet.decisions.{s}.weight"), d.weight))
+    });
+    if let Some((key, weight)) = local
+        .chain(fleet)
+        .find_map(|(key, w)| w.filter(|&w| w > MAX_WEIGHT).map(|w| (key, w)))
     {
         return Err(StateFileError::Parse {
             path: path.to_owned(),
-            message: format!("stamps.{stamp}.weight = {weight} is out of range (0..={MAX_WEIGHT})"),
+            message: format!("{key} = {weight} is out of range (0..={MAX_WEIGHT})"),
         });
     }
     Ok((file.stamps, file.fleet))
@@ -243,6 +258,87 @@ pub fn save_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing;
+    use proptest::prelude::*;
+
+    /// A state file with local and fleet decisions, as `save_all` writes it.
+    fn valid_text() -> Vec<u8> {
+        let stamps = BTreeMap::from([
+            (
+                "eu-1".to_owned(),
+                Decision {
+                    admin: AdminState::Draining,
+                    weight: Some(40),
+                },
+            ),
+            (
+                "us-2".to_owned(),
+                Decision {
+                    admin: AdminState::Disabled,
+                    weight: None,
+                },
+            ),
+        ]);
+        let fleet = FleetRecord {
+            revision: 12,
+            local: BTreeSet::from(["us-2".to_owned()]),
+            decisions: BTreeMap::from([(
+                "eu-1".to_owned(),
+                FleetStamp {
+                    admin: AdminState::Draining,
+                    weight: Some(40),
+                    revision: 11,
+                    by: "ops".to_owned(),
+                    edge: "edge-1".to_owned(),
+                },
+            )]),
+        };
+        let file = StateFile {
+            version: FORMAT_VERSION,
+            stamps,
+            fleet: Some(fleet),
+        };
+        serde_json::to_vec_pretty(&file).unwrap()
+    }
+
+    proptest! {
+        /// Whatever the file holds, loading it is an answer, never a
+        /// panic, and what it accepts is in the API's range.
+        #[test]
+        fn any_state_file_loads_or_is_refused_and_accepted_weights_are_in_range(
+            text in prop_oneof![
+                1 => fuzzing::syntax(fuzzing::JSON_TOKENS, 40),
+                2 => fuzzing::mutated(Just(valid_text()), 5),
+                3 => fuzzing::spliced(Just(valid_text()), fuzzing::JSON_TOKENS, 3),
+            ]
+        ) {
+            let text = String::from_utf8_lossy(&text);
+            match parse(&text, Path::new("state.json")) {
+                Ok((stamps, fleet)) => {
+                    let fleet_weights = fleet.iter().flat_map(|f| f.decisions.values().map(|d| d.weight));
+                    for w in stamps.values().map(|d| d.weight).chain(fleet_weights).flatten() {
+                        prop_assert!(w <= MAX_WEIGHT, "weight {w} accepted: {text}");
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().contains("state.json"), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_fleet_decision_out_of_range_is_refused_by_its_key() {
+        // The first 40 is the local decision's weight, the last the fleet's.
+        let text = String::from_utf8(valid_text()).unwrap();
+        let local = text.replacen("40", "5000", 1);
+        let e = parse(&local, Path::new("s.json")).unwrap_err().to_string();
+        assert!(e.contains("stamps.eu-1.weight = 5000"), "{e}");
+        let (before, after) = text.rsplit_once("40").unwrap();
+        let fleet_only = format!("{before}5000{after}");
+        let e = parse(&fleet_only, Path::new("s.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fleet.decisions.eu-1.weight = 5000"), "{e}");
+    }
 
     #[test]
     fn round_trip_keeps_only_decisions() {

@@ -52,6 +52,11 @@ impl Controller {
                             "in_flight": e.in_flight(),
                             "requests_total": e.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
                             "probe_rtt_ms": e.health.smoothed_rtt().map(ms),
+                            "live_latency_ms": e.live_latency.estimate(now).map(|l| ms(l.latency)),
+                            "latency_outlier": e.latency_outlier.as_ref().map(|v| v.reason(&crate::health::latency::OutlierRule {
+                                factor: pool.outlier.latency_factor,
+                                floor: pool.outlier.latency_floor,
+                            })),
                             "last_probe": last_probe,
                             "ejections": e.health.ejections(),
                             "ejected_for_s": e.health.ejected_until().filter(|&u| u > now).map(|u| u.duration_since(now).as_secs_f64()),

@@ -113,9 +113,13 @@ pub fn compute(
 
 /// Under the pool's method: priority, the top usable tier; weighted, every
 /// stamp with weight above 0; latency, every usable stamp, the fast set
-/// first. Latency answers keep the slow stamps because the round trips were
-/// measured from this edge, not from the DNS client: a stamp slow from here
-/// may be the nearest to the client.
+/// first. Latency answers keep the slow stamps (after the fast ones)
+/// because the latencies were measured from this edge, not from the DNS
+/// client: a stamp slow from here may be the nearest to the client. In
+/// priority and weighted answers a trickled stamp (a latency outlier,
+/// which the proxy gives only a trickle to see it recover) is left out:
+/// a resolver cannot give it a trickle, and a client handed it would
+/// wait on it.
 fn stamps(pool: &PoolView, resolve: impl Fn(&str) -> Option<Arc<[IpAddr]>>) -> Answer {
     let tiers = pool.selector.tiers();
     let target = |i: usize, weight: u32, group: u8| {
@@ -152,19 +156,24 @@ fn stamps(pool: &PoolView, resolve: impl Fn(&str) -> Option<Arc<[IpAddr]>>) -> A
             problem: None,
         };
     }
-    let used = match pool.method {
-        Method::Priority | Method::Weighted => &tiers[..1],
-        Method::Latency => tiers,
+    // The trickled stamps sit in the first tier with a token weight.
+    let members = tiers[0].members();
+    let targets = match pool.method {
+        Method::Priority | Method::Weighted => members
+            .filter(|&i| !pool.stamps[i].trickled)
+            .map(|i| target(i, pool.stamps[i].effective_weight, 0))
+            .collect(),
+        Method::Latency => {
+            let mut targets: Vec<Target> = members
+                .map(|i| {
+                    let s = &pool.stamps[i];
+                    target(i, s.effective_weight, u8::from(s.trickled))
+                })
+                .collect();
+            targets.sort_by_key(|t| t.group);
+            targets
+        }
     };
-    let targets = used
-        .iter()
-        .enumerate()
-        .flat_map(|(g, tier)| {
-            let group = u8::try_from(g).unwrap_or(u8::MAX);
-            tier.members().map(move |i| (i, group)).collect::<Vec<_>>()
-        })
-        .map(|(i, group)| target(i, pool.stamps[i].effective_weight, group))
-        .collect();
     Answer {
         targets,
         failing_open: false,
@@ -189,7 +198,7 @@ fn stamp_addresses(
 /// (fail-open). An edge without a reported pool list is this edge, judged
 /// from the local table: it can serve when the pool has a usable stamp.
 fn edges(pool: &PoolView, edges: &[EdgeInfo]) -> Answer {
-    let local_ok = !pool.selector.is_empty() && !pool.failing_open;
+    let local_ok = pool.has_usable_stamp();
     let serves = |e: &EdgeInfo| match &e.pools {
         None => local_ok,
         Some(pools) => pools.contains(&pool.name),
@@ -234,25 +243,29 @@ mod tests {
         weight: u32,
         enabled: bool,
         rtt_ms: Option<u64>,
+        /// A latency outlier.
+        trickle: bool,
     }
 
     const UP: State = State {
         weight: 100,
         enabled: true,
         rtt_ms: None,
+        trickle: false,
+    };
+    /// A latency outlier: usable, with a trickle.
+    const SLOW: State = State {
+        trickle: true,
+        ..UP
     };
     /// Drained or disabled: no weight, not enabled.
     const DRAINED: State = State {
         weight: 0,
         enabled: false,
-        rtt_ms: None,
+        ..UP
     };
     /// Unhealthy or ejected: no weight, still enabled.
-    const DOWN: State = State {
-        weight: 0,
-        enabled: true,
-        rtt_ms: None,
-    };
+    const DOWN: State = State { weight: 0, ..UP };
 
     fn config(method: &str, all_unhealthy: &str, stamps: &[(&str, &str, u32)]) -> Config {
         let mut t = format!(
@@ -298,6 +311,7 @@ mod tests {
                     effective_weight: st.weight,
                     admin_enabled: st.enabled,
                     rtt: st.rtt_ms.map(Duration::from_millis),
+                    trickle: st.trickle,
                     stats,
                 }
             },
@@ -348,6 +362,22 @@ mod tests {
         assert_eq!(answer.addresses(), [ip(2)]);
         let answer = stamps_answer(&table(&cfg, &[UP, UP, UP]));
         assert_eq!(answer.addresses(), [ip(2), ip(3), ip(4)]);
+    }
+
+    #[test]
+    fn a_latency_outlier_is_left_out_of_priority_and_weighted_answers() {
+        let cfg = config("weighted", "fail-open", &THREE);
+        let answer = stamps_answer(&table(&cfg, &[UP, SLOW, UP]));
+        assert_eq!(answer.addresses(), [ip(2), ip(4)]);
+        // A slow primary: its tier partner alone, not the backup tier.
+        let cfg = config("priority", "fail-open", &THREE);
+        let answer = stamps_answer(&table(&cfg, &[SLOW, UP, UP]));
+        assert_eq!(answer.addresses(), [ip(3)]);
+        // Latency: kept, after the fast set.
+        let cfg = config("latency", "fail-open", &THREE);
+        let answer = stamps_answer(&table(&cfg, &[SLOW, UP, UP]));
+        assert_eq!(answer.addresses(), [ip(3), ip(4), ip(2)]);
+        assert_eq!(answer.targets[2].group, 1);
     }
 
     #[test]

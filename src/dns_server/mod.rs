@@ -24,10 +24,13 @@
 //! proxy for a query.
 //!
 //! The fleet seam: answers of kind `"edges"` read [`LiveEdges`], a list of
-//! [`EdgeInfo`] behind an `ArcSwap`. Without a fleet it holds this edge
-//! alone (`[fleet] advertise`), judged from the local table. The fleet sync
-//! task, when it exists, calls [`LiveEdges::set`] with every live edge and
-//! the pools each one reports it can serve; nothing here changes.
+//! [`EdgeInfo`] behind an `ArcSwap`. It always holds this edge
+//! (`[fleet] advertise`), judged from the local table at answer time, so
+//! this edge is answered while it can serve the pool even with etcd down.
+//! In a fleet, the composition root (`crate::app`) follows the fleet's
+//! live peers and calls [`LiveEdges::set_peers`] with each one's addresses
+//! and the pools its published view says it can serve; this module does
+//! not know the fleet.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -100,9 +103,18 @@ impl LiveEdges {
         }])))
     }
 
-    /// Replace the list (the fleet sync task, on every change).
+    /// Replace the whole list.
     pub fn set(&self, edges: Vec<EdgeInfo>) {
         self.0.store(Arc::new(edges));
+    }
+
+    /// Replace the other edges of the fleet, keeping this edge (the entry
+    /// judged from the local table, `pools: None`) first: whatever the
+    /// fleet says, this edge answers for itself.
+    pub fn set_peers(&self, peers: impl IntoIterator<Item = EdgeInfo>) {
+        let current = self.load();
+        let this_edge = current.iter().filter(|e| e.pools.is_none()).cloned();
+        self.set(this_edge.chain(peers).collect());
     }
 
     /// The current list.
@@ -361,4 +373,35 @@ fn alarm(events: &EventLog, record: &crate::config::DnsRecordConfig, failing_ope
         ),
         reason,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, last: u8) -> EdgeInfo {
+        EdgeInfo {
+            name: name.into(),
+            addresses: vec![[127, 0, 0, last].into()],
+            pools: Some(vec!["p".into()]),
+        }
+    }
+
+    #[test]
+    fn set_peers_replaces_the_other_edges_and_keeps_this_one_first() {
+        let edges = LiveEdges::local("me", &[[127, 0, 0, 2].into()]);
+        edges.set_peers([peer("e3", 3), peer("e4", 4)]);
+        let names = |e: &LiveEdges| {
+            e.load()
+                .iter()
+                .map(|e| e.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&edges), ["me", "e3", "e4"]);
+        edges.set_peers([peer("e4", 4)]);
+        assert_eq!(names(&edges), ["me", "e4"]);
+        edges.set_peers([]);
+        assert_eq!(names(&edges), ["me"]);
+        assert_eq!(edges.load()[0].pools, None, "this edge is judged locally");
+    }
 }

@@ -15,6 +15,19 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("brownout", include_str!("../../scenarios/brownout.toml")),
     (
+        "api-brownout",
+        include_str!("../../scenarios/api-brownout.toml"),
+    ),
+    (
+        "api-brownout-weighted",
+        include_str!("../../scenarios/api-brownout-weighted.toml"),
+    ),
+    ("api-hang", include_str!("../../scenarios/api-hang.toml")),
+    (
+        "api-hang-hedged",
+        include_str!("../../scenarios/api-hang-hedged.toml"),
+    ),
+    (
         "partial-errors",
         include_str!("../../scenarios/partial-errors.toml"),
     ),

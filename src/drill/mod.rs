@@ -284,10 +284,14 @@ async fn drive(
         addresses: &env.addresses,
     };
     let steps = timeline::run(scenario, controls, control, start);
-    let (_, applied) = tokio::join!(load, steps);
+    let received = measure::sample_received(|| env.received(), start, scenario.duration);
+    let (_, applied, received) = tokio::join!(load, steps, received);
     let mut counts = collector
         .await
         .map_err(|e| DrillError::Setup(format!("the measurement task failed: {e}")))?;
+    if !received.is_empty() {
+        counts.set_received(received);
+    }
     tokio::time::sleep(EVENT_SETTLE).await;
     stop.cancel();
     let _ = follower.await;

@@ -113,6 +113,7 @@ struct RawProxy {
     config: Option<String>,
     method: Option<String>,
     all_unhealthy: Option<String>,
+    hedge_after: Option<String>,
     url: Option<String>,
     admin: Option<String>,
     token_env: Option<String>,
@@ -235,6 +236,8 @@ pub enum ProxyConfigSource {
         method: String,
         /// `fail-open` or `fail-closed`.
         all_unhealthy: String,
+        /// The route's `retry.hedge_after`, if hedged.
+        hedge_after: Option<String>,
     },
     /// A config file; `{{stamp:NAME}}` in it is replaced by the address of
     /// the spawned stamp NAME.
@@ -546,6 +549,7 @@ impl Checker<'_> {
                 ("proxy.config", &raw.config),
                 ("proxy.method", &raw.method),
                 ("proxy.all_unhealthy", &raw.all_unhealthy),
+                ("proxy.hedge_after", &raw.hedge_after),
             ] {
                 if let Some(v) = given {
                     return Err(self.invalid(
@@ -578,11 +582,11 @@ impl Checker<'_> {
             ));
         }
         if let Some(config) = &raw.config {
-            if raw.method.is_some() || raw.all_unhealthy.is_some() {
+            if raw.method.is_some() || raw.all_unhealthy.is_some() || raw.hedge_after.is_some() {
                 return Err(self.invalid(
                     "proxy.config",
                     format!("{config:?}"),
-                    "method and all_unhealthy belong in that file; give either proxy.config or them",
+                    "method, all_unhealthy and hedge_after belong in that file; give either proxy.config or them",
                 ));
             }
             return Ok(ProxySpec::Spawned(ProxyConfigSource::File(
@@ -605,9 +609,15 @@ impl Checker<'_> {
                 "expected \"fail-open\" or \"fail-closed\"",
             ));
         }
+        if let Some(hedge) = &raw.hedge_after
+            && let Err(rule) = crate::config::parse_hedge_after(hedge)
+        {
+            return Err(self.invalid("proxy.hedge_after", format!("{hedge:?}"), rule));
+        }
         Ok(ProxySpec::Spawned(ProxyConfigSource::Generated {
             method,
             all_unhealthy,
+            hedge_after: raw.hedge_after,
         }))
     }
 
@@ -881,6 +891,22 @@ mod tests {
             ProxySpec::Spawned(ProxyConfigSource::Generated { .. })
         ));
         assert_eq!(s.regions(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_hedged_proxy_takes_a_delay_or_a_quantile() {
+        for ok in ["100ms", "p95"] {
+            let s = parse(&format!("{MINIMAL}[proxy]\nhedge_after = \"{ok}\"\n")).unwrap();
+            assert!(matches!(
+                s.proxy,
+                ProxySpec::Spawned(ProxyConfigSource::Generated { hedge_after: Some(ref h), .. }) if h == ok
+            ));
+        }
+        let msg = error(&format!("{MINIMAL}[proxy]\nhedge_after = \"p100\"\n"));
+        assert!(
+            msg.contains("proxy.hedge_after = \"p100\": a quantile"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -58,12 +58,21 @@ struct Spawned {
 
 /// The config of a built-in or config-less scenario: one route to one
 /// pool of the scenario's stamps, probes as fast as the demo's (one per
-/// second, 2 of the last 3 must pass), 3 consecutive failures eject.
-pub fn generated_config(scenario: &Scenario, method: &str, all_unhealthy: &str) -> String {
+/// second, 2 of the last 3 must pass), 3 consecutive failures eject;
+/// `hedge_after` hedges the route's requests.
+pub fn generated_config(
+    scenario: &Scenario,
+    method: &str,
+    all_unhealthy: &str,
+    hedge_after: Option<&str>,
+) -> String {
+    let retry = hedge_after
+        .map(|h| format!("retry = {{ attempts = 2, hedge_after = \"{h}\" }}\n"))
+        .unwrap_or_default();
     let mut toml = format!(
         "# Written by `stampgate drill` for scenario {:?}.\n\
          [proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[routes]]\nname = \"catalog\"\npath_prefix = \"/\"\npool = \"catalog\"\n\n\
+         [[routes]]\nname = \"catalog\"\npath_prefix = \"/\"\npool = \"catalog\"\n{retry}\n\
          [pools.catalog]\nmethod = \"{method}\"\nall_unhealthy = \"{all_unhealthy}\"\n\n\
          [pools.catalog.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\nsample_size = 3\n\
          successful_samples_required = 2\n\n[pools.catalog.outlier]\nconsecutive_failures = 3\n\n\
@@ -95,6 +104,19 @@ fn base_uri(addr: std::net::SocketAddr) -> Uri {
 }
 
 impl Environment {
+    /// API requests each spawned stamp has received so far, by name;
+    /// `None` for existing stamps.
+    pub fn received(&self) -> Option<BTreeMap<String, u64>> {
+        let spawned = self.spawned.as_ref()?;
+        Some(
+            spawned
+                .stamps
+                .iter()
+                .map(|s| (s.name().to_owned(), s.requests_received()))
+                .collect(),
+        )
+    }
+
     /// Starts what the scenario spawns, or checks that what it names
     /// answers; the proxy has answered one request when this returns.
     pub async fn start(
@@ -152,7 +174,8 @@ impl Environment {
             ProxyConfigSource::Generated {
                 method,
                 all_unhealthy,
-            } => generated_config(scenario, method, all_unhealthy),
+                hedge_after,
+            } => generated_config(scenario, method, all_unhealthy, hedge_after.as_deref()),
             ProxyConfigSource::File(path) => std::fs::read_to_string(path)
                 .map_err(|e| DrillError::Setup(format!("proxy.config {}: {e}", path.display())))?,
         };
@@ -240,7 +263,7 @@ mod tests {
     #[test]
     fn generated_config_is_valid_once_substituted() {
         let scenario = super::super::builtin::scenario("region-outage").expect("built-in");
-        let text = generated_config(&scenario, "weighted", "fail-open");
+        let text = generated_config(&scenario, "weighted", "fail-open", None);
         let addresses = scenario
             .stamps
             .iter()

@@ -2,17 +2,29 @@
 //! admin API and the controller: an operator decision made on any edge is
 //! written to etcd (compare-and-swap on the fleet's ledger key) and every
 //! edge's sync task applies it through its controller's mailbox; each edge
-//! publishes its own view (health per stamp) under a lease.
+//! publishes its own view (health per stamp, advertised addresses, the
+//! pools it can serve) under a lease.
 //!
 //! ```text
 //!  admin API ── decide ──▶ etcd txn (ledger CAS) ──▶ controller (apply here at once)
 //!  etcd watch ──▶ sync task ──▶ Command::ApplyFleet ──▶ controller ──▶ new RoutingTable
-//!  sync task ── every second ──▶ edge view under this edge's lease
+//!  sync task ── every second, and when its servable pools change ──▶ edge view under its lease
+//!  etcd watch ──▶ sync task ──▶ live peers (watch) ──▶ whoever answers DNS "edges"
 //! ```
 //!
 //! etcd is never on the request path: while it is unreachable the edge
 //! serves with the decisions it last applied (persisted in the state
 //! file), shows the alarm, and reconnects with backoff.
+//!
+//! The live peers ([`FleetHandle::live_peers`]) are the other edges whose
+//! lease-bound key exists. An edge leaves when its key is deleted (lease
+//! revoked at shutdown, or expired after a crash). While etcd is
+//! unreachable the last known peers are kept, not dropped: no lease can be
+//! seen then, and dropping them would make every edge answer DNS with
+//! itself alone, piling the fleet's clients onto whichever edge they asked.
+//! The full read at reconnection removes the peers that died meanwhile.
+//! This module does not know the DNS server: the composition root
+//! (`crate::app`) subscribes and feeds it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -33,6 +45,7 @@ pub mod metrics;
 pub mod record;
 mod sync;
 
+pub use record::LivePeer;
 use record::{DecisionValue, EdgeView, Keys};
 
 /// One etcd call (a txn, a read) gets this long; an admin call waiting on
@@ -91,6 +104,9 @@ struct Shared {
     ledger: watch::Sender<i64>,
     /// Live edges' views by name, with the lease that holds them.
     edges: Mutex<BTreeMap<String, EdgeView>>,
+    /// What `edges` holds of the other edges for DNS, sent only when that
+    /// changes (not at each peer's every-second publish).
+    peers: watch::Sender<Vec<LivePeer>>,
     metrics: metrics::FleetMetrics,
     /// Stops the sync task the way a crash would: no lease revoke.
     halt: CancellationToken,
@@ -138,6 +154,7 @@ impl FleetHandle {
             applied: AtomicI64::new(applied),
             ledger: watch::Sender::new(0),
             edges: Mutex::new(BTreeMap::new()),
+            peers: watch::Sender::new(Vec::new()),
             metrics: metrics::FleetMetrics::default(),
             halt: CancellationToken::new(),
         });
@@ -174,6 +191,13 @@ impl FleetHandle {
     /// expires. For drills and tests of a dying edge.
     pub fn halt(&self) {
         self.shared.halt.cancel();
+    }
+
+    /// The live edges other than this one that advertise addresses, with
+    /// the pools each can serve; woken when that list changes. Kept as last
+    /// seen while etcd is unreachable (see the module docs).
+    pub fn live_peers(&self) -> watch::Receiver<Vec<LivePeer>> {
+        self.shared.peers.subscribe()
     }
 
     /// Register the fleet's metrics.
@@ -323,6 +347,8 @@ impl FleetHandle {
                     "config_fingerprint": e.config_fingerprint,
                     "local_overrides": e.local_overrides,
                     "stamps": e.stamps,
+                    "advertise": e.advertise,
+                    "pools": e.pools,
                 })
             })
             .collect();
@@ -336,6 +362,8 @@ impl FleetHandle {
                 "config_fingerprint": shared.fingerprint,
                 "local_overrides": [],
                 "stamps": {},
+                "advertise": shared.settings.advertise,
+                "pools": record::serving_pools(&shared.controller.routing.load()),
             }));
         }
         json!({

@@ -4,11 +4,13 @@
 //! alarm by the sync task), never a panic and never applied.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::routing::RoutingTable;
 use crate::signals::{AdminState, FleetDecision};
 
 /// The key layout under the fleet's prefix.
@@ -214,6 +216,56 @@ pub struct EdgeView {
     pub local_overrides: Vec<String>,
     /// Per stamp.
     pub stamps: BTreeMap<String, StampView>,
+    /// Where clients reach this edge (`fleet.advertise`): what DNS answers
+    /// of kind `"edges"` give for it. Absent in the views of edges older
+    /// than these answers, which then read as none: such an edge is never
+    /// answered, since there is no address to give.
+    #[serde(default)]
+    pub advertise: Vec<IpAddr>,
+    /// The pools this edge can serve: those with a usable stamp in its own
+    /// routing table ([`crate::routing::PoolView::has_usable_stamp`]).
+    /// Judged by the edge itself, since only it sees the stamps from where
+    /// it stands. Absent (an older edge): none.
+    #[serde(default)]
+    pub pools: Vec<String>,
+}
+
+/// A live edge other than this one, as DNS answers of kind `"edges"` need
+/// it: the fleet hands a list of these to whoever watches
+/// ([`crate::fleet::FleetHandle::live_peers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePeer {
+    /// The edge's name.
+    pub name: String,
+    /// Its advertised addresses (never empty).
+    pub advertise: Vec<IpAddr>,
+    /// The pools it can serve, from its own published view.
+    pub pools: Vec<String>,
+}
+
+/// The live edges other than `this_edge` that advertise an address, in
+/// name order. An edge without an address is left out rather than listed
+/// empty: counted as serving a pool, it would turn an answer that should
+/// fail open into an empty one.
+pub fn live_peers<'a>(edges: impl Iterator<Item = &'a EdgeView>, this_edge: &str) -> Vec<LivePeer> {
+    edges
+        .filter(|e| e.name != this_edge && !e.advertise.is_empty())
+        .map(|e| LivePeer {
+            name: e.name.clone(),
+            advertise: e.advertise.clone(),
+            pools: e.pools.clone(),
+        })
+        .collect()
+}
+
+/// The pools of `table` that this edge can serve, in table order.
+pub fn serving_pools(table: &RoutingTable) -> Vec<String> {
+    table
+        .pools
+        .iter()
+        .filter(|p| p.has_usable_stamp())
+        .map(|p| p.name.to_string())
+        .collect()
 }
 
 /// Parse an edge view.
@@ -224,8 +276,16 @@ pub fn parse_edge(key: &str, value: &[u8]) -> Result<EdgeView, BadValue> {
     })
 }
 
-/// This edge's view from the controller's status document.
-pub fn view_from_status(name: &str, fingerprint: &str, revision: i64, status: &Value) -> EdgeView {
+/// This edge's view from the controller's status document, with its
+/// advertised addresses and the pools it can serve ([`serving_pools`]).
+pub fn view_from_status(
+    name: &str,
+    fingerprint: &str,
+    revision: i64,
+    status: &Value,
+    advertise: &[IpAddr],
+    pools: Vec<String>,
+) -> EdgeView {
     let mut stamps = BTreeMap::new();
     for pool in status["pools"].as_array().into_iter().flatten() {
         for s in pool["stamps"].as_array().into_iter().flatten() {
@@ -262,6 +322,8 @@ pub fn view_from_status(name: &str, fingerprint: &str, revision: i64, status: &V
         revision,
         local_overrides,
         stamps,
+        advertise: advertise.to_vec(),
+        pools,
     }
 }
 
@@ -379,6 +441,8 @@ mod tests {
             revision: 1,
             local_overrides: vec![],
             stamps,
+            advertise: vec![[127, 0, 0, 2].into()],
+            pools: vec!["p".into()],
         }
     }
 
@@ -390,6 +454,46 @@ mod tests {
         let down = quorum_down(edges.iter(), 2);
         assert_eq!(down.len(), 1);
         assert_eq!(down["a"], vec!["e1".to_owned(), "e3".to_owned()]);
+    }
+
+    #[test]
+    fn a_view_without_advertise_or_pools_still_parses_as_serving_nothing() {
+        // An edge older than DNS answers of kind "edges" publishes neither.
+        let mut old = serde_json::to_value(edge("e1", &[])).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("advertise");
+        fields.remove("pools");
+        let view = parse_edge("k", old.to_string().as_bytes()).unwrap();
+        assert!(view.advertise.is_empty());
+        assert!(view.pools.is_empty());
+    }
+
+    #[test]
+    fn a_view_with_fields_added_later_still_parses() {
+        // A newer edge's view, read by this one.
+        let mut newer = serde_json::to_value(edge("e1", &[])).unwrap();
+        newer["weights"] = serde_json::json!({"a": 3});
+        let view = parse_edge("k", newer.to_string().as_bytes()).unwrap();
+        assert_eq!(view, edge("e1", &[]));
+    }
+
+    #[test]
+    fn live_peers_are_the_other_edges_that_advertise_an_address() {
+        let mut silent = edge("e3", &[]);
+        silent.advertise.clear();
+        let mut drained = edge("e2", &[]);
+        drained.pools.clear();
+        let edges = [edge("e1", &[]), drained, silent];
+        let peers = live_peers(edges.iter(), "e1");
+        assert_eq!(
+            peers,
+            [LivePeer {
+                name: "e2".into(),
+                advertise: vec![[127, 0, 0, 2].into()],
+                pools: vec![],
+            }],
+            "this edge and the one without an address are left out; one that serves nothing stays"
+        );
     }
 
     #[test]

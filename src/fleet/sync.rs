@@ -3,8 +3,10 @@
 //! the fleet's decisions (resume the watch from the last applied revision,
 //! or a full read when that revision was compacted or etcd was replaced),
 //! then applies what the watch brings, renews the lease and publishes this
-//! edge's view every second. When the session fails it raises the alarm
-//! and reconnects with backoff; the edge keeps serving meanwhile.
+//! edge's view every second (and at once when the pools it can serve
+//! change, so that the other edges' DNS answers follow within a watch
+//! round trip). When the session fails it raises the alarm and reconnects
+//! with backoff; the edge keeps serving meanwhile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -196,6 +198,8 @@ fn placeholder(shared: &Shared) -> EdgeView {
         revision: shared.applied.load(Ordering::Relaxed),
         local_overrides: Vec::new(),
         stamps: BTreeMap::new(),
+        advertise: shared.settings.advertise.clone(),
+        pools: record::serving_pools(&shared.controller.routing.load()),
     }
 }
 
@@ -290,6 +294,9 @@ async fn serve(
     renew.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut tables = shared.controller.published();
+    let mut tables_open = true;
+    let mut published_pools = None;
     loop {
         tokio::select! {
             () = shared.halt.cancelled() => {
@@ -327,8 +334,17 @@ async fn serve(
                 }
             }
             _ = publish.tick() => {
-                publish_view(shared, &mut client, lease).await?;
+                published_pools = Some(publish_view(shared, &mut client, lease).await?);
                 judge_quorum(shared, quorum_down).await;
+            }
+            changed = tables.changed(), if tables_open => {
+                // Closed: the controller stopped, the edge is going down
+                // and the cancel branch ends this loop.
+                tables_open = changed.is_ok();
+                let pools = record::serving_pools(&shared.controller.routing.load());
+                if tables_open && published_pools.as_ref() != Some(&pools) {
+                    published_pools = Some(publish_view(shared, &mut client, lease).await?);
+                }
             }
         }
     }
@@ -375,7 +391,7 @@ async fn catch_up(shared: &Shared, client: &mut Client) -> Result<i64, SessionEr
             map.insert(name.to_owned(), view);
         }
     }
-    shared.set_edges(map);
+    shared.update_edges(|edges| *edges = map);
     Ok(known + 1)
 }
 
@@ -412,7 +428,7 @@ async fn full_read(shared: &Shared, client: &mut Client) -> Result<i64, SessionE
             )),
         }
     }
-    shared.set_edges(edges);
+    shared.update_edges(|map| *map = edges);
     shared
         .apply(FleetApply {
             decisions,
@@ -463,18 +479,16 @@ async fn on_events(shared: &Shared, events: &[etcd_client::Event]) {
             }),
             KeyKind::Edge(name) if put => {
                 if let Some(view) = shared.parse_edge(kv.key(), name, kv.value()) {
-                    let mut edges = shared.edges.lock().expect("edges lock");
-                    edges.insert(name.to_owned(), view);
-                    shared.metrics.edges_alive.set(edges.len() as i64);
+                    shared.update_edges(|edges| {
+                        edges.insert(name.to_owned(), view);
+                    });
                 }
             }
-            KeyKind::Edge(name) => {
-                let mut edges = shared.edges.lock().expect("edges lock");
+            KeyKind::Edge(name) => shared.update_edges(|edges| {
                 if edges.remove(name).is_some() {
                     tracing::info!(edge = %name, "fleet: edge left (lease expired or revoked)");
                 }
-                shared.metrics.edges_alive.set(edges.len() as i64);
-            }
+            }),
             KeyKind::Ledger => ledger = Some(kv.mod_revision()),
             KeyKind::Foreign => shared.bad_value(&format!(
                 "{}: not a key of this fleet; ignored",
@@ -507,20 +521,24 @@ async fn on_events(shared: &Shared, events: &[etcd_client::Event]) {
     }
 }
 
-/// Put this edge's view (health per stamp) under its lease.
+/// Put this edge's view (health per stamp, advertised addresses, the
+/// pools it can serve) under its lease; returns the pools put.
 async fn publish_view(
     shared: &Shared,
     client: &mut Client,
     lease: i64,
-) -> Result<(), SessionError> {
+) -> Result<Vec<String>, SessionError> {
+    let pools = record::serving_pools(&shared.controller.routing.load());
     let Ok(status) = shared.controller.command(Command::Status, "fleet").await else {
-        return Ok(());
+        return Ok(pools);
     };
     let view = record::view_from_status(
         &shared.settings.name,
         &shared.fingerprint,
         shared.applied.load(Ordering::Relaxed),
         &status,
+        &shared.settings.advertise,
+        pools.clone(),
     );
     let bytes = serde_json::to_vec(&view).expect("view serializes");
     bounded(
@@ -532,7 +550,7 @@ async fn publish_view(
         ),
     )
     .await?;
-    Ok(())
+    Ok(pools)
 }
 
 /// Stamps a quorum of live edges sees unhealthy go to the controller when
@@ -576,10 +594,23 @@ impl Shared {
         Ok(())
     }
 
-    fn set_edges(&self, map: BTreeMap<String, EdgeView>) {
-        let mut edges = self.edges.lock().expect("edges lock");
-        *edges = map;
-        self.metrics.edges_alive.set(edges.len() as i64);
+    /// Change the live edges' views, and wake the live peers' watchers
+    /// when what they see of the other edges changed. The lock is held for
+    /// the change and the copy only.
+    fn update_edges(&self, change: impl FnOnce(&mut BTreeMap<String, EdgeView>)) {
+        let peers = {
+            let mut edges = self.edges.lock().expect("edges lock");
+            change(&mut edges);
+            self.metrics.edges_alive.set(edges.len() as i64);
+            record::live_peers(edges.values(), &self.settings.name)
+        };
+        self.peers.send_if_modified(|old| {
+            let changed = *old != peers;
+            if changed {
+                *old = peers;
+            }
+            changed
+        });
     }
 
     fn parse_decision(

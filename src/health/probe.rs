@@ -83,6 +83,10 @@ pub struct ProbeSchedule {
     pub interval: Duration,
     /// Interval while it is not (faster, to notice recovery).
     pub unhealthy_interval: Duration,
+    /// Interval after a failed probe while the stamp is still usable: the
+    /// verdict is pending, and waiting a whole interval for the next sample
+    /// would double the detection time.
+    pub fast_interval: Duration,
     /// Random spread of each interval, percent; 0 also removes the initial
     /// random offset (tests).
     pub jitter_percent: u32,
@@ -94,6 +98,7 @@ impl ProbeSchedule {
         ProbeSchedule {
             interval: pool.probe.interval,
             unhealthy_interval: pool.probe.unhealthy_interval,
+            fast_interval: pool.probe.fast_interval,
             jitter_percent: pool.probe.jitter_percent,
         }
     }
@@ -106,10 +111,14 @@ impl ProbeSchedule {
         self.interval.mul_f64(spread * fastrand::f64())
     }
 
-    /// The next interval, spread by ± `jitter_percent`.
-    fn next(&self, fast: bool) -> Duration {
-        let base = if fast {
+    /// The next interval, spread by ± `jitter_percent`: `unhealthy` (the
+    /// controller's verdict is in) takes `unhealthy_interval`, otherwise a
+    /// `failed` last probe takes `fast_interval` until the verdict settles.
+    fn next(&self, unhealthy: bool, failed: bool) -> Duration {
+        let base = if unhealthy {
             self.unhealthy_interval
+        } else if failed {
+            self.fast_interval
         } else {
             self.interval
         };
@@ -196,7 +205,8 @@ fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The probe loop of one stamp, until `cancel`. `fast` is set by the
-/// controller while the stamp is unusable.
+/// controller while the stamp is unhealthy; after a failed probe of a
+/// stamp that is not (yet), the next one follows at `fast_interval`.
 pub async fn run(
     upstream: Arc<Upstream>,
     target: ProbeTarget,
@@ -214,6 +224,7 @@ pub async fn run(
             s = probe_once(&upstream, &target) => s,
             () = cancel.cancelled() => return,
         };
+        let failed = !sample.ok;
         let signal = Signal::Probe {
             stamp: target.stamp.clone(),
             sample,
@@ -221,7 +232,7 @@ pub async fn run(
         if signals.send(signal).await.is_err() {
             return;
         }
-        let wait = schedule.next(fast.load(Ordering::Relaxed));
+        let wait = schedule.next(fast.load(Ordering::Relaxed), failed);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = cancel.cancelled() => return,
@@ -238,15 +249,16 @@ mod tests {
         let s = ProbeSchedule {
             interval: Duration::from_secs(1),
             unhealthy_interval: Duration::from_millis(500),
+            fast_interval: Duration::from_millis(250),
             jitter_percent: 10,
         };
         for _ in 0..1000 {
-            let d = s.next(false);
+            let d = s.next(false, false);
             assert!(
                 d >= Duration::from_millis(900) && d <= Duration::from_millis(1100),
                 "{d:?}"
             );
-            let f = s.next(true);
+            let f = s.next(true, false);
             assert!(
                 f >= Duration::from_millis(450) && f <= Duration::from_millis(550),
                 "{f:?}"
@@ -260,11 +272,29 @@ mod tests {
         let s = ProbeSchedule {
             interval: Duration::from_secs(1),
             unhealthy_interval: Duration::from_millis(500),
+            fast_interval: Duration::from_millis(250),
             jitter_percent: 0,
         };
-        assert_eq!(s.next(false), Duration::from_secs(1));
-        assert_eq!(s.next(true), Duration::from_millis(500));
+        assert_eq!(s.next(false, false), Duration::from_secs(1));
+        assert_eq!(s.next(true, false), Duration::from_millis(500));
+        assert_eq!(s.next(true, true), Duration::from_millis(500));
         assert_eq!(s.initial_offset(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failed_probe_is_followed_fast_until_the_verdict() {
+        let s = ProbeSchedule {
+            interval: Duration::from_secs(1),
+            unhealthy_interval: Duration::from_millis(500),
+            fast_interval: Duration::from_millis(250),
+            jitter_percent: 0,
+        };
+        assert_eq!(s.next(false, true), Duration::from_millis(250));
+        assert_eq!(
+            s.next(true, true),
+            Duration::from_millis(500),
+            "once unhealthy, the verdict is in"
+        );
     }
 
     #[test]

@@ -79,11 +79,34 @@ impl Attempts {
         budget: &RetryBudget,
         now: Instant,
     ) -> bool {
-        if last.last || !failure.retryable() || now >= self.deadline {
+        if last.last || self.made >= self.limit || !failure.retryable() || now >= self.deadline {
             return false;
         }
         self.next = selector.pick(stamps, &self.tried);
         self.next.is_some() && budget.withdraw(now)
+    }
+
+    /// The hedge timer fired while `first` still waits for its answer:
+    /// begin a second try at another stamp (another region first), if the
+    /// limit leaves one, the deadline has not passed and the budget grants
+    /// a token (a hedge is a retry sent early, and counts as one).
+    pub fn hedge(
+        &mut self,
+        first: &Try,
+        selector: &Selector,
+        stamps: &[StampView],
+        budget: &RetryBudget,
+        now: Instant,
+    ) -> Option<Try> {
+        if first.last || self.made >= self.limit || now >= self.deadline {
+            return None;
+        }
+        self.next = selector.pick(stamps, &self.tried);
+        if self.next.is_none() || !budget.withdraw(now) {
+            self.next = None;
+            return None;
+        }
+        self.next_try(stamps)
     }
 
     /// Tries begun so far.
@@ -182,6 +205,42 @@ mod tests {
 
     fn refused() -> Failure {
         Failure::Error(ProxyError::ConnectRefused { stamp: "a".into() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_is_a_try_another_region_and_spends_the_budget() {
+        let (selector, stamps) = pool();
+        let now = Instant::now();
+        let budget = generous_budget(now);
+        let mut attempts = Attempts::new(&selector, &stamps, 2, now + Duration::from_secs(5));
+        let first = attempts.next_try(&stamps).unwrap();
+        let hedge = attempts
+            .hedge(&first, &selector, &stamps, &budget, now)
+            .expect("a second try is allowed");
+        assert_ne!(stamps[first.stamp].region_id, stamps[hedge.stamp].region_id);
+        assert!(hedge.last, "the limit of two is reached");
+        assert_eq!(budget.retries_total(), 1, "a hedge is a retry");
+        // Both failed: no third stamp beyond the limit.
+        assert!(!attempts.may_retry(&first, &refused(), &selector, &stamps, &budget, now));
+        assert!(!attempts.may_retry(&hedge, &refused(), &selector, &stamps, &budget, now));
+        assert_eq!(attempts.made(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hedge_without_budget_or_after_the_last_try() {
+        let (selector, stamps) = pool();
+        let now = Instant::now();
+        let empty = RetryBudget::starting_at(Duration::from_secs(10), 0, 0.0, now);
+        let mut attempts = Attempts::new(&selector, &stamps, 3, now + Duration::from_secs(5));
+        let first = attempts.next_try(&stamps).unwrap();
+        assert_eq!(
+            attempts.hedge(&first, &selector, &stamps, &empty, now),
+            None
+        );
+        let budget = generous_budget(now);
+        let mut single = Attempts::new(&selector, &stamps, 1, now + Duration::from_secs(5));
+        let only = single.next_try(&stamps).unwrap();
+        assert_eq!(single.hedge(&only, &selector, &stamps, &budget, now), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -17,22 +18,26 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::access_log::{AccessLog, Entry};
-use super::attempts::{Attempts, Failure, Verdict, classify};
+use super::attempts::{Attempts, Failure, Try, Verdict, classify, is_gateway_failure};
 use super::body::{ClientBody, ResponseBody, Stall};
 use super::conn::{ConnInfo, TryTimer};
 use super::headers::{
     self, ClientSide, TRACEPARENT, X_REQUEST_ID, X_STAMPGATE_ERROR, X_STAMPGATE_STAMP,
 };
+use super::hedge;
 use super::in_flight::InFlight;
 use super::request_body::RequestBody;
+use crate::config::HedgeAfter;
 use crate::error::{BadRequest, Blame, ProxyError};
 use crate::metrics::ProxyStats;
+use crate::routing::stats::Hedge;
 use crate::routing::{
-    ConnectError, Outcome, PoolView, RoutingTable, StampStats, StampView, host_without_port,
+    ConnectError, Outcome, PoolView, RouteEntry, RoutingTable, StampStats, StampView,
+    host_without_port,
 };
 use crate::signals::Signal;
 use crate::upstream::StampBody;
-use crate::upstream::body::BoxError;
+use crate::upstream::body::{BoxError, UpstreamBody};
 
 /// Seconds a fail-closed pool asks clients to wait before trying again:
 /// about one probe interval, after which a recovered stamp is back.
@@ -57,6 +62,9 @@ pub struct Gateway {
     /// An upgraded connection with no bytes either way for this long is
     /// closed (`proxy.idle_timeout`).
     pub upgrade_idle: std::time::Duration,
+    /// Where upgraded connections run: the proxy's connection tracker, so
+    /// that a shutdown waits for them too.
+    pub tunnels: tokio_util::task::TaskTracker,
 }
 
 /// What the access log needs of the request, taken before the request is
@@ -276,13 +284,19 @@ impl Gateway {
             1
         };
         let mut attempts = Attempts::new(&pool.selector, &pool.stamps, limit, deadline);
+        // Hedging: replayable idempotent requests only, and never a POST
+        // (an Idempotency-Key makes a POST retryable after a failure, not
+        // worth sending twice while the first may still act on it).
+        let hedge_after = route
+            .hedge_delay()
+            .filter(|_| body.replayable() && parts.method != http::Method::POST);
         loop {
-            let Some(this) = attempts.next_try(&pool.stamps) else {
+            let Some(mut this) = attempts.next_try(&pool.stamps) else {
                 return Err(fail(ProxyError::NoHealthyStamp {
                     pool: pool.name.to_string(),
                 }));
             };
-            let stamp = &pool.stamps[this.stamp];
+            let mut stamp = &pool.stamps[this.stamp];
             // Filled in place: `Request::builder` would move the parts
             // through a `Result` at each step. The last try takes the
             // headers: the selector never picks a tried stamp, so they need
@@ -306,41 +320,45 @@ impl Gateway {
                 remaining
             };
             guard.at_stamp(this.stamp, &stamp.stats);
-            let cut = stamp.stats.cut.load_full();
             // The try races its timeout and the stamp's drain cut. Pinned in
             // place rather than through `timeout` and `select!`, each of
             // which would copy the send future (about 1.6 KiB) again.
-            let sent = {
-                let mut send = pin!(pool.upstream.send(&stamp.name, upstream_req));
-                let mut own_timer = pin!(None::<tokio::time::Sleep>);
-                match timer {
-                    Some(timer) => timer.arm(try_start + try_timeout),
-                    None => own_timer.set(Some(tokio::time::sleep_until(try_start + try_timeout))),
-                }
-                let mut cut_off = pin!(cut.tripped());
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = send.as_mut().poll(cx) {
-                        Poll::Ready(Ok(r))
-                    } else if cut_off.as_mut().poll(cx).is_ready() {
-                        Poll::Ready(Ok(Err(ProxyError::DrainDeadline {
-                            stamp: stamp.name.to_string(),
-                        })))
-                    } else if match timer {
-                        Some(timer) => timer.poll_expired(cx),
-                        None => own_timer
-                            .as_mut()
-                            .as_pin_mut()
-                            .is_some_and(|t| t.poll(cx).is_ready()),
-                    } {
-                        Poll::Ready(Err(TimedOut))
-                    } else {
-                        Poll::Pending
-                    }
-                })
-                .await
+            let hedge_at = hedge_after
+                .filter(|&after| !this.last && this.number == 1 && after < try_timeout)
+                .map(|after| try_start + after);
+            let (sent, elapsed) = if let Some(hedge_at) = hedge_at {
+                let raced = self
+                    .hedged(HedgedTry {
+                        first: this,
+                        first_req: upstream_req,
+                        hedge_at,
+                        try_start,
+                        try_timeout,
+                        deadline,
+                        pool,
+                        route,
+                        attempts: &mut attempts,
+                        body: &mut body,
+                        parts: &mut parts,
+                        guard,
+                    })
+                    .await;
+                this = raced.this;
+                stamp = &pool.stamps[this.stamp];
+                (raced.sent, raced.elapsed)
+            } else {
+                // Dropped unfinished if this request is cancelled mid-try:
+                // the wait still counts as a (lower-bound) latency sample.
+                let head_wait = stamp.stats.begin_try(try_start);
+                let until = try_start + try_timeout;
+                let sent = send_try(pool, stamp, upstream_req, until, timer).await;
+                let elapsed = head_wait.finish(is_sample(&sent));
+                (sent, elapsed)
             };
-            let elapsed = try_start.elapsed();
             observe(&stamp.stats, &sent, elapsed);
+            if let (Some(HedgeAfter::Quantile(_)), Ok(Ok(_))) = (route.retry.hedge_after, &sent) {
+                route.stats.head_latency.record(elapsed);
+            }
             guard.upstream = Some(elapsed);
             let failure = match sent {
                 Ok(Ok(mut resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -357,6 +375,7 @@ impl Gateway {
                                 early,
                                 self.upgrade_idle,
                                 self.stats.clone(),
+                                &self.tunnels,
                             );
                             let mut resp = respond(resp, None, stamp, pool, table, &request_id);
                             super::upgrade::restore(resp.headers_mut(), value);
@@ -419,6 +438,110 @@ impl Gateway {
                 }
                 Failure::Error(e) => Err(fail(e)),
             };
+        }
+    }
+
+    /// The first try of a hedged request: alone until `hedge_at`, then,
+    /// if [`Attempts::hedge`] grants a second try, both at once
+    /// ([`hedge::race`]). The first usable answer wins and the other try is
+    /// dropped, which drops its upstream connection (a connection goes back
+    /// to the pool only once a response body was read to its end). A try
+    /// that fails while the other runs is counted here; the returned try
+    /// (the winner, or the last to fail) is left to the caller like any
+    /// other.
+    async fn hedged<'a>(&self, h: HedgedTry<'a, '_>) -> Raced {
+        let HedgedTry {
+            first,
+            first_req,
+            hedge_at,
+            try_start,
+            try_timeout,
+            deadline,
+            pool,
+            route,
+            attempts,
+            body,
+            parts,
+            guard,
+        } = h;
+        let first_stamp = &pool.stamps[first.stamp];
+        // Each try finishes its own head wait; a dropped loser's wait
+        // counts as a (lower-bound) latency sample.
+        let timed = |stamp: &'a StampView, req, start: Instant, until| async move {
+            let wait = stamp.stats.begin_try(start);
+            let sent = send_try(pool, stamp, req, until, None).await;
+            let elapsed = wait.finish(is_sample(&sent));
+            (sent, elapsed)
+        };
+        let start_hedge = || {
+            let now = Instant::now();
+            let second =
+                attempts.hedge(&first, &pool.selector, &pool.stamps, &route.budget, now)?;
+            route.stats.hedge(Hedge::Sent);
+            let stamp = &pool.stamps[second.stamp];
+            let mut req = Request::new(body.for_try());
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = upstream_uri(pool.upstream.scheme(), &stamp.authority, &parts.uri);
+            *req.version_mut() = pool.upstream.version();
+            *req.headers_mut() = if second.last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            guard.at_stamp(second.stamp, &stamp.stats);
+            let until = (now + route.retry.per_try_timeout).min(deadline);
+            Some((second, timed(stamp, req, now, until)))
+        };
+        let raced = hedge::race(
+            timed(first_stamp, first_req, try_start, try_start + try_timeout),
+            hedge_at,
+            start_hedge,
+            |(sent, _)| wins(sent, route),
+            |hedge, (sent, elapsed)| {
+                let stamp = hedge.map_or(first_stamp, |t| &pool.stamps[t.stamp]);
+                self.lost_try(pool, stamp, sent, *elapsed);
+            },
+        )
+        .await;
+        let (this, (sent, elapsed)) = match raced {
+            hedge::Raced::Alone(out) => (first, out),
+            hedge::Raced::First(out) => {
+                route.stats.hedge(Hedge::Lost);
+                // The answer is the first stamp's.
+                guard.at_stamp(first.stamp, &first_stamp.stats);
+                guard.attempts -= 1;
+                (first, out)
+            }
+            hedge::Raced::Second(second, out) => {
+                let won = wins(&out.0, route);
+                route
+                    .stats
+                    .hedge(if won { Hedge::Won } else { Hedge::Lost });
+                (second, out)
+            }
+        };
+        Raced {
+            this,
+            sent,
+            elapsed,
+        }
+    }
+
+    /// Count a try that failed while its twin still ran: its metrics and,
+    /// when the stamp is to blame, its ejection streak.
+    fn lost_try(&self, pool: &PoolView, stamp: &StampView, sent: &Sent, elapsed: Duration) {
+        observe(&stamp.stats, sent, elapsed);
+        let blames_stamp = match sent {
+            Ok(Ok(resp)) if is_gateway_failure(resp.status()) => true,
+            Ok(Ok(_)) => {
+                stamp.stats.record(Outcome::ServerError);
+                false
+            }
+            Ok(Err(e)) => e.blame() == Blame::Stamp,
+            Err(TimedOut) => true,
+        };
+        if blames_stamp {
+            self.stamp_failed(pool, stamp);
         }
     }
 
@@ -532,6 +655,93 @@ fn observe(
 /// A try ran out of its time.
 #[derive(Debug)]
 struct TimedOut;
+
+/// How a try ended: the stamp's answer or error, or its time ran out.
+type Sent = Result<Result<Response<StampBody>, ProxyError>, TimedOut>;
+
+/// Everything [`Gateway::hedged`] needs of the request.
+struct HedgedTry<'a, 'g> {
+    first: Try,
+    first_req: Request<UpstreamBody>,
+    hedge_at: Instant,
+    try_start: Instant,
+    try_timeout: Duration,
+    deadline: Instant,
+    pool: &'a PoolView,
+    route: &'a RouteEntry,
+    attempts: &'g mut Attempts,
+    body: &'g mut RequestBody,
+    parts: &'g mut http::request::Parts,
+    guard: &'g mut InFlight,
+}
+
+/// The try whose result stands, that result, and how long that try took
+/// (from its own start: a winning hedge started late).
+struct Raced {
+    this: Try,
+    sent: Sent,
+    elapsed: Duration,
+}
+
+/// The try's time says something about the stamp's latency: it got a
+/// response head or ran out of time (a refused connect says nothing).
+fn is_sample(sent: &Sent) -> bool {
+    matches!(sent, Ok(Ok(_)) | Err(TimedOut))
+}
+
+/// A hedged try's result ends the race: an answer the client may get
+/// (not a gateway failure, nor a 5xx the route would retry).
+fn wins(sent: &Sent, route: &RouteEntry) -> bool {
+    match sent {
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let retried_5xx = route.retry.on_server_error && status.is_server_error();
+            !(is_gateway_failure(status) || retried_5xx)
+        }
+        _ => false,
+    }
+}
+
+/// One try at `stamp`: the send races its time limit (`until`, on the
+/// connection's `timer` when there is one) and the stamp's drain cut.
+/// Pinned in place rather than through `timeout` and `select!`, each of
+/// which would copy the send future (about 1.6 KiB) again.
+async fn send_try(
+    pool: &PoolView,
+    stamp: &StampView,
+    req: Request<UpstreamBody>,
+    until: Instant,
+    timer: Option<&TryTimer>,
+) -> Sent {
+    let cut = stamp.stats.cut.load_full();
+    let mut send = pin!(pool.upstream.send(&stamp.name, req));
+    let mut own_timer = pin!(None::<tokio::time::Sleep>);
+    match timer {
+        Some(timer) => timer.arm(until),
+        None => own_timer.set(Some(tokio::time::sleep_until(until))),
+    }
+    let mut cut_off = pin!(cut.tripped());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = send.as_mut().poll(cx) {
+            Poll::Ready(Ok(r))
+        } else if cut_off.as_mut().poll(cx).is_ready() {
+            Poll::Ready(Ok(Err(ProxyError::DrainDeadline {
+                stamp: stamp.name.to_string(),
+            })))
+        } else if match timer {
+            Some(timer) => timer.poll_expired(cx),
+            None => own_timer
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|t| t.poll(cx).is_ready()),
+        } {
+            Poll::Ready(Err(TimedOut))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
 
 /// The host the client asked for, after refusing heads that a stamp
 /// could read differently from the proxy. Both engines (the fast path and

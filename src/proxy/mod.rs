@@ -27,6 +27,7 @@ pub mod conn;
 pub mod h1_server;
 pub mod handler;
 pub mod headers;
+pub mod hedge;
 pub mod in_flight;
 pub mod proxy_protocol;
 pub mod redirect;
@@ -133,6 +134,7 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
         }),
         _ => None,
     };
+    let tracker = TaskTracker::new();
     let acceptor = Acceptor {
         gateway: Arc::new(Gateway {
             routing: wiring.routing,
@@ -141,12 +143,13 @@ pub async fn start(config: &Config, wiring: Wiring) -> Result<ProxyHandle, Start
             stats: wiring.stats,
             redirect,
             upgrade_idle: config.proxy.idle_timeout,
+            tunnels: tracker.clone(),
         }),
         limits,
         proxy_protocol: config.proxy.proxy_protocol,
         http: Arc::new(server::http_builder()),
         shutdown: Arc::new(Tripwire::new()),
-        tracker: TaskTracker::new(),
+        tracker,
     };
 
     let listen = local_addrs(&plain);

@@ -17,6 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::ProxyStats;
 use crate::upstream::h1_client::Io;
@@ -50,16 +51,20 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 }
 
 /// Splice the client's upgraded connection and the stamp's in a task of
-/// its own; `early` are bytes the stamp sent right after its 101.
+/// its own, on the proxy's `tracker`: a shutdown waits for open tunnels
+/// (up to `shutdown_grace`) as it does for requests, and reports the
+/// grace expired when one outlives it. `early` are bytes the stamp sent
+/// right after its 101.
 pub fn splice(
     client: OnUpgrade,
     stamp: Io,
     early: BytesMut,
     idle: Duration,
     stats: Arc<ProxyStats>,
+    tracker: &TaskTracker,
 ) {
     stats.upgrades.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let client = match client.await {
             Ok(upgraded) => TokioIo::new(upgraded),
             Err(e) => {

@@ -12,13 +12,14 @@ use std::time::Duration;
 use http::uri::Authority;
 
 use crate::config::{
-    AllUnhealthy, Config, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
+    AllUnhealthy, Config, HedgeAfter, Method, PoolConfig, RetryConfig, RouteConfig, StampConfig,
 };
 use crate::counters::{ByEnum, Label, labels};
 use crate::signals::{AdminShown, HealthState};
 use crate::upstream::Upstream;
 
 pub mod budget;
+pub mod head_latency;
 pub mod header_rules;
 pub mod histogram;
 pub mod selector;
@@ -59,6 +60,15 @@ pub struct StampStats {
     pub connect_errors: ByEnum<ConnectError, AtomicU64, 3>,
     /// Time from sending a request to the stamp's response head.
     pub upstream_latency: crate::routing::histogram::LatencyHistogram,
+    /// Tries sent to the stamp and waiting for a response head: requests
+    /// piling up with no answer are how a hung stamp shows.
+    pub awaiting_head: AtomicU64,
+    /// Live latency samples: time to response head, or until the try
+    /// timed out or was cancelled (a lower bound then), and their sum in
+    /// microseconds. The controller reads them every tick.
+    pub live_samples: AtomicU64,
+    /// See [`StampStats::live_samples`].
+    pub live_micros: AtomicU64,
     /// The controller's view, mirrored for metrics (written by the
     /// controller only).
     pub control: ControlStats,
@@ -173,6 +183,60 @@ impl StampStats {
     }
 }
 
+impl StampStats {
+    /// A try to the stamp begins at `start`: it waits for its response
+    /// head until [`HeadWait::finish`], or until dropped (cancelled: a lost
+    /// hedge, a client gone), which counts the time waited as a sample.
+    pub fn begin_try(&self, start: tokio::time::Instant) -> HeadWait<'_> {
+        self.awaiting_head.fetch_add(1, Ordering::Relaxed);
+        HeadWait {
+            stats: self,
+            start,
+            done: false,
+        }
+    }
+
+    fn add_sample(&self, waited: Duration) {
+        self.live_samples.fetch_add(1, Ordering::Relaxed);
+        self.live_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One try waiting for its response head; keeps
+/// [`StampStats::awaiting_head`] and the live latency samples right
+/// whichever way the try ends. Relaxed atomics, no allocation.
+#[derive(Debug)]
+pub struct HeadWait<'a> {
+    stats: &'a StampStats,
+    start: tokio::time::Instant,
+    done: bool,
+}
+
+impl HeadWait<'_> {
+    /// The try ended; `sample`: its time says something about the stamp's
+    /// latency (a response head, a timeout), unlike a refused connect.
+    /// Returns the time it took (one clock read, shared with the caller).
+    pub fn finish(mut self, sample: bool) -> Duration {
+        self.done = true;
+        let waited = self.start.elapsed();
+        self.stats.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+        if sample {
+            self.stats.add_sample(waited);
+        }
+        waited
+    }
+}
+
+impl Drop for HeadWait<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+            self.stats.add_sample(self.start.elapsed());
+        }
+    }
+}
+
 /// What the controller knows about a stamp when it builds a table.
 #[derive(Debug, Clone)]
 pub struct StampInput {
@@ -182,8 +246,12 @@ pub struct StampInput {
     /// The operator allows traffic (not draining, not disabled): fail-open
     /// may use the stamp even when it is unhealthy.
     pub admin_enabled: bool,
-    /// Smoothed probe round-trip time, when known (latency method).
+    /// The stamp's latency for the latency method: its live latency when
+    /// it has recent traffic, else its smoothed probe round-trip time.
     pub rtt: Option<Duration>,
+    /// A latency outlier: it keeps only a trickle of new requests
+    /// ([`TRICKLE_SHARE`]), enough to see it recover.
+    pub trickle: bool,
     /// The stamp's counters, carried over from earlier tables.
     pub stats: Arc<StampStats>,
 }
@@ -208,6 +276,9 @@ pub struct StampView {
     pub effective_weight: u32,
     /// Priority tier from the config.
     pub priority: u32,
+    /// It gets only a trickle of new requests ([`TRICKLE_SHARE`]): a
+    /// latency outlier, or too slow for the latency method.
+    pub trickled: bool,
     /// Shared counters.
     pub stats: Arc<StampStats>,
 }
@@ -240,6 +311,16 @@ pub struct PoolView {
 }
 
 impl PoolView {
+    /// Whether a stamp of this pool is usable by its own health and the
+    /// operator's word: the selector has one, and it is not the fail-open
+    /// fallback (which hands traffic to stamps known to be down). This is
+    /// what "this edge can serve the pool" means both for DNS answers of
+    /// kind `"edges"` and for the pools an edge publishes to the fleet, so
+    /// that the two can never disagree.
+    pub fn has_usable_stamp(&self) -> bool {
+        !self.selector.is_empty() && !self.failing_open
+    }
+
     fn routes_like(&self, other: &PoolView) -> bool {
         self.selector == other.selector
             && self.failing_open == other.failing_open
@@ -280,6 +361,17 @@ impl RouteEntry {
         path.starts_with(&*self.path_prefix)
             && (self.hosts.is_empty()
                 || host.is_some_and(|h| self.hosts.iter().any(|e| e.eq_ignore_ascii_case(h))))
+    }
+
+    /// How long a try waits for its response head before a hedge goes:
+    /// the fixed `retry.hedge_after`, or the quantile the controller last
+    /// read from the route's answers. `None`: the route does not hedge, or
+    /// has too few recent answers to know its quantile.
+    pub fn hedge_delay(&self) -> Option<Duration> {
+        match self.retry.hedge_after? {
+            HedgeAfter::Fixed(after) => Some(after),
+            HedgeAfter::Quantile(_) => self.stats.head_latency.delay(),
+        }
     }
 }
 
@@ -427,12 +519,14 @@ impl RoutingTable {
 }
 
 fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream>) -> PoolView {
+    let trickled = trickled(pool, &inputs);
     let mut regions: Vec<&str> = Vec::new();
     let stamps: Vec<StampView> = pool
         .stamps
         .iter()
         .zip(&inputs)
-        .map(|(s, i)| StampView {
+        .zip(&trickled)
+        .map(|((s, i), &trickled)| StampView {
             name: s.name.as_str().into(),
             name_header: http::HeaderValue::from_str(&s.name)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-name")),
@@ -442,12 +536,21 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
             configured_weight: s.weight,
             effective_weight: i.effective_weight,
             priority: s.priority,
+            trickled,
             stats: i.stats.clone(),
         })
         .collect();
     let usable = |i: &usize| inputs[*i].effective_weight > 0;
-    let weighted = |i: usize| (i, inputs[i].effective_weight);
     let mut failing_open = false;
+    let full = |i: &usize| usable(i) && !trickled[*i];
+    // Full weights are scaled so that a trickle of one weight unit is a
+    // small share even when the configured weights are small numbers.
+    let scale = if trickled.contains(&true) {
+        TRICKLE_SCALE
+    } else {
+        1
+    };
+    let weighted = |i: usize| (i, inputs[i].effective_weight.saturating_mul(scale));
     let tiers: Vec<Tier> = if !(0..stamps.len()).any(|i| usable(&i)) {
         match pool.all_unhealthy {
             AllUnhealthy::FailClosed => Vec::new(),
@@ -458,8 +561,10 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
             }
         }
     } else {
-        match pool.method {
-            Method::Weighted => vec![Tier::new((0..stamps.len()).filter(usable).map(weighted))],
+        let mut tiers: Vec<Vec<(usize, u32)>> = match pool.method {
+            Method::Weighted | Method::Latency => {
+                vec![(0..stamps.len()).filter(full).map(weighted).collect()]
+            }
             Method::Priority => {
                 let mut prios: Vec<u32> = pool.stamps.iter().map(|s| s.priority).collect();
                 prios.sort_unstable();
@@ -467,26 +572,29 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
                 prios
                     .into_iter()
                     .map(|p| {
-                        let members = (0..stamps.len()).filter(usable);
-                        Tier::new(members.filter(|&i| stamps[i].priority == p).map(weighted))
+                        let members = (0..stamps.len()).filter(full);
+                        members
+                            .filter(|&i| stamps[i].priority == p)
+                            .map(weighted)
+                            .collect()
                     })
                     .collect()
             }
-            Method::Latency => {
-                let fastest = (0..stamps.len())
-                    .filter(usable)
-                    .filter_map(|i| inputs[i].rtt)
-                    .min();
-                let near = |i: usize| match (fastest, inputs[i].rtt) {
-                    (Some(f), Some(rtt)) => rtt <= f + pool.latency_sensitivity,
-                    // Not measured yet: give it traffic rather than guess it slow.
-                    _ => true,
-                };
-                let fast = (0..stamps.len()).filter(usable).filter(|&i| near(i));
-                let slow = (0..stamps.len()).filter(usable).filter(|&i| !near(i));
-                vec![Tier::new(fast.map(weighted)), Tier::new(slow.map(weighted))]
-            }
+        };
+        // Trickled stamps join the first tier that takes new requests,
+        // whatever their own tier: a slow primary must not keep its tier
+        // (and so all traffic) to itself.
+        tiers.retain(|t| !t.is_empty());
+        let total: u32 = tiers.first().map_or(0, |t| t.iter().map(|m| m.1).sum());
+        let trickle = ((f64::from(total) * TRICKLE_SHARE).round() as u32).max(1);
+        let slow = (0..stamps.len()).filter(usable).filter(|&i| trickled[i]);
+        match tiers.first_mut() {
+            Some(first) => first.extend(slow.map(|i| (i, trickle))),
+            // Nothing at full weight (cannot happen with the outlier rule,
+            // which compares with the others): share by weight anyway.
+            None => tiers.push(slow.map(weighted).collect()),
         }
+        tiers.into_iter().map(Tier::new).collect()
     };
     PoolView {
         name: pool.name.as_str().into(),
@@ -503,6 +611,39 @@ fn build_pool(pool: &PoolConfig, inputs: Vec<StampInput>, upstream: Arc<Upstream
         outlier_threshold: pool.outlier.consecutive_failures,
         read_timeout: pool.read_timeout,
     }
+}
+
+/// The share of a pool's new requests that each trickled stamp (a latency
+/// outlier, or too slow for the latency method) still gets: enough to see
+/// it recover within seconds at a few hundred requests a second, and well
+/// under the 1 % by which a drill judges traffic to have left it.
+pub const TRICKLE_SHARE: f64 = 0.0025;
+/// Full weights are multiplied by this when a pool has trickled stamps, so
+/// that one unit of trickle weight is at most [`TRICKLE_SHARE`].
+const TRICKLE_SCALE: u32 = 400;
+
+/// Which usable stamps get only a trickle: latency outliers, and for the
+/// latency method the stamps slower than the fastest by more than
+/// `latency_sensitivity` (the fastest judged among the others, so the
+/// rule never trickles every stamp).
+fn trickled(pool: &PoolConfig, inputs: &[StampInput]) -> Vec<bool> {
+    let usable = |i: usize| inputs[i].effective_weight > 0;
+    let mut trickled: Vec<bool> = (0..inputs.len())
+        .map(|i| usable(i) && inputs[i].trickle)
+        .collect();
+    if pool.method == Method::Latency {
+        let fastest = (0..inputs.len())
+            .filter(|&i| usable(i) && !trickled[i])
+            .filter_map(|i| inputs[i].rtt)
+            .min();
+        for i in (0..inputs.len()).filter(|&i| usable(i)) {
+            // Not measured yet: give it traffic rather than guess it slow.
+            if let (Some(f), Some(rtt)) = (fastest, inputs[i].rtt) {
+                trickled[i] |= rtt > f + pool.latency_sensitivity;
+            }
+        }
+    }
+    trickled
 }
 
 fn region_id<'a>(regions: &mut Vec<&'a str>, region: &'a str) -> u16 {
@@ -554,6 +695,7 @@ pub(crate) mod tests {
                 configured_weight: 100,
                 effective_weight: 100,
                 priority: 1,
+                trickled: false,
                 stats: Arc::default(),
             })
             .collect()
@@ -582,12 +724,18 @@ pub(crate) mod tests {
         weight: u32,
         enabled: bool,
         rtt_ms: Option<u64>,
+        trickle: bool,
     }
 
     const UP: Seen = Seen {
         weight: 100,
         enabled: true,
         rtt_ms: None,
+        trickle: false,
+    };
+    const SLOW: Seen = Seen {
+        trickle: true,
+        ..UP
     };
     const DOWN: Seen = Seen { weight: 0, ..UP };
 
@@ -615,6 +763,7 @@ pub(crate) mod tests {
                     effective_weight: s.weight,
                     admin_enabled: s.enabled,
                     rtt: s.rtt_ms.map(Duration::from_millis),
+                    trickle: s.trickle,
                     stats: Arc::default(),
                 }
             },
@@ -677,7 +826,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn latency_puts_stamps_near_the_fastest_usable_one_first() {
+    fn latency_trickles_stamps_slower_than_the_fastest_usable_one_by_the_sensitivity() {
         let cfg = config(
             "method = \"latency\"\nlatency_sensitivity = \"50ms\"",
             &[
@@ -698,12 +847,16 @@ pub(crate) mod tests {
             rtt(61),
             UP,
         ];
+        // Full weights scaled by 400 so that c's one unit of trickle,
+        // 0.25 % of the first tier's weight, is 300.
         assert_eq!(
             tiers(&build(&cfg, &seen)),
-            named(&[
-                &[("a", 100), ("b", 100), ("unmeasured", 100)],
-                &[("c", 100)],
-            ]),
+            named(&[&[
+                ("a", 40_000),
+                ("b", 40_000),
+                ("unmeasured", 40_000),
+                ("c", 300)
+            ]]),
             "within 50 ms of a (10 ms), not of the unusable 1 ms stamp; \
              an unmeasured stamp is not guessed slow"
         );
@@ -749,6 +902,68 @@ pub(crate) mod tests {
         let table = build(&cfg, &[DOWN, DOWN]);
         assert!(!table.pools[0].failing_open);
         assert!(tiers(&table).is_empty());
+    }
+
+    /// Share of new requests per stamp over many picks.
+    fn shares(pool: &PoolView) -> Vec<f64> {
+        let n = 100_000;
+        let mut counts = vec![0u32; pool.stamps.len()];
+        for _ in 0..n {
+            counts[pool.selector.pick(&pool.stamps, &Tried::default()).unwrap()] += 1;
+        }
+        counts
+            .iter()
+            .map(|&c| f64::from(c) / f64::from(n))
+            .collect()
+    }
+
+    /// Three stamps at priorities 1, 2, 2.
+    fn three(method: &str) -> Config {
+        config(
+            &format!("method = \"{method}\""),
+            &[("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 2)],
+        )
+    }
+
+    #[test]
+    fn a_latency_outlier_keeps_only_a_trickle_in_every_method() {
+        fastrand::seed(3);
+        for method in ["weighted", "latency"] {
+            let table = build(
+                &three(method),
+                &[
+                    rtt(1),
+                    Seen {
+                        trickle: true,
+                        ..rtt(1)
+                    },
+                    rtt(1),
+                ],
+            );
+            let s = shares(&table.pools[0]);
+            assert!(s[1] > 0.0 && s[1] < 0.005, "{method}: trickle {s:?}");
+        }
+        // Priority: the slow primary must not keep its tier to itself.
+        let table = build(&three("priority"), &[SLOW, UP, UP]);
+        let s = shares(&table.pools[0]);
+        assert!(s[0] > 0.0 && s[0] < 0.005, "primary trickles: {s:?}");
+        assert!(
+            s[1] > 0.45 && s[2] > 0.45,
+            "the backup tier takes over: {s:?}"
+        );
+    }
+
+    #[test]
+    fn the_latency_method_trickles_stamps_slower_than_the_sensitivity() {
+        fastrand::seed(4);
+        // 300 ms against 1 ms, sensitivity 50 ms by default.
+        let table = build(&three("latency"), &[rtt(1), rtt(300), rtt(30)]);
+        let s = shares(&table.pools[0]);
+        assert!(s[1] > 0.0 && s[1] < 0.005, "{s:?}");
+        assert!(s[2] > 0.45, "30 ms is within the sensitivity: {s:?}");
+        // Nobody trickled: no scaling, even shares.
+        let table = build(&three("latency"), &[rtt(1), rtt(2), rtt(3)]);
+        assert!(shares(&table.pools[0]).iter().all(|&x| x > 0.3));
     }
 
     #[test]

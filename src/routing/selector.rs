@@ -45,6 +45,16 @@ impl Tier {
         self.entries.iter().map(|&(_, idx)| usize::from(idx))
     }
 
+    /// The share of this tier's new requests that stamp `index` gets.
+    pub fn share_of(&self, index: usize) -> f64 {
+        let weight: u32 = self
+            .weighted_members()
+            .filter(|&(i, _)| i == index)
+            .map(|(_, w)| w)
+            .sum();
+        f64::from(weight) / f64::from(self.total.max(1))
+    }
+
     /// `(stamp index, weight)` of each member, as the tier was built.
     pub fn weighted_members(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
         (0..self.entries.len()).map(|pos| (usize::from(self.entries[pos].1), self.weight_of(pos)))

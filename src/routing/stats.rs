@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::head_latency::HeadLatencies;
 use super::histogram::LatencyHistogram;
 
 /// Index of a status code's class (0 = 1xx ... 4 = 5xx); anything outside
@@ -26,6 +27,22 @@ pub struct RouteStats {
     duration: LatencyHistogram,
     /// The stamp names the rows were made for.
     stamps: Box<[String]>,
+    /// Hedged tries: sent, won, lost (see [`Hedge`]).
+    hedges: [AtomicU64; 3],
+    /// Times to response head, and the adaptive hedge delay made of them
+    /// (recorded only for a route hedging at a quantile).
+    pub head_latency: HeadLatencies,
+}
+
+/// What became of a hedged try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hedge {
+    /// A second try was sent while the first still ran.
+    Sent,
+    /// The hedge's answer was delivered.
+    Won,
+    /// The first try answered first, or the hedge failed.
+    Lost,
 }
 
 impl RouteStats {
@@ -36,6 +53,8 @@ impl RouteStats {
             local: Default::default(),
             duration: LatencyHistogram::default(),
             stamps: stamps.into(),
+            hedges: Default::default(),
+            head_latency: HeadLatencies::default(),
         }
     }
 
@@ -66,6 +85,21 @@ impl RouteStats {
             None => &self.local,
         };
         std::array::from_fn(|c| row[c].load(Ordering::Relaxed))
+    }
+
+    /// Count a hedge event.
+    pub fn hedge(&self, what: Hedge) {
+        self.hedges[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hedges sent, won and lost, labelled.
+    pub fn hedges(&self) -> [(&'static str, u64); 3] {
+        let n = |h: Hedge| self.hedges[h as usize].load(Ordering::Relaxed);
+        [
+            ("sent", n(Hedge::Sent)),
+            ("won", n(Hedge::Won)),
+            ("lost", n(Hedge::Lost)),
+        ]
     }
 
     /// The duration histogram.

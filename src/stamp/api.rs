@@ -117,11 +117,14 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let fault = shared.faults.wait_until_answerable().await;
-    if let Some(ms) = fault.latency_ms.filter(|&ms| ms > 0) {
+    let is_api = request.uri().path().starts_with(API_AREA);
+    if is_api {
+        shared.received.fetch_add(1, Ordering::Relaxed);
+    }
+    let fault = shared.faults.wait_until_answerable(is_api).await;
+    if let Some(ms) = fault.delay_for(is_api) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let is_api = request.uri().path().starts_with(API_AREA);
     let mut response = match fault.error_rate {
         // `fastrand::f64` is in [0, 1): a rate of 1 always fails, 0 never.
         Some(rate) if is_api && fastrand::f64() < rate => body::error(

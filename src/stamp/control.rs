@@ -61,7 +61,11 @@ async fn handle(
         (_, "/fault") => not_allowed("GET, PUT, DELETE"),
         (&Method::GET, "/stats") => {
             let requests = shared.requests.load(Ordering::Relaxed);
-            body::json(StatusCode::OK, &serde_json::json!({ "requests": requests }))
+            let received = shared.received.load(Ordering::Relaxed);
+            body::json(
+                StatusCode::OK,
+                &serde_json::json!({ "requests": requests, "received": received }),
+            )
         }
         (_, "/stats") => not_allowed("GET"),
         (method, path) => {

@@ -37,6 +37,22 @@ pub struct Fault {
     /// dropped; clearing it binds the same address again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down: Option<bool>,
+    /// Which requests `latency_ms` and `hang` act on: `all` (the default)
+    /// or `api` only, so the health endpoint stays fast and green while the
+    /// API is slow: the gray failure that probes alone cannot see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<FaultScope>,
+}
+
+/// The value of [`Fault::scope`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultScope {
+    /// Every request of the serving listener.
+    #[default]
+    All,
+    /// API requests (under `/catalogservice/`) only.
+    Api,
 }
 
 /// The value of [`Fault::health`].
@@ -59,7 +75,9 @@ pub enum FaultError {
     #[error("fault body must be a JSON object such as {{\"health\": \"fail\"}}, got {0}")]
     NotAnObject(String),
     /// A field the stamp does not know.
-    #[error("unknown fault field {0:?}; known fields: health, error_rate, latency_ms, hang, down")]
+    #[error(
+        "unknown fault field {0:?}; known fields: health, error_rate, latency_ms, hang, down, scope"
+    )]
     UnknownField(String),
     /// A known field with a value of the wrong type or shape.
     #[error("fault field {field}: cannot use {value}: {reason}")]
@@ -98,6 +116,7 @@ impl Fault {
                 "latency_ms" => fault.latency_ms = field(&name, value)?,
                 "hang" => fault.hang = field(&name, value)?,
                 "down" => fault.down = field(&name, value)?,
+                "scope" => fault.scope = field(&name, value)?,
                 _ => return Err(FaultError::UnknownField(name)),
             }
         }
@@ -129,12 +148,14 @@ impl Fault {
             latency_ms,
             hang,
             down,
+            scope,
         } = update;
         self.health = health.or(self.health);
         self.error_rate = error_rate.or(self.error_rate);
         self.latency_ms = latency_ms.or(self.latency_ms);
         self.hang = hang.or(self.hang);
         self.down = down.or(self.down);
+        self.scope = scope.or(self.scope);
     }
 
     /// Whether the serving listener should be closed.
@@ -142,11 +163,30 @@ impl Fault {
         self.down == Some(true)
     }
 
+    /// Whether `latency_ms` and `hang` act on a request that is (`is_api`)
+    /// or is not an API request.
+    pub fn applies_to(&self, is_api: bool) -> bool {
+        is_api || self.scope.unwrap_or_default() == FaultScope::All
+    }
+
     /// Whether requests must wait instead of being answered: while hung, and
     /// while down (a request that slipped in as the stamp went down must not
     /// be answered by a stamp that is meant to be dead).
     pub fn holds_requests(&self) -> bool {
         self.hang == Some(true) || self.is_down()
+    }
+
+    /// [`Fault::holds_requests`] for one request: an API-scoped hang lets
+    /// health requests through; `down` holds every request.
+    pub fn holds(&self, is_api: bool) -> bool {
+        (self.hang == Some(true) && self.applies_to(is_api)) || self.is_down()
+    }
+
+    /// The delay to add to a request that is (`is_api`) or is not an API
+    /// request.
+    pub fn delay_for(&self, is_api: bool) -> Option<u64> {
+        self.latency_ms
+            .filter(|&ms| ms > 0 && self.applies_to(is_api))
     }
 
     /// Whether the health endpoint should report the stamp unhealthy.
@@ -208,19 +248,20 @@ impl FaultCell {
         self.current.subscribe()
     }
 
-    /// Waits while the fault holds requests (hang, down) and returns the
-    /// fault that the request is then to be answered under.
-    pub(crate) async fn wait_until_answerable(&self) -> Fault {
+    /// Waits while the fault holds this request (hang, down; `is_api`: it
+    /// is an API request) and returns the fault that the request is then to
+    /// be answered under.
+    pub(crate) async fn wait_until_answerable(&self, is_api: bool) -> Fault {
         {
             // Fast path: no subscription when nothing holds requests.
             let fault = self.current.borrow();
-            if !fault.holds_requests() {
+            if !fault.holds(is_api) {
                 return fault.clone();
             }
         }
         let mut changes = self.subscribe();
         changes
-            .wait_for(|fault| !fault.holds_requests())
+            .wait_for(|fault| !fault.holds(is_api))
             .await
             .expect("the cell owns the sender, so the channel cannot close")
             .clone()
@@ -240,7 +281,7 @@ mod tests {
     #[test]
     fn parses_every_field() {
         let fault = Fault::from_json(
-            br#"{"health":"fail","error_rate":0.25,"latency_ms":40,"hang":false,"down":true}"#,
+            br#"{"health":"fail","error_rate":0.25,"latency_ms":40,"hang":false,"down":true,"scope":"api"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -251,6 +292,7 @@ mod tests {
                 latency_ms: Some(40),
                 hang: Some(false),
                 down: Some(true),
+                scope: Some(FaultScope::Api),
             }
         );
     }
@@ -265,6 +307,7 @@ mod tests {
             latency_ms: Some(0),
             hang: Some(true),
             down: Some(false),
+            scope: Some(FaultScope::All),
         };
         let json = serde_json::to_vec(&fault).unwrap();
         assert_eq!(Fault::from_json(&json).unwrap(), fault);
@@ -351,6 +394,24 @@ mod tests {
         assert!(with(None, Some(true)).holds_requests());
     }
 
+    #[test]
+    fn api_scope_spares_the_health_endpoint() {
+        let fault = Fault::from_json(br#"{"latency_ms":300,"hang":true,"scope":"api"}"#).unwrap();
+        assert!(fault.holds(true) && !fault.holds(false));
+        assert_eq!(fault.delay_for(true), Some(300));
+        assert_eq!(fault.delay_for(false), None);
+        let all = Fault::from_json(br#"{"latency_ms":300,"hang":true}"#).unwrap();
+        assert!(all.holds(true) && all.holds(false), "all is the default");
+        assert_eq!(all.delay_for(false), Some(300));
+        let down = Fault {
+            down: Some(true),
+            scope: Some(FaultScope::Api),
+            ..Fault::default()
+        };
+        assert!(down.holds(false), "down holds every request");
+        assert!(parse_err(r#"{"scope":"health"}"#).contains("scope"));
+    }
+
     #[tokio::test]
     async fn held_request_is_released_when_hang_clears() {
         let cell = std::sync::Arc::new(FaultCell::new());
@@ -361,7 +422,7 @@ mod tests {
         });
         let waiter = tokio::spawn({
             let cell = cell.clone();
-            async move { cell.wait_until_answerable().await }
+            async move { cell.wait_until_answerable(true).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());

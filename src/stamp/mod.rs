@@ -23,14 +23,15 @@
 //!
 //! Control listener: `PUT /fault` merges a [`Fault`] given as JSON,
 //! `GET /fault` shows it, `DELETE /fault` clears it, `GET /stats` counts the
-//! API requests served. A `PUT` or `DELETE` is answered only once the serving
+//! API requests served and received (a hung stamp receives and never serves). A `PUT` or `DELETE` is answered only once the serving
 //! listener has followed (closed for `down`, bound again after), so a drill
 //! can act on the answer at once.
 //!
 //! Faults are made in user space (these machines have no `netem`) and act on
 //! each request in this order: `hang` (and `down`) hold it, `latency_ms`
 //! sleeps, `error_rate` answers API requests 500, `health` fails the health
-//! endpoint. `down` also closes the listener and drops its connections,
+//! endpoint. `"scope": "api"` limits `hang` and `latency_ms` to API
+//! requests, so the health endpoint stays fast and green (a gray failure). `down` also closes the listener and drops its connections,
 //! through the `JoinSet` that owns them (see the `listener` submodule).
 
 use std::future::Future;
@@ -55,7 +56,7 @@ mod listener;
 pub use api::{API_AREA, HEALTH_PATH, LIVENESS_PATH};
 pub use body::{BLOB_CHUNK_SIZE, blob_byte};
 pub use catalog::{ITEM_COUNT, item_id};
-pub use fault::{Fault, FaultError, HealthFault, MAX_LATENCY_MS};
+pub use fault::{Fault, FaultError, FaultScope, HealthFault, MAX_LATENCY_MS};
 
 /// The response header naming the stamp that answered.
 pub const SERVER_NAME_HEADER: &str = "x-server-name";
@@ -119,6 +120,7 @@ impl Stamp {
             faults: fault::FaultCell::new(),
             listening: watch::Sender::new(true),
             requests: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             posts: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
@@ -199,6 +201,13 @@ impl Stamp {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
+    /// API requests received so far, answered or not: a hung stamp
+    /// receives requests it never answers, and a drill that counted only
+    /// answers would read its silence as traffic having moved away.
+    pub fn requests_received(&self) -> u64 {
+        self.shared.received.load(Ordering::Relaxed)
+    }
+
     /// Stops serving: closes both listeners, drops every connection and
     /// waits for the stamp's tasks to end.
     pub async fn shutdown(mut self) {
@@ -258,6 +267,8 @@ struct Shared {
     listening: watch::Sender<bool>,
     /// API requests answered.
     requests: AtomicU64,
+    /// API requests received (answered or still held).
+    received: AtomicU64,
     /// Comments and ratings accepted; the source of their new ids.
     posts: AtomicU64,
 }

@@ -3,6 +3,7 @@
 //! for exact bytes).
 #![allow(dead_code, missing_docs)] // each test binary uses a different part
 
+pub mod dns;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -230,6 +230,7 @@ fn probe(
 ) -> Result<ProbeConfig, ConfigError> {
     let key = |k: &str| format!("{base}.{k}");
     let (interval, unhealthy_interval, timeout) = probe_timing(ctx, base, &raw)?;
+    let fast_interval = fast_interval(ctx, base, &raw, interval)?;
     let (sample_size, successful_samples_required) = probe_window(ctx, base, &raw)?;
     let path = raw.path.unwrap_or_else(|| DEFAULT_PROBE_PATH.to_string());
     if !path.starts_with('/') || PathAndQuery::from_str(&path).is_err() {
@@ -273,6 +274,7 @@ fn probe(
         https: raw.https.unwrap_or(upstream_tls),
         interval,
         unhealthy_interval,
+        fast_interval,
         timeout,
         sample_size,
         successful_samples_required,
@@ -322,6 +324,31 @@ fn probe_timing(
         ));
     }
     Ok((interval, unhealthy_interval, timeout))
+}
+
+/// `fast_interval`: a quarter of `interval` but at least
+/// [`MIN_PROBE_FAST_INTERVAL`] (and never above `interval`). Longer than
+/// `interval` would make a failed probe slow the verdict down.
+fn fast_interval(
+    ctx: &Ctx<'_>,
+    base: &str,
+    raw: &RawProbe,
+    interval: Duration,
+) -> Result<Duration, ConfigError> {
+    let key = format!("{base}.fast_interval");
+    let default = (interval / 4).max(MIN_PROBE_FAST_INTERVAL).min(interval);
+    let fast = ctx.positive_duration(&key, raw.fast_interval.as_deref(), default)?;
+    if fast > interval {
+        return Err(ctx.invalid(
+            &key,
+            shown_duration(raw.fast_interval.as_deref(), fast),
+            format!(
+                "must not be longer than interval ({})",
+                format_duration(interval)
+            ),
+        ));
+    }
+    Ok(fast)
 }
 
 /// `sample_size` and `successful_samples_required` (M of the last N).
@@ -474,7 +501,22 @@ fn outlier(ctx: &Ctx<'_>, base: &str, raw: RawOutlier) -> Result<OutlierConfig, 
         1,
         u32::MAX,
     )?;
+    let latency_factor = raw.latency_factor.unwrap_or(DEFAULT_LATENCY_FACTOR);
+    if !(latency_factor > 1.0 && latency_factor.is_finite()) {
+        return Err(ctx.invalid(
+            &key("latency_factor"),
+            latency_factor,
+            "must be above 1: a stamp is an outlier when its latency is this many times the pool median",
+        ));
+    }
+    let latency_floor = ctx.duration(
+        &key("latency_floor"),
+        raw.latency_floor.as_deref(),
+        DEFAULT_LATENCY_FLOOR,
+    )?;
     Ok(OutlierConfig {
+        latency_factor,
+        latency_floor,
         failure_rate: (failure_rate > 0.0).then_some(failure_rate),
         failure_rate_min_requests,
         consecutive_failures,

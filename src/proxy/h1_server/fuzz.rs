@@ -14,6 +14,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::fuzzing;
 
 const TOKENS: &[&[u8]] = &[
     b"\r\n",
@@ -48,17 +49,6 @@ const TOKENS: &[&[u8]] = &[
     b"0",
     b"5",
 ];
-
-fn syntax(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        prop_oneof![
-            1 => any::<u8>().prop_map(|b| vec![b]),
-            4 => prop::sample::select(TOKENS).prop_map(<[u8]>::to_vec),
-        ],
-        0..max,
-    )
-    .prop_map(|parts| parts.concat())
-}
 
 const LINES: &[&[u8]] = &[
     b"Host: test\r\n",
@@ -95,22 +85,8 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..4),
     )
         .prop_map(|(start, lines, after)| [start, &lines.concat(), b"\r\n", &after].concat());
-    let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..3u8);
-    let mutated = (valid, prop::collection::vec(edit, 0..4)).prop_map(|(mut bytes, edits)| {
-        for (at, byte, kind) in edits {
-            let i = at.index(bytes.len() + 1);
-            match kind {
-                0 => bytes.insert(i, byte),
-                1 if i < bytes.len() => bytes[i] = byte,
-                _ if i < bytes.len() => {
-                    bytes.remove(i);
-                }
-                _ => {}
-            }
-        }
-        bytes
-    });
-    prop_oneof![1 => syntax(40), 4 => mutated]
+    let mutated = fuzzing::mutated(valid, 4);
+    prop_oneof![1 => fuzzing::syntax(TOKENS, 40), 4 => mutated]
 }
 
 /// Header names the fast path must hand to hyper.

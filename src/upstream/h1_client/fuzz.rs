@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::*;
+use crate::fuzzing::{mutated, syntax};
 
 /// Byte strings that HTTP parsers care about, to be strung together.
 const TOKENS: &[&[u8]] = &[
@@ -49,37 +50,6 @@ const TOKENS: &[&[u8]] = &[
     b"\xff",
 ];
 
-/// Random bytes, mostly HTTP syntax.
-fn syntax(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        prop_oneof![
-            1 => any::<u8>().prop_map(|b| vec![b]),
-            4 => prop::sample::select(TOKENS).prop_map(<[u8]>::to_vec),
-        ],
-        0..max,
-    )
-    .prop_map(|parts| parts.concat())
-}
-
-/// `valid` with up to four bytes inserted, replaced or removed.
-fn mutated(valid: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-    let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..3u8);
-    (valid, prop::collection::vec(edit, 0..4)).prop_map(|(mut bytes, edits)| {
-        for (at, byte, kind) in edits {
-            let i = at.index(bytes.len() + 1);
-            match kind {
-                0 => bytes.insert(i, byte),
-                1 if i < bytes.len() => bytes[i] = byte,
-                _ if i < bytes.len() => {
-                    bytes.remove(i);
-                }
-                _ => {}
-            }
-        }
-        bytes
-    })
-}
-
 // ---- chunk-size line ------------------------------------------------------
 
 const EXTENSIONS: &[&[u8]] = &[b"", b" ", b"\t ", b";a=b", b" ;x", b";q=\"v\""];
@@ -88,7 +58,7 @@ fn chunk_line() -> impl Strategy<Value = Vec<u8>> {
     let valid = (any::<u32>(), prop::sample::select(EXTENSIONS))
         .prop_map(|(n, ext)| [format!("{n:x}").as_bytes(), ext, b"\r"].concat());
     // The decoder splits lines at LF, so a line never holds one.
-    prop_oneof![syntax(12), mutated(valid)].prop_map(|mut line| {
+    prop_oneof![syntax(TOKENS, 12), mutated(valid, 4)].prop_map(|mut line| {
         line.retain(|&b| b != b'\n');
         line
     })
@@ -274,7 +244,7 @@ fn chunked_body() -> impl Strategy<Value = Vec<u8>> {
             out.extend_from_slice(&after);
             out
         });
-    prop_oneof![1 => syntax(30), 3 => mutated(valid)]
+    prop_oneof![1 => syntax(TOKENS, 30), 3 => mutated(valid, 4)]
 }
 
 proptest! {
@@ -320,7 +290,7 @@ fn response_head() -> impl Strategy<Value = Vec<u8>> {
             ]
             .concat()
         });
-    prop_oneof![1 => syntax(40), 4 => mutated(valid)]
+    prop_oneof![1 => syntax(TOKENS, 40), 4 => mutated(valid, 4)]
 }
 
 /// RFC 9112 §6.3 from `httparse`'s headers: the framing and reuse we must
@@ -367,7 +337,11 @@ fn reference_framing(
         }
     }
     let mut reuse = !close && (res.version == Some(1) || keep_alive);
-    let framing = if head_request || code == 204 || code == 304 {
+    let framing = if code == 101 {
+        // The connection now speaks another protocol: never reused.
+        reuse = false;
+        Framing::Switched
+    } else if head_request || code == 204 || code == 304 {
         Framing::Length(0)
     } else if has_te {
         reuse &= length.is_none();
@@ -414,13 +388,12 @@ proptest! {
             }
             (Err(_), Ok(httparse::Status::Complete(len))) => {
                 let code = res.code.unwrap();
-                // Refused on purpose: 101, a status the http crate refuses,
-                // a head of 64 KiB, or framing we do not trust.
+                // Refused on purpose: a status the http crate refuses, a
+                // head of 64 KiB, or framing we do not trust.
                 prop_assert!(
-                    code == 101
-                        || StatusCode::from_u16(code).is_err()
+                    StatusCode::from_u16(code).is_err()
                         || len >= MAX_HEAD
-                        || (!(100..200).contains(&code)
+                        || ((!(100..200).contains(&code) || code == 101)
                             && reference_framing(&res, head_request).is_none()),
                     "we refuse what httparse accepts: {:?}", String::from_utf8_lossy(&input)
                 );
