@@ -16,7 +16,8 @@
 #
 # After cargo test, deploy/check.sh checks the files under deploy/ with the
 # binary the tests built (stampgate check on their configs, the unit, the
-# manifests).
+# manifests), and scripts/check-vendor.sh that vendor/hyper is hyper 1.12.0
+# plus exactly vendor/hyper-1.12.0.patch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,3 +45,4 @@ fi
 
 cargo test "$@"
 bash deploy/check.sh
+bash scripts/check-vendor.sh
