@@ -238,6 +238,43 @@ async fn stamp_silent_mid_body_resets_the_h2_stream() {
 
 /// A client that reads nothing of a large answer is cut at idle_timeout
 /// instead of holding the exchange (and the stamp's connection) for ever.
+/// An HTTP/2 client that keeps its connection up (its connection task
+/// reads every frame) but takes none of a response body grants no
+/// flow-control window: the socket never blocks, the stream parks at the
+/// proxy. It is cut like a client that stops reading.
+#[tokio::test]
+async fn h2_client_that_takes_no_response_data_is_cut() {
+    let s = stamp("s1", "r1").await;
+    let p = Setup::new()
+        .stamp(&s)
+        .proxy("idle_timeout = \"300ms\"")
+        .start()
+        .await;
+    let len: usize = 64 * 1024 * 1024;
+    let client = h2c_client();
+    let url = p.url(&format!("/catalogservice/api/1.0/blob?bytes={len}"));
+    let resp = client
+        .request(http::Request::get(url).body(empty()).unwrap())
+        .await
+        .expect("the response head");
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    // Hold the body unread until the proxy gives up on the client.
+    let stats = p.handle.stats.clone();
+    let load = |n: &std::sync::atomic::AtomicI64| n.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the stalled h2 connection is cut", async || {
+        stats
+            .connections
+            .iter()
+            .all(|(_, by_protocol)| by_protocol.iter().all(|(_, n)| load(n) == 0))
+    })
+    .await;
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(
+        body.is_err_and(|e| !e.to_string().is_empty()),
+        "the body ends in an error, not complete"
+    );
+}
+
 #[tokio::test]
 async fn client_that_stops_reading_is_cut() {
     let s = stamp("s1", "r1").await;

@@ -139,6 +139,9 @@ impl Body for ResponseBody {
                 first,
                 stall,
             } => {
+                if let Some(guard) = guard.as_mut() {
+                    guard.body_asked();
+                }
                 let cut_off =
                     || Poll::Ready(Some(Err("cut: the stamp's drain deadline passed".into())));
                 if cut.is_tripped() {
@@ -176,6 +179,8 @@ impl Body for ResponseBody {
                             guard.sent(frame.data_ref().map_or(0, Bytes::len));
                             if inner.is_end_stream() {
                                 guard.completed();
+                            } else {
+                                guard.body_gave();
                             }
                         }
                         Poll::Ready(None) => guard.completed(),

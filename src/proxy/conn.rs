@@ -42,6 +42,16 @@ pub struct ConnActivity {
     /// Milliseconds since `born`, plus one, since which a write to the
     /// client has been waiting (it reads nothing); 0: not waiting.
     write_blocked_ms: AtomicU64,
+    /// Response bodies of this connection that handed the client side a
+    /// piece and wait to be asked for the next, and how many times one
+    /// was asked (a wrapping count: only change matters).
+    pub(super) parked: AtomicU32,
+    pub(super) body_taken: AtomicU32,
+    /// Written by the connection's timer only: `body_taken` when it last
+    /// looked, and since when (milliseconds since `born`, plus one) it has
+    /// not moved while a body was parked; 0: not judged.
+    seen_body_taken: AtomicU32,
+    body_still_ms: AtomicU64,
     /// An HTTP/2 connection: frames arrive between requests (pings,
     /// settings), so only the idle timer applies once it is known.
     pub(super) h2: AtomicBool,
@@ -65,6 +75,10 @@ impl ConnActivity {
             head_started_ms: AtomicU64::new(1),
             block_started_ms: AtomicU64::new(0),
             write_blocked_ms: AtomicU64::new(0),
+            parked: AtomicU32::new(0),
+            body_taken: AtomicU32::new(0),
+            seen_body_taken: AtomicU32::new(0),
+            body_still_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             resting: AtomicBool::new(false),
             born: Instant::now(),
@@ -173,6 +187,35 @@ impl ConnActivity {
             0 => None,
             since => Some(self.born + std::time::Duration::from_millis(since - 1) + limit),
         }
+    }
+
+    /// When a client that takes no response data is cut: a response body
+    /// waits for the client side to ask for more, and none of this
+    /// connection's bodies was asked since the timer started watching.
+    /// The socket may still take bytes (an HTTP/2 peer can keep reading
+    /// PINGs and SETTINGS while granting no flow-control window, which
+    /// parks every stream at the proxy), so
+    /// [`ConnActivity::write_deadline`] does not see it. A body waiting on
+    /// its stamp is not parked: the stamp's silence is `read_timeout`'s to
+    /// judge. Called by the connection's timer only.
+    pub fn body_stall_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        if self.parked.load(Ordering::Relaxed) == 0 {
+            self.body_still_ms.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let taken = self.body_taken.load(Ordering::Relaxed);
+        let moved = self.seen_body_taken.swap(taken, Ordering::Relaxed) != taken;
+        let since = match self.body_still_ms.load(Ordering::Relaxed) {
+            0 => None,
+            _ if moved => None,
+            since => Some(since),
+        };
+        let since = since.unwrap_or_else(|| {
+            let now = self.now_ms() + 1;
+            self.body_still_ms.store(now, Ordering::Relaxed);
+            now
+        });
+        Some(self.born + std::time::Duration::from_millis(since - 1) + limit)
     }
 
     /// Mark the connection busy until the returned guard is dropped: the

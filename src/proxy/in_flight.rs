@@ -34,6 +34,10 @@ pub struct InFlight {
     pub(super) bytes: u64,
     /// The body ended cleanly.
     pub(super) complete: bool,
+    /// A piece of its response body was handed over and the client side
+    /// has not asked for the next yet (counted in the connection's
+    /// `parked`).
+    parked: bool,
     /// The access log line, when this request is logged.
     pub(super) log: Option<(Box<Entry>, AccessLog)>,
 }
@@ -59,6 +63,7 @@ impl InFlight {
             upstream: None,
             bytes: 0,
             complete: false,
+            parked: false,
             log: None,
         }
     }
@@ -81,6 +86,26 @@ impl InFlight {
     pub fn completed(&mut self) {
         self.complete = true;
     }
+
+    /// The client side asks for the next piece of the response body: it
+    /// took the last one.
+    pub(super) fn body_asked(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.conn.parked.fetch_sub(1, Ordering::Relaxed);
+            self.conn.body_taken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A piece of the response body was handed to the client side, more
+    /// follows: until asked again, the client is the one to wait on (see
+    /// [`ConnActivity::body_stall_deadline`]).
+    pub(super) fn body_gave(&mut self) {
+        if !self.parked {
+            self.parked = true;
+            self.conn.parked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for InFlight {
@@ -93,6 +118,9 @@ impl Drop for InFlight {
         let now = Instant::now();
         self.conn.touch_at(now);
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.parked {
+            self.conn.parked.fetch_sub(1, Ordering::Relaxed);
+        }
         let total = now.saturating_duration_since(self.start);
         if let Some(route) = &self.route {
             route.observe(total);

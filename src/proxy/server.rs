@@ -461,6 +461,12 @@ impl ConnLimits {
             tracing::debug!(%remote, "client read nothing for idle_timeout");
             return Timers::HeadLate;
         }
+        if let Some(late) = activity.body_stall_deadline(idle)
+            && late <= now
+        {
+            tracing::debug!(%remote, "client took no response data for idle_timeout");
+            return Timers::HeadLate;
+        }
         match activity.head_deadline(head) {
             Some(late) if late <= now => {
                 tracing::debug!(%remote, "request head not received within header_read_timeout");
@@ -523,5 +529,40 @@ mod tests {
             Timers::Wait(_)
         ));
         assert!(activity.take_resting());
+    }
+
+    /// A client that takes no response data for idle_timeout while a body
+    /// waits on it is cut; one that takes some, however slowly, is not;
+    /// a body waiting on its stamp is not the client's wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_no_response_data_is_cut_after_idle_timeout() {
+        let step = Duration::from_secs(10);
+        let activity = ConnActivity::new();
+        activity.head_arrived();
+        let _busy = activity.busy();
+        let check = || limits().check(&activity, remote());
+        // Waiting on the stamp: nothing parked, never cut for it.
+        for _ in 0..8 {
+            tokio::time::advance(step).await;
+            assert!(matches!(check(), Timers::Wait(_)));
+        }
+        // A piece handed over; the client takes one every 50 s.
+        activity.parked.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..3 {
+            for _ in 0..5 {
+                assert!(matches!(check(), Timers::Wait(_)));
+                tokio::time::advance(step).await;
+            }
+            activity.body_taken.fetch_add(1, Ordering::Relaxed);
+        }
+        // Then nothing: cut once 60 s have passed since the timer saw the
+        // last piece taken.
+        assert!(matches!(check(), Timers::Wait(_)));
+        for _ in 0..5 {
+            tokio::time::advance(step).await;
+            assert!(matches!(check(), Timers::Wait(_)));
+        }
+        tokio::time::advance(step).await;
+        assert!(matches!(check(), Timers::HeadLate));
     }
 }
