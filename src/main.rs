@@ -113,9 +113,17 @@ async fn run(command: Command) -> ExitCode {
     match command {
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
-                print!("{}", config::summary(&cfg));
-                println!("{}: OK", config.display());
-                ExitCode::SUCCESS
+                // `stampgate check | head` closes the pipe early: that is
+                // the reader's choice, not a failure (print! would panic).
+                use std::io::Write;
+                let text = format!("{}{}: OK\n", config::summary(&cfg), config.display());
+                match std::io::stdout().lock().write_all(text.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("error: cannot write the summary: {e}");
+                        ExitCode::FAILURE
+                    }
+                    _ => ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -33,6 +33,22 @@ fn check_prints_the_resolved_config_and_exits_zero() {
     assert!(stdout.contains("worst-case detection"), "{stdout}");
 }
 
+/// `stampgate check | head -1`: a reader that leaves early is no failure.
+#[test]
+fn check_into_a_closed_pipe_exits_zero_without_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = stampgate()
+        .args(["check", "--config", "config/stampgate.toml"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn check_names_the_key_and_exits_one_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
