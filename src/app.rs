@@ -151,7 +151,7 @@ impl App {
                 return Err(e.into());
             }
         };
-        let shutting_down = Arc::new(AtomicBool::new(false));
+        let shutting_down = controller.shutting_down.clone();
         let stop_health = CancellationToken::new();
         let health = match config.health.listen {
             None => None,

@@ -108,12 +108,19 @@ async fn status_of(url: &str) -> StatusCode {
 #[tokio::test]
 async fn ready_fails_during_shutdown_delay_while_requests_are_served() {
     let s = stamp("s1", "r1").await;
-    let p = Setup::new()
+    let config = Setup::new()
         .stamp(&s)
         .proxy("shutdown_delay = \"2s\"")
         .extra("[health]\nlisten = \"127.0.0.1:0\"")
-        .start()
-        .await;
+        .config();
+    // With the admin API too, whose own /ready must agree.
+    let tokens = stampgate::admin::Tokens::none();
+    let p = Proxy {
+        handle: stampgate::app::App::start(&config, Some(tokens))
+            .await
+            .expect("proxy starts"),
+        config,
+    };
     let health = p.handle.health_addr().expect("health listener");
     let ready = format!("http://{health}/ready");
     eventually("ready once a table can serve", async || {
@@ -129,12 +136,20 @@ async fn ready_fails_during_shutdown_delay_while_requests_are_served() {
         StatusCode::NOT_FOUND
     );
 
+    let admin_ready = format!("http://{}/ready", p.handle.admin_addr().expect("admin API"));
+    assert_eq!(status_of(&admin_ready).await, StatusCode::OK);
+
     let url = p.url(HEADERS);
     let shutdown = tokio::spawn(p.handle.shutdown());
     eventually("/ready fails once shutdown began", async || {
         status_of(&ready).await == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
+    assert_eq!(
+        status_of(&admin_ready).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the admin API's /ready fails too"
+    );
     // Still serving during the delay: the balancer's time to notice.
     assert_eq!(status_of(&url).await, StatusCode::OK);
     assert!(!shutdown.is_finished(), "the delay has not passed yet");

@@ -365,9 +365,25 @@ impl Admin {
     /// Ready once the controller has published a table in which at least
     /// one pool can take a request.
     fn ready(&self) -> Response<Body> {
-        let (status, body) = readiness(&self.controller.routing.load());
+        let (status, body) = if self
+            .controller
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            shutting_down()
+        } else {
+            readiness(&self.controller.routing.load())
+        };
         json(status, &body)
     }
+}
+
+/// The readiness answer once the process is shutting down.
+pub fn shutting_down() -> (StatusCode, Value) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "status": "not-ready", "reason": "shutting down" }),
+    )
 }
 
 /// Whether `table` can serve: a published table with at least one pool

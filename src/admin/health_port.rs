@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::api::readiness;
+use super::api::{readiness, shutting_down};
 use crate::routing::RoutingTable;
 
 /// A balancer's check is one small request: a slow one is not a check.
@@ -118,10 +118,7 @@ fn answer<B>(state: &HealthState, req: &Request<B>) -> Response<Full<Bytes>> {
         (&Method::GET | &Method::HEAD, "/live") => (StatusCode::OK, json!({ "status": "live" })),
         (&Method::GET | &Method::HEAD, "/ready") => {
             if state.shutting_down.load(Ordering::Relaxed) {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "status": "not-ready", "reason": "shutting down" }),
-                )
+                shutting_down()
             } else {
                 readiness(&state.routing.load())
             }

@@ -205,6 +205,10 @@ pub struct ControllerHandle {
     pub certificates: Arc<Certificates>,
     /// Per-second samples of the last minutes, for the dashboard.
     pub history: Arc<history::History>,
+    /// Set when the process starts shutting down: every readiness check
+    /// (the admin API's and the `[health]` listener's) fails from then
+    /// on, so load balancers stop sending while requests still finish.
+    pub shutting_down: Arc<AtomicBool>,
 }
 
 impl ControllerHandle {
@@ -231,6 +235,7 @@ impl ControllerHandle {
             certificates,
             history,
             published,
+            shutting_down: Arc::default(),
         }
     }
 
