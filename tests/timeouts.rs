@@ -236,38 +236,22 @@ async fn stamp_silent_mid_body_resets_the_h2_stream() {
     assert!(body.is_err(), "stalled body presented as complete");
 }
 
-/// A client that reads nothing of a large answer is cut at idle_timeout
-/// instead of holding the exchange (and the stamp's connection) for ever.
 /// An HTTP/2 client that keeps its connection up (its connection task
 /// reads every frame) but takes none of a response body grants no
 /// flow-control window: the socket never blocks, the stream parks at the
 /// proxy. It is cut like a client that stops reading.
 #[tokio::test]
 async fn h2_client_that_takes_no_response_data_is_cut() {
-    let s = stamp("s1", "r1").await;
-    let p = Setup::new()
-        .stamp(&s)
-        .proxy("idle_timeout = \"300ms\"")
-        .start()
-        .await;
-    let len: usize = 64 * 1024 * 1024;
+    let (_stamp, p) = proxy_with_short_idle_timeout().await;
     let client = h2c_client();
-    let url = p.url(&format!("/catalogservice/api/1.0/blob?bytes={len}"));
+    let url = p.url(&blob_path());
     let resp = client
         .request(http::Request::get(url).body(empty()).unwrap())
         .await
         .expect("the response head");
     assert_eq!(resp.status(), http::StatusCode::OK);
     // Hold the body unread until the proxy gives up on the client.
-    let stats = p.handle.stats.clone();
-    let load = |n: &std::sync::atomic::AtomicI64| n.load(std::sync::atomic::Ordering::Relaxed);
-    eventually("the stalled h2 connection is cut", async || {
-        stats
-            .connections
-            .iter()
-            .all(|(_, by_protocol)| by_protocol.iter().all(|(_, n)| load(n) == 0))
-    })
-    .await;
+    every_connection_closed(&p, "the stalled h2 connection is cut").await;
     let body = http_body_util::BodyExt::collect(resp.into_body()).await;
     assert!(
         body.is_err_and(|e| !e.to_string().is_empty()),
@@ -275,35 +259,56 @@ async fn h2_client_that_takes_no_response_data_is_cut() {
     );
 }
 
-#[tokio::test]
-async fn client_that_stops_reading_is_cut() {
+/// A 64 MiB answer: far more than any socket buffer or HTTP/2 window.
+const BLOB_BYTES: usize = 64 * 1024 * 1024;
+
+fn blob_path() -> String {
+    format!("/catalogservice/api/1.0/blob?bytes={BLOB_BYTES}")
+}
+
+async fn proxy_with_short_idle_timeout() -> (stampgate::stamp::Stamp, Proxy) {
     let s = stamp("s1", "r1").await;
     let p = Setup::new()
         .stamp(&s)
         .proxy("idle_timeout = \"300ms\"")
         .start()
         .await;
-    let len: usize = 64 * 1024 * 1024;
+    (s, p)
+}
+
+/// Await every client connection of `p` closed.
+async fn every_connection_closed(p: &Proxy, what: &str) {
+    let stats = p.handle.stats.clone();
+    let load = |n: &std::sync::atomic::AtomicI64| n.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(what, async || {
+        stats
+            .connections
+            .iter()
+            .all(|(_, by_protocol)| by_protocol.iter().all(|(_, n)| load(n) == 0))
+    })
+    .await;
+}
+
+/// A client that reads nothing of a large answer is cut at idle_timeout
+/// instead of holding the exchange (and the stamp's connection) for ever.
+#[tokio::test]
+async fn client_that_stops_reading_is_cut() {
+    let (_stamp, p) = proxy_with_short_idle_timeout().await;
     let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
-    let path = format!("/catalogservice/api/1.0/blob?bytes={len}");
-    tcp.write_all(support::raw::get(&path).as_bytes())
+    tcp.write_all(support::raw::get(&blob_path()).as_bytes())
         .await
         .unwrap();
     let stats = p.handle.stats.clone();
-    let load = |n: &std::sync::atomic::AtomicI64| n.load(std::sync::atomic::Ordering::Relaxed);
-    eventually("the connection is accepted and cut", async || {
+    eventually("the connection is accepted", async || {
         stats.accepted[stampgate::metrics::Listener::Http]
             .load(std::sync::atomic::Ordering::Relaxed)
             == 1
-            && stats
-                .connections
-                .iter()
-                .all(|(_, by_protocol)| by_protocol.iter().all(|(_, n)| load(n) == 0))
     })
     .await;
+    every_connection_closed(&p, "the connection is cut").await;
     let seen = read_to_close(&mut tcp).await;
     assert!(
-        seen.len() < len,
+        seen.len() < BLOB_BYTES,
         "the whole answer got through: {} bytes, {:?}",
         seen.len(),
         String::from_utf8_lossy(&seen[..300.min(seen.len())])
