@@ -144,6 +144,35 @@ fn listeners(out: &mut String, cfg: &Config) {
         None => String::new(),
     };
     let _ = writeln!(out, "  admin  http   {}{token}", cfg.admin.listen);
+    if let Some(addr) = cfg.health.listen {
+        let _ = writeln!(
+            out,
+            "  health http   {addr}  /ready and /live for load balancers"
+        );
+    }
+    let mut front = Vec::new();
+    if proxy.proxy_protocol {
+        front.push("PROXY protocol header required on every connection".to_owned());
+    }
+    if proxy.redirect_http_to_https {
+        let exempt = match proxy.redirect_exempt_paths.is_empty() {
+            true => String::new(),
+            false => format!(" (except {})", proxy.redirect_exempt_paths.join(", ")),
+        };
+        front.push(format!("plain HTTP redirected to HTTPS{exempt}"));
+    }
+    if proxy.http1_engine == super::Http1Engine::Hyper {
+        front.push("HTTP/1.1 served by hyper only (http1_engine)".to_owned());
+    }
+    if !proxy.shutdown_delay.is_zero() {
+        front.push(format!(
+            "shutdown: /ready fails {} before listeners close",
+            format_duration(proxy.shutdown_delay)
+        ));
+    }
+    for line in front {
+        let _ = writeln!(out, "  {line}");
+    }
     let _ = writeln!(
         out,
         "  limits: body {}, header read {}, idle {}, shutdown grace {}",
@@ -198,6 +227,20 @@ fn routes(out: &mut String, cfg: &Config) {
             format_duration(retry.per_try_timeout),
             format_size(retry.replay_limit),
         );
+        match retry.hedge_after {
+            Some(super::HedgeAfter::Fixed(after)) => {
+                let _ = writeln!(out, "    hedge after {}", format_duration(after));
+            }
+            Some(super::HedgeAfter::Quantile(q)) => {
+                let _ = writeln!(
+                    out,
+                    "    hedge after the route's p{} time to response head (last 10 s)",
+                    // 0.999 * 100 is 99.89999...: back to the tenth it was written in.
+                    (q * 1000.0).round() / 10.0
+                );
+            }
+            None => {}
+        }
     }
 }
 
@@ -404,6 +447,29 @@ weight = 0
             s.contains("lease 10s, health quorum 2, no client certificate, no auth, advertise []"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn summary_shows_the_front_door_and_hedging() {
+        let text = POOL.replace("METHOD", "priority").replace(
+            "pool = \"p\"\n",
+            "pool = \"p\"\nretry = { attempts = 2, hedge_after = \"p95\" }\n",
+        );
+        let text = format!(
+            "[proxy]\nlisten = [\"127.0.0.1:8080\"]\nproxy_protocol = true\nshutdown_delay = \"5s\"\n\
+             http1_engine = \"hyper\"\n[health]\nlisten = \"127.0.0.1:8081\"\n{text}"
+        );
+        let cfg = parse_str(&text, Path::new("t.toml")).expect("valid");
+        let s = summary(&cfg);
+        for line in [
+            "  health http   127.0.0.1:8081  /ready and /live for load balancers\n",
+            "  PROXY protocol header required on every connection\n",
+            "  HTTP/1.1 served by hyper only (http1_engine)\n",
+            "  shutdown: /ready fails 5s before listeners close\n",
+            "    hedge after the route's p95 time to response head (last 10 s)\n",
+        ] {
+            assert!(s.contains(line), "{line:?} in\n{s}");
+        }
     }
 
     #[test]
