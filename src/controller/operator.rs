@@ -17,6 +17,7 @@ use super::{Controller, StampEntry, effective_weight, route_shared, state_file};
 use crate::config::Config;
 use crate::config::{self, defaults::MAX_WEIGHT};
 use crate::metrics::ReloadResult;
+use crate::proxy::tls::{Certificates, PreparedCertificates};
 use crate::routing::RoutingTable;
 use crate::signals::{AdminError, AdminRequest, AdminShown, AdminState, Command, Target};
 use crate::upstream::Upstream;
@@ -366,7 +367,15 @@ impl Controller {
                             .map_err(|e| LoadError::Upstream(e.to_string()))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(Box::new(Ready { config, built }))
+                // Parsing the signing keys is the slow part of a
+                // certificate reload: here, not in the loop.
+                let certificates = Certificates::prepare(&config.proxy.certificates)
+                    .map_err(|e| LoadError::Config(format!("proxy.certificates: {e}")))?;
+                Ok(Box::new(Ready {
+                    config,
+                    built,
+                    certificates,
+                }))
             })
             .await
             .unwrap_or_else(|e| Err(LoadError::Upstream(format!("loading the config: {e}"))));
@@ -415,7 +424,11 @@ impl Controller {
     /// name and address are unchanged, operator decisions by name, retry
     /// budgets by route and warm connection pools of unchanged pools.
     fn reload(&mut self, ready: Ready, who: &str, now: Instant) -> Result<Value, AdminError> {
-        let Ready { config: new, built } = ready;
+        let Ready {
+            config: new,
+            built,
+            certificates,
+        } = ready;
         let mut warnings = Vec::new();
         if new.proxy.listen != self.config.proxy.listen
             || new.proxy.tls_listen != self.config.proxy.tls_listen
@@ -459,20 +472,9 @@ impl Controller {
             };
             upstreams.push(u);
         }
-        // Certificates last among the fallible steps: once they are
-        // swapped, nothing below can refuse the reload. Their files were
-        // read and checked by `config::load`, so a broken new certificate
-        // was refused above, and the old one is still served.
-        if let Err(e) = self.certificates.replace(&new.proxy.certificates) {
-            let message = format!("proxy.certificates: {e}");
-            tracing::error!(%who, error = %message, "reload refused; still serving the previous config");
-            self.events.push(NewEvent::proxy_wide(
-                EventKind::Config,
-                format!("reload refused (by {who}): {message}"),
-            ));
-            self.last_reload = Some(json!({ "ok": false, "by": who, "error": message }));
-            return Err(AdminError::Reload(message));
-        }
+        // Nothing below can refuse the reload: the certificates, read and
+        // prepared off the loop, are swapped in.
+        self.certificates.install(certificates);
         self.config = new;
         self.upstreams = upstreams;
         let mut old: BTreeMap<String, StampEntry> = std::mem::take(&mut self.stamps)
@@ -578,6 +580,8 @@ pub(super) struct Loaded {
 pub(super) struct Ready {
     config: Config,
     built: Vec<Option<Arc<Upstream>>>,
+    /// The TLS listeners' certificates, their keys parsed.
+    certificates: PreparedCertificates,
 }
 
 /// Why a reload's file cannot be applied.

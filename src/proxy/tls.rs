@@ -67,6 +67,10 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Certificates ready to serve, made off the controller's loop.
+#[derive(Debug)]
+pub struct PreparedCertificates(Option<Arc<SniResolver>>);
+
 /// The certificates of the TLS listeners: empty when none is configured.
 #[derive(Debug, Default)]
 pub struct Certificates {
@@ -84,13 +88,26 @@ impl Certificates {
     /// Use `certs` for every handshake from now on. On an error nothing
     /// changes: the certificates in use stay.
     pub fn replace(&self, certs: &[CertificateConfig]) -> Result<(), TlsSetupError> {
+        self.install(Certificates::prepare(certs)?);
+        Ok(())
+    }
+
+    /// Turn `certs` into what handshakes use (the signing keys parsed):
+    /// the slow part of a certificate reload, done off the controller's
+    /// loop, which then only [`Certificates::install`]s the result.
+    pub fn prepare(certs: &[CertificateConfig]) -> Result<PreparedCertificates, TlsSetupError> {
         let resolver = if certs.is_empty() {
             None
         } else {
             Some(Arc::new(resolver(certs)?))
         };
-        self.current.store(resolver);
-        Ok(())
+        Ok(PreparedCertificates(resolver))
+    }
+
+    /// Use certificates made by [`Certificates::prepare`] for every
+    /// handshake from now on: one atomic swap.
+    pub fn install(&self, prepared: PreparedCertificates) {
+        self.current.store(prepared.0);
     }
 
     /// Whether any certificate is configured.
