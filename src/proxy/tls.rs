@@ -81,15 +81,8 @@ impl Certificates {
     /// The certificates of `certs` (the config's `[[proxy.certificates]]`).
     pub fn new(certs: &[CertificateConfig]) -> Result<Certificates, TlsSetupError> {
         let store = Certificates::default();
-        store.replace(certs)?;
+        store.install(Certificates::prepare(certs)?);
         Ok(store)
-    }
-
-    /// Use `certs` for every handshake from now on. On an error nothing
-    /// changes: the certificates in use stay.
-    pub fn replace(&self, certs: &[CertificateConfig]) -> Result<(), TlsSetupError> {
-        self.install(Certificates::prepare(certs)?);
-        Ok(())
     }
 
     /// Turn `certs` into what handshakes use (the signing keys parsed):
