@@ -327,22 +327,24 @@ impl Gateway {
                 .filter(|&after| !this.last && this.number == 1 && after < try_timeout)
                 .map(|after| try_start + after);
             let (sent, elapsed) = if let Some(hedge_at) = hedge_at {
-                let raced = self
-                    .hedged(HedgedTry {
-                        first: this,
-                        first_req: upstream_req,
-                        hedge_at,
-                        try_start,
-                        try_timeout,
-                        deadline,
-                        pool,
-                        route,
-                        attempts: &mut attempts,
-                        body: &mut body,
-                        parts: &mut parts,
-                        guard,
-                    })
-                    .await;
+                // Boxed: the race holds two tries' send futures, and held
+                // in place it would size every request's future (and each
+                // move of it) by both, hedged or not.
+                let raced = Box::pin(self.hedged(HedgedTry {
+                    first: this,
+                    first_req: upstream_req,
+                    hedge_at,
+                    try_start,
+                    try_timeout,
+                    deadline,
+                    pool,
+                    route,
+                    attempts: &mut attempts,
+                    body: &mut body,
+                    parts: &mut parts,
+                    guard,
+                }))
+                .await;
                 this = raced.this;
                 stamp = &pool.stamps[this.stamp];
                 (raced.sent, raced.elapsed)
