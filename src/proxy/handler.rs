@@ -327,22 +327,24 @@ impl Gateway {
                 .filter(|&after| !this.last && this.number == 1 && after < try_timeout)
                 .map(|after| try_start + after);
             let (sent, elapsed) = if let Some(hedge_at) = hedge_at {
-                let raced = self
-                    .hedged(HedgedTry {
-                        first: this,
-                        first_req: upstream_req,
-                        hedge_at,
-                        try_start,
-                        try_timeout,
-                        deadline,
-                        pool,
-                        route,
-                        attempts: &mut attempts,
-                        body: &mut body,
-                        parts: &mut parts,
-                        guard,
-                    })
-                    .await;
+                // Boxed: the race holds two tries' send futures, and held
+                // in place it would size every request's future (and each
+                // move of it) by both, hedged or not.
+                let raced = Box::pin(self.hedged(HedgedTry {
+                    first: this,
+                    first_req: upstream_req,
+                    hedge_at,
+                    try_start,
+                    try_timeout,
+                    deadline,
+                    pool,
+                    route,
+                    attempts: &mut attempts,
+                    body: &mut body,
+                    parts: &mut parts,
+                    guard,
+                }))
+                .await;
                 this = raced.this;
                 stamp = &pool.stamps[this.stamp];
                 (raced.sent, raced.elapsed)
@@ -390,10 +392,10 @@ impl Gateway {
                         }),
                     }
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
                     match classify(resp.status(), route.retry.on_server_error, this.last) {
-                        Verdict::Deliver(outcome) => match first_frame(resp) {
-                            Ok((resp, first)) => {
+                        Verdict::Deliver(outcome) => match first_frame(&mut resp) {
+                            Ok(first) => {
                                 stamp.stats.record(outcome);
                                 let resp = respond(resp, first, stamp, pool, table, &request_id);
                                 return Ok((resp, request_id));
@@ -571,20 +573,21 @@ impl Gateway {
 /// Read what of the body is already there without waiting: a body whose
 /// first bytes are broken (bad chunk line, oversized trailer) fails here,
 /// while nothing has been sent, and the client gets a 502 instead of a
-/// bare close. A frame read is handed back to go out first.
-#[allow(clippy::type_complexity)] // the response and its first frame
+/// bare close. A frame read is handed back to go out first. The response
+/// is borrowed, not passed through: moving it in and out cost two copies
+/// of it per request.
 fn first_frame(
-    mut resp: Response<StampBody>,
-) -> Result<(Response<StampBody>, Option<http_body::Frame<bytes::Bytes>>), BoxError> {
+    resp: &mut Response<StampBody>,
+) -> Result<Option<http_body::Frame<bytes::Bytes>>, BoxError> {
     if resp.body().is_end_stream() {
-        return Ok((resp, None));
+        return Ok(None);
     }
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match std::pin::Pin::new(resp.body_mut()).poll_frame(&mut cx) {
         Poll::Ready(Some(Err(e))) => Err(e),
-        Poll::Ready(Some(Ok(frame))) => Ok((resp, Some(frame))),
-        Poll::Ready(None) | Poll::Pending => Ok((resp, None)),
+        Poll::Ready(Some(Ok(frame))) => Ok(Some(frame)),
+        Poll::Ready(None) | Poll::Pending => Ok(None),
     }
 }
 

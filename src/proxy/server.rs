@@ -107,7 +107,17 @@ impl H2Frames {
     const CONTINUATION: u8 = 0x9;
     const END_HEADERS: u8 = 0x4;
 
-    fn feed(&mut self, mut bytes: &[u8], activity: &ConnActivity) {
+    /// Follow `bytes`, read from the client. Inlined into the stream's
+    /// read: on an HTTP/1 connection (every read after its first) it is
+    /// one compare, not a call.
+    #[inline]
+    fn feed(&mut self, bytes: &[u8], activity: &ConnActivity) {
+        if self.preface != Self::OFF {
+            self.follow(bytes, activity);
+        }
+    }
+
+    fn follow(&mut self, mut bytes: &[u8], activity: &ConnActivity) {
         while !bytes.is_empty() {
             let matched = usize::from(self.preface);
             if self.preface == Self::OFF {

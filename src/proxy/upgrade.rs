@@ -30,12 +30,14 @@ pub fn requested(headers: &HeaderMap, version: http::Version) -> Option<HeaderVa
     if version != http::Version::HTTP_11 {
         return None;
     }
+    // `Upgrade` first: most requests have none, and need no scan of
+    // `Connection`.
+    let value = headers.get(header::UPGRADE)?;
     let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    let value = headers.get(header::UPGRADE)?;
     let h2c = value
         .as_bytes()
         .split(|&b| b == b',')
