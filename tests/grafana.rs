@@ -9,9 +9,8 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use stampgate::admin::{self, Tokens};
+use stampgate::admin::Tokens;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const DASHBOARD: &str = include_str!("../deploy/grafana/stampgate.json");
 
@@ -142,14 +141,7 @@ async fn every_dashboard_metric_is_exposed_by_metrics() {
         .route("retry = { attempts = 2, hedge_after = \"100ms\" }")
         .start()
         .await;
-    let admin = admin::start_with_tokens(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens::none(),
-        p.handle.controller.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let admin = AdminApi::start(p.handle.controller.clone(), Tokens::none()).await;
     let c = http1_client();
     // One answered request, so that no family is empty for want of traffic.
     let a = get(&c, &p.url("/catalogservice/api/1.0/catalogitem?limit=1")).await;

@@ -7,9 +7,8 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use stampgate::admin::{self, Tokens};
+use stampgate::admin::Tokens;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Format {
@@ -204,14 +203,7 @@ fn check_histograms(types: &BTreeMap<String, String>, samples: &[Sample]) -> usi
 async fn metrics_page_parses_strictly_in_both_formats() {
     let s = stamp("s1", "r1").await;
     let p = Setup::new().stamp(&s).start().await;
-    let admin = admin::start_with_tokens(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens::none(),
-        p.handle.controller.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let admin = AdminApi::start(p.handle.controller.clone(), Tokens::none()).await;
     let c = http1_client();
     let requests = 25;
     for _ in 0..requests {

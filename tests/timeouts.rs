@@ -160,13 +160,10 @@ async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
         })
 }
 
-/// A stamp that stops mid-body (Content-Length framing): after
-/// `read_timeout` the proxy aborts the response short of its length,
-/// which the client can tell from a complete one.
-#[tokio::test]
-async fn stamp_silent_mid_body_is_cut_short_of_content_length() {
-    let stamp =
-        support::raw::raw_stamp(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+/// What an HTTP/1.1 client reads, to the close, of a GET through the proxy
+/// (`read_timeout` 300 ms) to a stamp that writes `answer` and then stalls.
+async fn through_a_stalling_stamp(answer: &'static [u8]) -> Vec<u8> {
+    let stamp = support::raw::raw_stamp(answer).await;
     let p = Setup::new()
         .address("stuck", "r1", &stamp.to_string())
         .pool("read_timeout = \"300ms\"")
@@ -176,7 +173,16 @@ async fn stamp_silent_mid_body_is_cut_short_of_content_length() {
     tcp.write_all(support::raw::get(ITEMS).as_bytes())
         .await
         .unwrap();
-    let seen = read_to_close(&mut tcp).await;
+    read_to_close(&mut tcp).await
+}
+
+/// A stamp that stops mid-body (Content-Length framing): after
+/// `read_timeout` the proxy aborts the response short of its length,
+/// which the client can tell from a complete one.
+#[tokio::test]
+async fn stamp_silent_mid_body_is_cut_short_of_content_length() {
+    let seen =
+        through_a_stalling_stamp(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
     let text = String::from_utf8_lossy(&seen);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let body = &seen[seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
@@ -186,20 +192,10 @@ async fn stamp_silent_mid_body_is_cut_short_of_content_length() {
 /// The same with chunked framing: the terminating chunk never comes.
 #[tokio::test]
 async fn stamp_silent_mid_chunked_body_is_cut_without_the_last_chunk() {
-    let stamp = support::raw::raw_stamp(
+    let seen = through_a_stalling_stamp(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     )
     .await;
-    let p = Setup::new()
-        .address("stuck", "r1", &stamp.to_string())
-        .pool("read_timeout = \"300ms\"")
-        .start()
-        .await;
-    let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
-    tcp.write_all(support::raw::get(ITEMS).as_bytes())
-        .await
-        .unwrap();
-    let seen = read_to_close(&mut tcp).await;
     let text = String::from_utf8_lossy(&seen);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("hello"), "{text}");
