@@ -231,6 +231,17 @@ async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net:
         .with_single_cert(certs, key)
         .unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    serve_tls_stamp(cfg, "tls-stamp", false).await
+}
+
+/// Serve `cfg` on `127.0.0.1:0`: every request is answered with the SNI
+/// name the handshake saw and `x-server-name: server_name`; HTTP/1.1 only,
+/// or (`h2`) either protocol, as the client's preface says.
+async fn serve_tls_stamp(
+    cfg: rustls::ServerConfig,
+    server_name: &'static str,
+    h2: bool,
+) -> std::net::SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -250,15 +261,23 @@ async fn tls_stamp_with_alpn(pki: &Pki, name: &str, alpn: &[&[u8]]) -> std::net:
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
-                                .header("x-server-name", "tls-stamp")
+                                .header("x-server-name", server_name)
                                 .body(http_body_util::Full::new(bytes::Bytes::from(sni)))
                                 .unwrap(),
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let io = TokioIo::new(tls);
+                let _ = if h2 {
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await
+                        .map_err(Into::into)
+                };
             });
         }
     });
@@ -315,38 +334,7 @@ async fn mtls_stamp(pki: &Pki, name: &str) -> std::net::SocketAddr {
         .with_single_cert(certs, key)
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let sni = tls.get_ref().1.server_name().unwrap_or("none").to_owned();
-                let svc = hyper::service::service_fn(move |_req| {
-                    let sni = sni.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .header("x-server-name", "mtls-stamp")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(sni)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_tls_stamp(cfg, "mtls-stamp", true).await
 }
 
 /// `upstream_tls = { ca_file, cert, key, server_name }`: the stamp (at an
