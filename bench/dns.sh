@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
 # DNS server load (issue 19): dnsperf against `stampgate run` with a
-# [dns_server] section, the server on one core.
+# [dns_server] section, the server on one core, and the same load against
+# NSD (a C authoritative server) as the reference for what this machine and
+# this load generator allow.
 #
 # Three simulated stamps on 127.0.0.2, .3 and .4 (healthy, so answers are
-# the weighted set, drawn in a new order per response), stampgate with the
-# current-thread runtime pinned to core $DNS_CPU, dnsperf pinned to core
-# $LOAD_CPU. Two measurements per query mix:
+# the weighted set, drawn in a new order per response), stampgate (default
+# runtime; the DNS server has its own thread) pinned to core $DNS_CPU,
+# dnsperf pinned to core $LOAD_CPU. Two measurements per query mix:
 #
 #   max    dnsperf with many queries outstanding: the most one core answers;
 #          also as answers per second of the server's own CPU time
 #          (q/cpu-sec), which a shared machine disturbs far less than the
 #          wall-clock rate
 #   rate   dnsperf at a fixed $RATE queries/s with every query's latency
-#          logged (-v); p50/p99/p99.9 are computed here from those lines
+#          logged (-v); p50/p99/p99.9 are computed here from those lines.
+#          Repeated $REPEAT times: one run's p99 moves with what else the
+#          two cores did in those seconds, so every run is shown
 #
 # Query mixes: "a" is catalog.example.com A only (3 addresses per answer);
 # "mix" adds AAAA (NODATA), SOA, NS and an unknown name (NXDOMAIN).
 # The rate limit is off for the main rows (dnsperf is one client network);
 # a last row runs "max" with it on at a limit never reached, to show what
-# counting costs.
+# counting costs. When `nsd` is installed (Debian: nsd), the "rate" rows
+# are run again against NSD 4 serving the same answers from a zone file,
+# pinned the same way, with its rate limit off.
 #
-#   bench/dns.sh             # 10 s per run, about a minute
-#   bench/dns.sh --quick     # 3 s per run: a smoke test of the script
+#   bench/dns.sh             # 10 s per run, about three minutes
+#   bench/dns.sh --quick     # 3 s per run, one rate run: a smoke test
 #
 # Environment: DNS_CPU (default 1), LOAD_CPU (default 0), RATE (default
-# 50000), SECS (default 10), SG_BIN (a prebuilt stampgate binary instead of
-# `cargo build --release`). Every process started here is ended by PID on
-# exit; everything listens on loopback.
+# 50000), SECS (default 10), REPEAT (default 3), SG_BIN (a prebuilt
+# stampgate binary instead of `cargo build --release`). Every process
+# started here is ended by PID on exit; everything listens on loopback.
 
 set -euo pipefail
 
@@ -37,13 +43,14 @@ die() {
 
 SECS=${SECS:-10}
 RATE=${RATE:-50000}
+REPEAT=${REPEAT:-3}
 DNS_CPU=${DNS_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 while [[ $# -gt 0 ]]; do
     case $1 in
-    --quick) SECS=3 ;;
+    --quick) SECS=3 REPEAT=1 ;;
     -h | --help)
-        sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;
@@ -52,6 +59,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $SECS =~ ^[0-9]+$ && $SECS -gt 0 ]] || die "SECS must be a positive whole number, not '$SECS'"
 [[ $RATE =~ ^[0-9]+$ && $RATE -gt 0 ]] || die "RATE must be a positive whole number, not '$RATE'"
+[[ $REPEAT =~ ^[0-9]+$ && $REPEAT -gt 0 ]] || die "REPEAT must be a positive whole number, not '$REPEAT'"
 command -v dnsperf >/dev/null || die "dnsperf is missing (Debian: apt-get install dnsperf)"
 command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 
@@ -75,7 +83,7 @@ cleanup() {
 trap cleanup EXIT
 LOGS_HINT=" (logs in $WORK)"
 
-read -r P1 P2 P3 C1 C2 C3 PROXY ADMIN DNS <<<"$(free_ports 9)"
+read -r P1 P2 P3 C1 C2 C3 PROXY ADMIN DNS NSD_PORT <<<"$(free_ports 10)"
 for i in 1 2 3; do
     port_var=P$i control_var=C$i
     "$SG_BIN" stamp --name "s$i" --region "r$i" --listen "127.0.0.$((i + 1)):${!port_var}" \
@@ -122,7 +130,7 @@ EOF
 SERVER_PID=""
 start_server() { # start_server LIMIT
     config "$1" >"$WORK/stampgate.toml"
-    taskset -c "$DNS_CPU" "$SG_BIN" --runtime current-thread run --config "$WORK/stampgate.toml" \
+    taskset -c "$DNS_CPU" "$SG_BIN" run --config "$WORK/stampgate.toml" \
         >"$WORK/stampgate.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -173,10 +181,9 @@ max() {
     echo "$qps $per_cpu $lost"
 }
 
-# at_rate MIX -> "qps p50_us p99_us p999_us lost"
+# at_rate MIX PORT -> "qps p50_us p99_us p999_us lost"
 at_rate() {
-    local out
-    timeout $((SECS + 30)) taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "$DNS" \
+    timeout $((SECS + 30)) taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "$2" \
         -d "$WORK/$1.txt" -l "$SECS" -c 8 -q 500 -Q "$RATE" -v >"$WORK/rate.out" 2>&1 ||
         die "dnsperf failed: $(tail -5 "$WORK/rate.out")"
     [[ -n ${DNS_BENCH_SAMPLE:-} ]] && grep -m3 '^> ' "$WORK/rate.out" >&2
@@ -200,24 +207,84 @@ print(qps, round(pct(0.5)), round(pct(0.99)), round(pct(0.999)), lost)
 PY
 }
 
-ROW='%-4s %-22s %10s %11s %8s %8s %8s %s'
+# NSD serving the same zone: the reference. Its default response rate
+# limit (200/s per /24) would drop nearly all of dnsperf's queries.
+NSD_PID=""
+start_nsd() {
+    mkdir -p "$WORK/nsd"
+    cat >"$WORK/nsd/example.com.zone" <<EOF
+\$ORIGIN example.com.
+\$TTL 30
+@ IN SOA ns1.example.com. hostmaster.example.com. 1 3600 600 1209600 30
+@ IN NS ns1.example.com.
+catalog IN A 127.0.0.2
+catalog IN A 127.0.0.3
+catalog IN A 127.0.0.4
+EOF
+    cat >"$WORK/nsd/nsd.conf" <<EOF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  server-count: 1
+  username: ""
+  zonesdir: "$WORK/nsd"
+  database: ""
+  pidfile: "$WORK/nsd/nsd.pid"
+  xfrdfile: "$WORK/nsd/xfrd.state"
+  zonelistfile: "$WORK/nsd/zone.list"
+  logfile: "$WORK/nsd/nsd.log"
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+remote-control:
+  control-enable: no
+zone:
+  name: example.com
+  zonefile: example.com.zone
+EOF
+    taskset -c "$DNS_CPU" nsd -d -c "$WORK/nsd/nsd.conf" >"$WORK/nsd/out.log" 2>&1 &
+    NSD_PID=$!
+    PIDS+=("$NSD_PID")
+    for _ in $(seq 1 100); do
+        if [[ $(dig +short +time=1 +tries=1 -p "$NSD_PORT" @127.0.0.1 catalog.example.com A 2>/dev/null | wc -l) == 3 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "nsd did not answer$LOGS_HINT"
+}
+
+ROW='%-9s %-4s %-22s %10s %11s %8s %8s %8s %s'
 ROWS=()
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+# rate_rows SERVER MIX PORT: REPEAT runs at RATE.
+rate_rows() {
+    local qps p50 p99 p999 lost
+    for i in $(seq 1 "$REPEAT"); do
+        read -r qps p50 p99 p999 lost <<<"$(at_rate "$2" "$3")"
+        ROWS+=("$(printf "$ROW" "$1" "$2" "at $RATE/s #$i" "$qps" - "$p50" "$p99" "$p999" "$lost")")
+    done
+}
 start_server 0
 for mix in a mix; do
     read -r qps per_cpu lost <<<"$(max "$mix")"
-    ROWS+=("$(printf "$ROW" "$mix" "max (limit off)" "$qps" "$per_cpu" - - - "$lost")")
-    read -r qps p50 p99 p999 lost <<<"$(at_rate "$mix")"
-    ROWS+=("$(printf "$ROW" "$mix" "at $RATE/s (limit off)" "$qps" - "$p50" "$p99" "$p999" "$lost")")
+    ROWS+=("$(printf "$ROW" stampgate "$mix" "max (limit off)" "$qps" "$per_cpu" - - - "$lost")")
+    rate_rows stampgate "$mix" "$DNS"
 done
 stop_server
 start_server 1000000000
 read -r qps per_cpu lost <<<"$(max a)"
-ROWS+=("$(printf "$ROW" a "max (limit on)" "$qps" "$per_cpu" - - - "$lost")")
+ROWS+=("$(printf "$ROW" stampgate a "max (limit on)" "$qps" "$per_cpu" - - - "$lost")")
 stop_server
+if command -v nsd >/dev/null; then
+    start_nsd
+    for mix in a mix; do rate_rows nsd "$mix" "$NSD_PORT"; done
+    kill "$NSD_PID"
+    wait "$NSD_PID" 2>/dev/null || true
+else
+    ROWS+=("nsd is not installed (Debian: apt-get install nsd): no reference rows")
+fi
 
 echo
-echo "stampgate DNS server, current-thread runtime on core $DNS_CPU; dnsperf on core $LOAD_CPU; ${SECS}s per run"
+echo "DNS servers pinned to core $DNS_CPU; dnsperf on core $LOAD_CPU; ${SECS}s per run"
 echo "load average $LOAD_BEFORE before, $(cut -d' ' -f1 /proc/loadavg) after ($(nproc) cores)"
-printf "$ROW\n" mix run "queries/s" "q/cpu-sec" "p50 us" "p99 us" "p99.9 us" lost
+printf "$ROW\n" server mix run "queries/s" "q/cpu-sec" "p50 us" "p99 us" "p99.9 us" lost
 for row in "${ROWS[@]}"; do echo "$row"; done

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_server::proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_server::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_server::proto::rr::{Name, RData, RecordType};
 use stampgate::config::{self, Config};
 use stampgate::controller::events::{EventKind, EventLog};
@@ -532,6 +532,14 @@ async fn malformed_packets_are_dropped_or_formerr_and_answering_goes_on() {
     // not die meanwhile.)
     let silence = Duration::from_millis(300);
     assert_eq!(udp_raw(f.addr(), &[0xde, 0xad, 0xbe], silence).await, None);
+    // A response (QR set), well formed or not: answering it would let two
+    // servers bounce packets between them forever.
+    let mut response = query(CATALOG, RecordType::A);
+    response.metadata.message_type = MessageType::Response;
+    let response = response.to_vec().unwrap();
+    assert_eq!(udp_raw(f.addr(), &response, silence).await, None);
+    let broken_response = [0x12, 0x34, 0x81, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    assert_eq!(udp_raw(f.addr(), &broken_response, silence).await, None);
     // A header announcing a question that is not there.
     let header = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
     let answer = udp_raw(f.addr(), &header, WAIT).await.expect("an answer");
@@ -569,6 +577,27 @@ async fn malformed_packets_are_dropped_or_formerr_and_answering_goes_on() {
     drop(junk);
     let over_tcp = tcp(f.addr(), &query(CATALOG, RecordType::A)).await;
     assert_eq!(addresses(&over_tcp), ips(&[2]), "TCP still answering");
+    f.stop().await;
+}
+
+/// The server has a thread of its own: it answers while the runtime that
+/// started it (the proxy's, in `stampgate run`) cannot run anything. The
+/// query below blocks this test's only runtime thread, so on a shared
+/// runtime it could never be answered and would time out.
+#[tokio::test(flavor = "current_thread")]
+async fn answers_come_while_the_starting_runtime_is_blocked() {
+    let config = parse(&config_text("weighted", &stamps(&[1]), ""));
+    let f = Fixture::start(config, &[UP]).await;
+    let blocking = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    blocking.set_read_timeout(Some(WAIT)).unwrap();
+    let question = query(CATALOG, RecordType::A).to_vec().unwrap();
+    for _ in 0..3 {
+        blocking.send_to(&question, f.addr()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = blocking.recv(&mut buf).expect("answered on the DNS thread");
+        let answer = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(addresses(&answer), ips(&[2]));
+    }
     f.stop().await;
 }
 
@@ -645,6 +674,9 @@ async fn queries_are_counted_by_record_type_and_code() {
     udp(f.addr(), &query(CATALOG, RecordType::AAAA)).await;
     udp(f.addr(), &query("nope.example.com.", RecordType::A)).await;
     udp(f.addr(), &query("example.org.", RecordType::A)).await;
+    // A header announcing a question that is not there.
+    let header = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    udp_raw(f.addr(), &header, WAIT).await.expect("FORMERR");
     let registry = stampgate::metrics::registry(f.routing.clone(), f.stats.clone());
     let text = stampgate::metrics::render(&registry);
     for line in [
@@ -652,6 +684,7 @@ async fn queries_are_counted_by_record_type_and_code() {
         "stampgate_dns_queries_total{record=\"catalog.example.com.\",type=\"AAAA\",rcode=\"NOERROR\"} 1",
         "stampgate_dns_queries_total{record=\"-\",type=\"A\",rcode=\"NXDOMAIN\"} 1",
         "stampgate_dns_queries_total{record=\"-\",type=\"A\",rcode=\"REFUSED\"} 1",
+        "stampgate_dns_queries_total{record=\"-\",type=\"other\",rcode=\"FORMERR\"} 1",
         "stampgate_dns_failing_open{record=\"catalog.example.com.\"} 0",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");

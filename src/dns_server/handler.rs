@@ -190,6 +190,12 @@ impl Handler {
         }
     }
 
+    /// A datagram with a header but no parsable message, answered FORMERR
+    /// before it reaches [`RequestHandler::handle_request`].
+    pub(super) fn count_malformed(&self) {
+        self.count(self.other_label(), None, ResponseCode::FormErr);
+    }
+
     fn count(&self, label: usize, qtype: Option<RecordType>, code: ResponseCode) {
         let t = match qtype {
             Some(RecordType::A) => 0,
@@ -304,6 +310,23 @@ impl RequestHandler for Handler {
             std::iter::empty(),
         );
         send(&mut response_handle, response, metadata).await
+    }
+}
+
+/// The handler as hickory's TCP listener holds it, shared with the UDP
+/// loop (`super::udp`).
+pub(super) struct Shared(pub(super) Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
 

@@ -3,7 +3,10 @@
 //! `catalog.example.com` is sent where the proxy would send its request.
 //!
 //! ```text
-//!  UDP/TCP listeners (hickory-server: wire format, TC bit, FORMERR)
+//!  UDP: udp::serve, one datagram answered and sent at a time
+//!  TCP: hickory-server's listener
+//!  (both on the `stampgate-dns` thread with a runtime of its own; hickory
+//!  parses, writes, truncates (TC bit) and answers FORMERR)
 //!      │  handler::Handler::handle_request
 //!      │    rate_limit (UDP only, per client network)
 //!      │    table = routing.load()                (the proxy's ArcSwap)
@@ -41,6 +44,7 @@ use arc_swap::ArcSwap;
 use hickory_server::Server;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +58,7 @@ use crate::routing::RoutingTable;
 pub mod answer;
 mod handler;
 pub mod rate_limit;
+mod udp;
 
 /// A TCP client must send its query within this time, or the connection
 /// is closed: long enough for a resolver across an ocean, short enough
@@ -151,6 +156,9 @@ pub enum DnsServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The server's thread or its runtime could not be started.
+    #[error("dns_server: cannot start the DNS server thread: {0}")]
+    Runtime(#[source] std::io::Error),
     /// A name hickory refuses although validation accepted it.
     #[error("dns_server: {0}")]
     Name(String),
@@ -176,6 +184,16 @@ impl DnsServerHandle {
 
 /// Bind every `settings.listen` address on UDP and TCP and answer for the
 /// zone until `shutdown`.
+///
+/// The server runs on a thread of its own, with a single-threaded runtime:
+/// a query then never waits behind proxy connections, probes or controller
+/// ticks, and a query flood cannot take the proxy's worker threads. On a
+/// work-stealing runtime each query's task (hickory spawns one per UDP
+/// message) also woke an idle worker to steal it, and those cross-thread
+/// hand-offs were most of the answer's tail latency (bench/RESULTS.md,
+/// "DNS server"). Binding happens on that thread, where the sockets are
+/// polled; its result comes back here so a bind error still fails the
+/// start.
 pub async fn start(
     settings: &DnsServerSettings,
     routing: Arc<ArcSwap<RoutingTable>>,
@@ -197,14 +215,32 @@ pub async fn start(
         ),
         stats: stats.clone(),
     };
-    let mut server = Server::new(handler);
-    let mut listen = Vec::new();
-    for &addr in &settings.listen {
-        let (udp, tcp, bound) = bind_pair(addr).await?;
-        server.register_socket(udp);
-        server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
-        listen.push(bound);
-    }
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+    let addrs = settings.listen.clone();
+    let stop = shutdown.clone();
+    std::thread::Builder::new()
+        .name("stampgate-dns".into())
+        .spawn(move || {
+            // Dropped when the thread ends, however it ends: `stopped()`
+            // returns then.
+            let _stopped = stopped_tx;
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(DnsServerError::Runtime(e)));
+                    return;
+                }
+            };
+            runtime.block_on(serve(handler, addrs, bound_tx, stop));
+        })
+        .map_err(DnsServerError::Runtime)?;
+    let listen = bound_rx.await.map_err(|_| {
+        DnsServerError::Runtime(std::io::Error::other("the DNS server thread ended early"))
+    })??;
     tracing::info!(zone = %settings.zone, ?listen, records = settings.records.len(), "dns server listening");
 
     let watcher = tokio::spawn(watch(
@@ -212,13 +248,10 @@ pub async fn start(
         routing,
         inputs,
         stats.clone(),
-        shutdown.clone(),
+        shutdown,
     ));
     let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        if let Err(error) = server.shutdown_gracefully().await {
-            tracing::warn!(%error, "dns server stopped with an error");
-        }
+        let _ = stopped_rx.await;
         let _ = watcher.await;
     });
     Ok(DnsServerHandle {
@@ -226,6 +259,47 @@ pub async fn start(
         stats,
         task,
     })
+}
+
+/// The DNS server thread's work: bind, report the bound addresses, answer
+/// until `shutdown`, then let hickory finish the queries in hand.
+async fn serve(
+    handler: handler::Handler,
+    addrs: Vec<SocketAddr>,
+    bound: oneshot::Sender<Result<Vec<SocketAddr>, DnsServerError>>,
+    shutdown: CancellationToken,
+) {
+    let handler = Arc::new(handler);
+    let mut tcp_server = Server::new(handler::Shared(handler.clone()));
+    let mut udp_loops = Vec::with_capacity(addrs.len());
+    let mut listen = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        match bind_pair(addr).await {
+            Ok((udp, tcp, at)) => {
+                udp_loops.push(tokio::spawn(udp::serve(
+                    udp,
+                    handler.clone(),
+                    shutdown.clone(),
+                )));
+                tcp_server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+                listen.push(at);
+            }
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        }
+    }
+    if bound.send(Ok(listen)).is_err() {
+        return;
+    }
+    shutdown.cancelled().await;
+    if let Err(error) = tcp_server.shutdown_gracefully().await {
+        tracing::warn!(%error, "dns server stopped with an error");
+    }
+    for udp in udp_loops {
+        let _ = udp.await;
+    }
 }
 
 /// Port 0 asks for a free port: tries this many UDP ports before giving up

@@ -1,0 +1,214 @@
+//! The UDP front of the DNS server: each datagram is read, answered and
+//! sent before the next one is read, on the DNS server's own thread.
+//!
+//! hickory-server's UDP loop spawns a task per datagram and hands each
+//! response back through a channel to the loop, which sends only when it
+//! next runs: under a burst it first reads up to a whole coop budget of
+//! queries (128), then answers them, then sends. The first query of a
+//! burst thus waited for 127 others, which was most of the p99 latency at
+//! 50,000 queries/s (bench/RESULTS.md, "DNS server"). Answering inline
+//! keeps each query's latency to its own work plus the queue ahead of it.
+//!
+//! What is DNS here is still hickory's: [`Request::from_bytes`] parses,
+//! the same [`RequestHandler`] decides the answer, and
+//! [`MessageResponse::destructive_emit`] writes it with the client's
+//! payload size as the limit, so truncation (TC) and EDNS behave as over
+//! hickory's own loop. TCP stays on hickory's listener.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::ProtoError;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
+};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::Handler;
+
+/// Largest query read. Queries are a header and one question, well under
+/// this; a longer datagram is cut here and then fails to parse (FORMERR).
+/// hickory's own loop reads the same 4 KiB.
+const RECEIVE_BUFFER: usize = 4096;
+/// Without EDNS a client takes 512 bytes over UDP (RFC 1035 4.2.1).
+const PLAIN_UDP_PAYLOAD: u16 = 512;
+
+/// Answer queries on `socket` until `shutdown`.
+pub(super) async fn serve(socket: UdpSocket, handler: Arc<Handler>, shutdown: CancellationToken) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; RECEIVE_BUFFER];
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let (len, src) = match received {
+            Ok(received) => received,
+            // The socket itself is gone: nothing more will arrive.
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotConnected) => {
+                tracing::error!(error = %e, "dns: the UDP socket failed; UDP answering stopped");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: UDP receive failed");
+                continue;
+            }
+        };
+        if !can_answer(src) {
+            continue;
+        }
+        let reply = UdpReply {
+            socket: socket.clone(),
+            dst: src,
+        };
+        answer(&handler, &buf[..len], src, reply).await;
+    }
+}
+
+/// A source a response could never reach, or that would turn the server
+/// into a reflector towards a whole network: port 0, unspecified and
+/// broadcast addresses. (The same rule as hickory's loop.)
+fn can_answer(src: SocketAddr) -> bool {
+    src.port() != 0
+        && match src.ip() {
+            IpAddr::V4(ip) => !ip.is_unspecified() && !ip.is_broadcast(),
+            IpAddr::V6(ip) => !ip.is_unspecified(),
+        }
+}
+
+/// Parse one datagram and answer it. Shorter than a header: dropped, there
+/// is no ID to answer to. A header but no parsable message: FORMERR.
+/// A response: dropped, so that two servers cannot be made to answer each
+/// other forever.
+async fn answer(handler: &Handler, datagram: &[u8], src: SocketAddr, mut reply: UdpReply) {
+    let request = match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
+        Ok(request) => request,
+        Err(error) => {
+            let mut decoder = BinDecoder::new(datagram);
+            let Ok(header) = Header::read(&mut decoder) else {
+                return;
+            };
+            if header.metadata.message_type == MessageType::Response {
+                return;
+            }
+            tracing::debug!(%src, %error, "dns: malformed query");
+            handler.count_malformed();
+            // An empty question section (hickory offers no other public
+            // way to make one).
+            let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                return;
+            };
+            let response = MessageResponseBuilder::new(&queries, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            let _ = reply.send_response(response).await;
+            return;
+        }
+    };
+    if request.metadata.message_type == MessageType::Response {
+        return;
+    }
+    handler
+        .handle_request::<_, TokioTime>(&request, reply)
+        .await;
+}
+
+/// Sends one response to one client on the shared socket.
+#[derive(Clone)]
+struct UdpReply {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response)?;
+        // The socket buffer almost always has room; waiting for it only
+        // when full keeps the common case one system call.
+        match self.socket.try_send_to(&bytes, self.dst) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.socket.send_to(&bytes, self.dst).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(info)
+    }
+}
+
+/// Write a response within the client's UDP payload size: records that do
+/// not fit are left out and TC is set, so the client asks again over TCP.
+/// A response hickory cannot write at all becomes a bare SERVFAIL rather
+/// than silence.
+fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
+    let id = response.metadata().id;
+    let limit = response
+        .edns()
+        .map_or(PLAIN_UDP_PAYLOAD, |edns| edns.max_payload());
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(limit);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Ok((info, bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "dns: cannot encode a response; answering SERVFAIL");
+            bytes.clear();
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            let mut encoder = BinEncoder::new(&mut bytes);
+            encoder.set_max_size(PLAIN_UDP_PAYLOAD);
+            header.emit(&mut encoder)?;
+            Ok((ResponseInfo::from(header), bytes))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_a_response_cannot_reach_are_not_answered() {
+        assert!(can_answer("127.0.0.1:5353".parse().unwrap()));
+        assert!(can_answer("[::1]:5353".parse().unwrap()));
+        assert!(!can_answer("127.0.0.1:0".parse().unwrap()));
+        assert!(!can_answer("0.0.0.0:5353".parse().unwrap()));
+        assert!(!can_answer("255.255.255.255:5353".parse().unwrap()));
+        assert!(!can_answer("[::]:5353".parse().unwrap()));
+    }
+}
