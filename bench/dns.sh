@@ -29,7 +29,8 @@
 #   bench/dns.sh             # 10 s per run, about three minutes
 #   bench/dns.sh --quick     # 3 s per run, one rate run: a smoke test
 #
-# Environment: DNS_CPU (default 1), LOAD_CPU (default 0), RATE (default
+# Environment: DNS_CPU (default 1), LOAD_CPU (default 0; both take taskset
+# lists, so DNS_CPU=0,1 LOAD_CPU=0,1 runs unpinned), RATE (default
 # 50000), SECS (default 10), REPEAT (default 3), SG_BIN (a prebuilt
 # stampgate binary instead of `cargo build --release`). Every process
 # started here is ended by PID on exit; everything listens on loopback.
