@@ -136,13 +136,17 @@ start_server() { # start_server LIMIT
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     # Ready when all three stamps are in the answer (probes passed).
+    await_three "$DNS" "the DNS server"
+}
+# await_three PORT WHAT: wait until catalog.example.com has three A records.
+await_three() {
     for _ in $(seq 1 100); do
-        if [[ $(dig +short +time=1 +tries=1 -p "$DNS" @127.0.0.1 catalog.example.com A 2>/dev/null | wc -l) == 3 ]]; then
+        if [[ $(dig +short +time=1 +tries=1 -p "$1" @127.0.0.1 catalog.example.com A 2>/dev/null | wc -l) == 3 ]]; then
             return 0
         fi
         sleep 0.1
     done
-    die "the DNS server did not answer with three stamps$LOGS_HINT"
+    die "$2 did not answer with three addresses$LOGS_HINT"
 }
 stop_server() {
     kill "$SERVER_PID"
@@ -244,13 +248,7 @@ EOF
     taskset -c "$DNS_CPU" nsd -d -c "$WORK/nsd/nsd.conf" >"$WORK/nsd/out.log" 2>&1 &
     NSD_PID=$!
     PIDS+=("$NSD_PID")
-    for _ in $(seq 1 100); do
-        if [[ $(dig +short +time=1 +tries=1 -p "$NSD_PORT" @127.0.0.1 catalog.example.com A 2>/dev/null | wc -l) == 3 ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "nsd did not answer$LOGS_HINT"
+    await_three "$NSD_PORT" nsd
 }
 
 ROW='%-9s %-4s %-22s %10s %11s %8s %8s %8s %s'

@@ -144,7 +144,23 @@ impl ResponseHandler for UdpReply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
+        // Records that do not fit the client's UDP payload size are left
+        // out and TC is set, so the client asks again over TCP.
+        let id = response.metadata().id;
+        let limit = response
+            .edns()
+            .map_or(PLAIN_UDP_PAYLOAD, |edns| edns.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::warn!(%error, "dns: cannot encode a response; answering SERVFAIL");
+                bytes.clear();
+                servfail(id, &mut bytes)?
+            }
+        };
         // The socket buffer almost always has room; waiting for it only
         // when full keeps the common case one system call.
         match self.socket.try_send_to(&bytes, self.dst) {
@@ -158,44 +174,19 @@ impl ResponseHandler for UdpReply {
     }
 }
 
-/// Write a response within the client's UDP payload size: records that do
-/// not fit are left out and TC is set, so the client asks again over TCP.
-/// A response hickory cannot write at all becomes a bare SERVFAIL rather
-/// than silence.
-fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
-    let id = response.metadata().id;
-    let limit = response
-        .edns()
-        .map_or(PLAIN_UDP_PAYLOAD, |edns| edns.max_payload());
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(limit);
-    match response.destructive_emit(&mut encoder) {
-        Ok(info) => Ok((info, bytes)),
-        Err(error) => {
-            tracing::warn!(%error, "dns: cannot encode a response; answering SERVFAIL");
-            bytes.clear();
-            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-            metadata.response_code = ResponseCode::ServFail;
-            let header = Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            };
-            let mut encoder = BinEncoder::new(&mut bytes);
-            encoder.set_max_size(PLAIN_UDP_PAYLOAD);
-            header.emit(&mut encoder)?;
-            Ok((ResponseInfo::from(header), bytes))
-        }
-    }
+/// A bare SERVFAIL for a response hickory could not write: better than
+/// silence, which the client would retry until it gives up.
+fn servfail(id: u16, bytes: &mut Vec<u8>) -> Result<ResponseInfo, ProtoError> {
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    let mut encoder = BinEncoder::new(bytes);
+    encoder.set_max_size(PLAIN_UDP_PAYLOAD);
+    header.emit(&mut encoder)?;
+    Ok(ResponseInfo::from(header))
 }
 
 #[cfg(test)]
