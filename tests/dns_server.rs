@@ -601,6 +601,57 @@ async fn answers_come_while_the_starting_runtime_is_blocked() {
     f.stop().await;
 }
 
+/// Each listener is served over UDP and TCP on the same port, IPv4 and
+/// IPv6 alike.
+#[tokio::test]
+async fn every_listener_answers_over_udp_and_tcp() {
+    let text = config_text("weighted", &stamps(&[1]), "");
+    let two = text.replace(
+        "[dns_server]\nlisten = [\"127.0.0.1:0\"]",
+        "[dns_server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    assert_ne!(text, two, "the fixture's listen line moved");
+    let f = Fixture::start(parse(&two), &[UP]).await;
+    assert_eq!(f.server.listen.len(), 2);
+    for &addr in &f.server.listen {
+        let over_udp = udp(addr, &query(CATALOG, RecordType::A)).await;
+        assert_eq!(addresses(&over_udp), ips(&[2]), "{addr} over UDP");
+        let over_tcp = tcp(addr, &query(CATALOG, RecordType::A)).await;
+        assert_eq!(addresses(&over_tcp), ips(&[2]), "{addr} over TCP");
+    }
+    f.stop().await;
+}
+
+/// A port already taken fails the start (the server binds on its own
+/// thread, and the error still reaches the caller), naming the key.
+#[tokio::test]
+async fn a_taken_port_fails_the_start_with_the_key_and_the_address() {
+    let taken = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = parse(&config_text("weighted", &stamps(&[1]), "").replace(
+        "[dns_server]\nlisten = [\"127.0.0.1:0\"]",
+        &format!("[dns_server]\nlisten = [\"127.0.0.1:{port}\"]"),
+    ));
+    let settings = config.dns_server.clone().unwrap();
+    let inputs = Inputs {
+        resolved: DnsCache::new(),
+        edges: LiveEdges::local("this-edge", &[]),
+        events: EventLog::new(),
+        stats: Arc::new(ProxyStats::default()),
+    };
+    let routing = Arc::new(ArcSwap::from_pointee(table(&config, 1, &[UP])));
+    let error = dns_server::start(&settings, routing, inputs, CancellationToken::new())
+        .await
+        .expect_err("the port is taken");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "dns_server.listen: cannot listen on 127.0.0.1:{port} (udp)"
+        )),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn udp_over_the_rate_limit_is_slipped_or_dropped_tcp_is_not_limited() {
     let config = parse(

@@ -23,7 +23,12 @@ pub fn query(name: &str, rtype: RecordType) -> Message {
 /// Send `m` over UDP and read the answer (same id), or fail after
 /// [`ANSWER_WAIT`].
 pub async fn udp(server: SocketAddr, m: &Message) -> Message {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let socket = UdpSocket::bind(local).await.unwrap();
     socket.send_to(&m.to_vec().unwrap(), server).await.unwrap();
     let mut buf = vec![0u8; 65_535];
     let n = tokio::time::timeout(ANSWER_WAIT, socket.recv(&mut buf))
