@@ -31,7 +31,8 @@
 #
 # Environment: DNS_CPU (default 1), LOAD_CPU (default 0; both take taskset
 # lists, so DNS_CPU=0,1 LOAD_CPU=0,1 runs unpinned), RATE (default
-# 50000), SECS (default 10), REPEAT (default 3), SG_BIN (a prebuilt
+# 50000), SECS (default 10), REPEAT (default 3), THREADS (stampgate's
+# dns_server.threads, default 1), SG_BIN (a prebuilt
 # stampgate binary instead of `cargo build --release`). Every process
 # started here is ended by PID on exit; everything listens on loopback.
 
@@ -45,13 +46,14 @@ die() {
 SECS=${SECS:-10}
 RATE=${RATE:-50000}
 REPEAT=${REPEAT:-3}
+THREADS=${THREADS:-1}
 DNS_CPU=${DNS_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 while [[ $# -gt 0 ]]; do
     case $1 in
     --quick) SECS=3 REPEAT=1 ;;
     -h | --help)
-        sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;
@@ -61,6 +63,7 @@ done
 [[ $SECS =~ ^[0-9]+$ && $SECS -gt 0 ]] || die "SECS must be a positive whole number, not '$SECS'"
 [[ $RATE =~ ^[0-9]+$ && $RATE -gt 0 ]] || die "RATE must be a positive whole number, not '$RATE'"
 [[ $REPEAT =~ ^[0-9]+$ && $REPEAT -gt 0 ]] || die "REPEAT must be a positive whole number, not '$REPEAT'"
+[[ $THREADS =~ ^[0-9]+$ && $THREADS -gt 0 ]] || die "THREADS must be a positive whole number, not '$THREADS'"
 command -v dnsperf >/dev/null || die "dnsperf is missing (Debian: apt-get install dnsperf)"
 command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 
@@ -122,6 +125,7 @@ listen = ["127.0.0.1:$DNS"]
 zone = "example.com."
 nameservers = ["ns1.example.com."]
 responses_per_second = $1
+threads = $THREADS
 [[dns_server.records]]
 name = "catalog"
 pool = "backend-apis"
@@ -283,7 +287,7 @@ else
 fi
 
 echo
-echo "DNS servers pinned to core $DNS_CPU; dnsperf on core $LOAD_CPU; ${SECS}s per run"
+echo "DNS servers pinned to core $DNS_CPU (stampgate: $THREADS DNS thread(s)); dnsperf on core $LOAD_CPU; ${SECS}s per run"
 echo "load average $LOAD_BEFORE before, $(cut -d' ' -f1 /proc/loadavg) after ($(nproc) cores)"
 printf "$ROW\n" server mix run "queries/s" "q/cpu-sec" "p50 us" "p99 us" "p99.9 us" lost
 for row in "${ROWS[@]}"; do echo "$row"; done

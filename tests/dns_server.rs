@@ -622,6 +622,52 @@ async fn every_listener_answers_over_udp_and_tcp() {
     f.stop().await;
 }
 
+/// `threads = 2`: a second thread with its own UDP socket on the same port
+/// (SO_REUSEPORT). The kernel spreads clients over the two sockets by
+/// address and port, so of 32 clients both sockets get some (all 32 on
+/// one has a chance of 2^-31), and every client must be answered.
+#[tokio::test]
+async fn with_two_threads_both_sockets_answer() {
+    let text = config_text("weighted", &stamps(&[1]), "").replace(
+        "responses_per_second = 0",
+        "responses_per_second = 0\nthreads = 2",
+    );
+    let f = Fixture::start(parse(&text), &[UP]).await;
+    let port = f.addr().port();
+    assert_eq!(udp_sockets_on(port), 2, "two UDP sockets on port {port}");
+    assert!(
+        thread_names().iter().any(|n| n == "stampgate-dns1"),
+        "a second DNS thread: {:?}",
+        thread_names()
+    );
+    for _ in 0..32 {
+        let answer = udp(f.addr(), &query(CATALOG, RecordType::A)).await;
+        assert_eq!(addresses(&answer), ips(&[2]));
+    }
+    let over_tcp = tcp(f.addr(), &query(CATALOG, RecordType::A)).await;
+    assert_eq!(addresses(&over_tcp), ips(&[2]), "TCP on the first thread");
+    f.stop().await;
+}
+
+/// UDP sockets bound to 127.0.0.1:`port` in this network namespace.
+fn udp_sockets_on(port: u16) -> usize {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .filter(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
+        .count()
+}
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
 /// A port already taken fails the start (the server binds on its own
 /// thread, and the error still reaches the caller), naming the key.
 #[tokio::test]
@@ -789,6 +835,16 @@ fn config_errors_name_the_key_and_the_value() {
             "listen = [\"127.0.0.1:9901\"]\nzone",
             "dns_server.listen[0] = \"127.0.0.1:9901\": overlaps admin.listen",
         ),
+        (
+            "responses_per_second = 0",
+            "responses_per_second = 0\nthreads = 0",
+            "dns_server.threads = 0: must be between 1 and 64",
+        ),
+        (
+            "responses_per_second = 0",
+            "responses_per_second = 0\nthreads = 65",
+            "dns_server.threads = 65: must be between 1 and 64",
+        ),
     ] {
         assert!(base.contains(from), "{from}");
         let text = base.replacen(from, to, 1);
@@ -817,6 +873,15 @@ fn check_prints_the_zone_and_which_pool_each_record_follows() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    let threads = config_text("weighted", &stamps(&[1]), "").replace(
+        "responses_per_second = 0",
+        "responses_per_second = 0\nthreads = 4",
+    );
+    let text = config::summary(&parse(&threads));
+    assert!(
+        text.contains("(udp+tcp 127.0.0.1:0; ttl 30s; rate limit off; 4 threads)"),
+        "{text}"
+    );
 }
 
 // ---- with the real controller ------------------------------------------------

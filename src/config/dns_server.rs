@@ -25,6 +25,10 @@ pub struct DnsServerSettings {
     /// UDP responses per second to one client network (IPv4 /24, IPv6
     /// /56); 0 turns the limit off.
     pub responses_per_second: u32,
+    /// Threads answering UDP, each with its own socket on every listen
+    /// address (`SO_REUSEPORT` when more than one); the first also serves
+    /// TCP.
+    pub threads: usize,
 }
 
 /// One `[[dns_server.records]]` entry.

@@ -53,6 +53,8 @@ pub struct RawDnsServer {
     pub records: Option<Vec<RawDnsRecord>>,
     /// UDP responses per second per client network; 0 is off.
     pub responses_per_second: Option<i64>,
+    /// Threads answering UDP queries.
+    pub threads: Option<i64>,
 }
 
 /// `[[dns_server.records]]`

@@ -53,9 +53,13 @@ fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, advertise: &[std::
         0 => "off".to_string(),
         n => format!("{n}/s per client network"),
     };
+    let threads = match dns.threads {
+        1 => String::new(),
+        n => format!("; {n} threads"),
+    };
     let _ = writeln!(
         out,
-        "dns zone {}  (udp+tcp {}; ttl {}; rate limit {limit})",
+        "dns zone {}  (udp+tcp {}; ttl {}; rate limit {limit}{threads})",
         dns.zone,
         listen.join(", "),
         format_duration(dns.ttl)

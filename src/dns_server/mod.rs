@@ -5,8 +5,9 @@
 //! ```text
 //!  UDP: udp::serve, one datagram answered and sent at a time
 //!  TCP: hickory-server's listener
-//!  (both on the `stampgate-dns` thread with a runtime of its own; hickory
-//!  parses, writes, truncates (TC bit) and answers FORMERR)
+//!  (on the `stampgate-dnsN` threads, each with a runtime of its own and
+//!  its own UDP socket per address; TCP on the first; hickory parses,
+//!  writes, truncates (TC bit) and answers FORMERR)
 //!      │  handler::Handler::handle_request
 //!      │    rate_limit (UDP only, per client network)
 //!      │    table = routing.load()                (the proxy's ArcSwap)
@@ -35,6 +36,7 @@
 //! and the pools its published view says it can serve; this module does
 //! not know the fleet.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -44,7 +46,7 @@ use arc_swap::ArcSwap;
 use hickory_server::Server;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +59,7 @@ use crate::routing::RoutingTable;
 
 pub mod answer;
 mod handler;
+use handler::Handler;
 pub mod rate_limit;
 mod udp;
 
@@ -185,15 +188,17 @@ impl DnsServerHandle {
 /// Bind every `settings.listen` address on UDP and TCP and answer for the
 /// zone until `shutdown`.
 ///
-/// The server runs on a thread of its own, with a single-threaded runtime:
-/// a query then never waits behind proxy connections, probes or controller
-/// ticks, and a query flood cannot take the proxy's worker threads. On a
-/// work-stealing runtime each query's task (hickory spawns one per UDP
-/// message) also woke an idle worker to steal it, and those cross-thread
-/// hand-offs were most of the answer's tail latency (bench/RESULTS.md,
-/// "DNS server"). Binding happens on that thread, where the sockets are
-/// polled; its result comes back here so a bind error still fails the
-/// start.
+/// The server runs on threads of its own (`dns_server.threads`, default
+/// one), each with a single-threaded runtime: a query then never waits
+/// behind proxy connections, probes or controller ticks, and a query flood
+/// cannot take the proxy's worker threads. On the proxy's work-stealing
+/// runtime each query's task also woke an idle worker to steal it, and
+/// those hand-offs were most of the tail latency (bench/RESULTS.md, "DNS
+/// server"). Each thread has its own UDP socket on every address
+/// (`SO_REUSEPORT`, so the kernel spreads clients over them); the first
+/// also serves TCP. Binding happens on the threads, where the sockets are
+/// polled, and the results come back here, so a bind error still fails
+/// the start and stops the threads already started.
 pub async fn start(
     settings: &DnsServerSettings,
     routing: Arc<ArcSwap<RoutingTable>>,
@@ -204,7 +209,7 @@ pub async fn start(
     let names: Vec<&str> = settings.records.iter().map(|r| r.fqdn.as_str()).collect();
     let stats = Arc::new(DnsQueryStats::new(&names, &settings.zone));
     inputs.stats.dns_server.store(Some(stats.clone()));
-    let handler = handler::Handler {
+    let handler = Arc::new(handler::Handler {
         zone,
         routing: routing.clone(),
         resolved: inputs.resolved.clone(),
@@ -214,34 +219,26 @@ pub async fn start(
             tokio::time::Instant::now(),
         ),
         stats: stats.clone(),
+    });
+    // Every thread holds a sender; `recv` says `None` once all have ended.
+    let (ended_tx, mut ended_rx) = mpsc::channel::<()>(1);
+    let stop = shutdown.child_token();
+    let started = start_threads(settings, &handler, &ended_tx, &stop).await;
+    drop(ended_tx);
+    let listen = match started {
+        Ok(listen) => listen,
+        Err(e) => {
+            stop.cancel();
+            return Err(e);
+        }
     };
-    let (bound_tx, bound_rx) = oneshot::channel();
-    let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
-    let addrs = settings.listen.clone();
-    let stop = shutdown.clone();
-    std::thread::Builder::new()
-        .name("stampgate-dns".into())
-        .spawn(move || {
-            // Dropped when the thread ends, however it ends: `stopped()`
-            // returns then.
-            let _stopped = stopped_tx;
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = bound_tx.send(Err(DnsServerError::Runtime(e)));
-                    return;
-                }
-            };
-            runtime.block_on(serve(handler, addrs, bound_tx, stop));
-        })
-        .map_err(DnsServerError::Runtime)?;
-    let listen = bound_rx.await.map_err(|_| {
-        DnsServerError::Runtime(std::io::Error::other("the DNS server thread ended early"))
-    })??;
-    tracing::info!(zone = %settings.zone, ?listen, records = settings.records.len(), "dns server listening");
+    tracing::info!(
+        zone = %settings.zone,
+        ?listen,
+        records = settings.records.len(),
+        threads = settings.threads,
+        "dns server listening"
+    );
 
     let watcher = tokio::spawn(watch(
         settings.clone(),
@@ -251,7 +248,7 @@ pub async fn start(
         shutdown,
     ));
     let task = tokio::spawn(async move {
-        let _ = stopped_rx.await;
+        while ended_rx.recv().await.is_some() {}
         let _ = watcher.await;
     });
     Ok(DnsServerHandle {
@@ -261,26 +258,86 @@ pub async fn start(
     })
 }
 
-/// The DNS server thread's work: bind, report the bound addresses, answer
-/// until `shutdown`, then let hickory finish the queries in hand.
-async fn serve(
-    handler: handler::Handler,
+/// Start the first thread (UDP and TCP on every address, port 0 resolved),
+/// then the others on the addresses it bound. The bound addresses, or the
+/// first error.
+async fn start_threads(
+    settings: &DnsServerSettings,
+    handler: &Arc<Handler>,
+    ended: &mpsc::Sender<()>,
+    stop: &CancellationToken,
+) -> Result<Vec<SocketAddr>, DnsServerError> {
+    let reuse_port = settings.threads > 1;
+    let (bound_tx, bound_rx) = oneshot::channel();
+    on_own_thread(
+        0,
+        ended.clone(),
+        serve_first(
+            handler.clone(),
+            settings.listen.clone(),
+            reuse_port,
+            bound_tx,
+            stop.clone(),
+        ),
+    )?;
+    let listen = bound_rx.await.map_err(|_| ended_early())??;
+    for index in 1..settings.threads {
+        let (bound_tx, bound_rx) = oneshot::channel();
+        on_own_thread(
+            index,
+            ended.clone(),
+            serve_more(handler.clone(), listen.clone(), bound_tx, stop.clone()),
+        )?;
+        bound_rx.await.map_err(|_| ended_early())??;
+    }
+    Ok(listen)
+}
+
+fn ended_early() -> DnsServerError {
+    DnsServerError::Runtime(std::io::Error::other("a DNS server thread ended early"))
+}
+
+/// Run `work` on a new thread `stampgate-dnsN` with a runtime of its own.
+/// `ended` is dropped once the thread's runtime, and with it every socket
+/// the work bound, is gone.
+fn on_own_thread(
+    index: usize,
+    ended: mpsc::Sender<()>,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DnsServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DnsServerError::Runtime)?;
+    std::thread::Builder::new()
+        // Linux keeps 15 bytes of a thread name: room for 2 digits.
+        .name(format!("stampgate-dns{index}"))
+        .spawn(move || {
+            runtime.block_on(work);
+            drop(runtime);
+            drop(ended);
+        })
+        .map_err(DnsServerError::Runtime)?;
+    Ok(())
+}
+
+/// The first DNS thread: bind UDP and TCP on every address, report the
+/// bound addresses, answer until `shutdown`, then let hickory finish the
+/// TCP queries in hand.
+async fn serve_first(
+    handler: Arc<Handler>,
     addrs: Vec<SocketAddr>,
+    reuse_port: bool,
     bound: oneshot::Sender<Result<Vec<SocketAddr>, DnsServerError>>,
     shutdown: CancellationToken,
 ) {
-    let handler = Arc::new(handler);
     let mut tcp_server = Server::new(handler::Shared(handler.clone()));
-    let mut udp_loops = Vec::with_capacity(addrs.len());
+    let mut sockets = Vec::with_capacity(addrs.len());
     let mut listen = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        match bind_pair(addr).await {
+        match bind_pair(addr, reuse_port).await {
             Ok((udp, tcp, at)) => {
-                udp_loops.push(tokio::spawn(udp::serve(
-                    udp,
-                    handler.clone(),
-                    shutdown.clone(),
-                )));
+                sockets.push(udp);
                 tcp_server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
                 listen.push(at);
             }
@@ -293,12 +350,48 @@ async fn serve(
     if bound.send(Ok(listen)).is_err() {
         return;
     }
-    shutdown.cancelled().await;
+    serve_udp(sockets, &handler, &shutdown).await;
     if let Err(error) = tcp_server.shutdown_gracefully().await {
         tracing::warn!(%error, "dns server stopped with an error");
     }
-    for udp in udp_loops {
-        let _ = udp.await;
+}
+
+/// Every other DNS thread: one more UDP socket on each address the first
+/// bound, answered until `shutdown`.
+async fn serve_more(
+    handler: Arc<Handler>,
+    addrs: Vec<SocketAddr>,
+    bound: oneshot::Sender<Result<(), DnsServerError>>,
+    shutdown: CancellationToken,
+) {
+    let mut sockets = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        match bind_udp(addr, true) {
+            Ok(udp) => sockets.push(udp),
+            Err(source) => {
+                let _ = bound.send(Err(DnsServerError::Bind {
+                    addr,
+                    protocol: "udp",
+                    source,
+                }));
+                return;
+            }
+        }
+    }
+    if bound.send(Ok(())).is_err() {
+        return;
+    }
+    serve_udp(sockets, &handler, &shutdown).await;
+}
+
+/// Answer on each socket until `shutdown`.
+async fn serve_udp(sockets: Vec<UdpSocket>, handler: &Arc<Handler>, shutdown: &CancellationToken) {
+    let loops: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| tokio::spawn(udp::serve(socket, handler.clone(), shutdown.clone())))
+        .collect();
+    for udp_loop in loops {
+        let _ = udp_loop.await;
     }
 }
 
@@ -312,11 +405,12 @@ const PORT_ZERO_TRIES: usize = 16;
 /// kernel picks UDP ports without looking at TCP) means another try.
 async fn bind_pair(
     addr: SocketAddr,
+    reuse_port: bool,
 ) -> Result<(UdpSocket, TcpListener, SocketAddr), DnsServerError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        let udp = bind_udp(addr).map_err(|source| DnsServerError::Bind {
+        let udp = bind_udp(addr, reuse_port).map_err(|source| DnsServerError::Bind {
             addr,
             protocol: "udp",
             source,
@@ -343,8 +437,10 @@ async fn bind_pair(
     }
 }
 
-/// A non-blocking UDP socket with a large receive buffer.
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// A non-blocking UDP socket with a large receive buffer; with
+/// `reuse_port`, one of a group on the same address among which the
+/// kernel spreads clients (by their address and port).
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Err(error) = socket.set_recv_buffer_size(UDP_RECV_BUFFER) {
@@ -352,6 +448,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         tracing::warn!(%error, %addr, "dns: cannot enlarge the UDP receive buffer");
     }
     socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }

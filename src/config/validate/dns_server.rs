@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::{Ctx, overlaps, quote, shown_duration};
-use crate::config::defaults::{DEFAULT_DNS_RESPONSES_PER_SECOND, DEFAULT_DNS_TTL};
+use crate::config::defaults::{
+    DEFAULT_DNS_RESPONSES_PER_SECOND, DEFAULT_DNS_THREADS, DEFAULT_DNS_TTL, MAX_DNS_THREADS,
+};
 use crate::config::raw::{RawDnsRecord, RawDnsServer};
 use crate::config::{
     AdminSettings, ConfigError, DnsAnswerKind, DnsRecordConfig, DnsServerSettings, PoolConfig,
@@ -94,6 +96,13 @@ pub(super) fn dns_server(
         0,
         u32::MAX,
     )?;
+    let threads = ctx.int(
+        "dns_server.threads",
+        raw.threads,
+        DEFAULT_DNS_THREADS,
+        1,
+        MAX_DNS_THREADS,
+    )? as usize;
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut records = Vec::new();
@@ -119,6 +128,7 @@ pub(super) fn dns_server(
         hostmaster,
         records,
         responses_per_second,
+        threads,
     })
 }
 
