@@ -32,7 +32,7 @@
 # Environment: DNS_CPU (default 1), LOAD_CPU (default 0; both take taskset
 # lists, so DNS_CPU=0,1 LOAD_CPU=0,1 runs unpinned), RATE (default
 # 50000), SECS (default 10), REPEAT (default 3), THREADS (stampgate's
-# dns_server.threads, default 1), SG_BIN (a prebuilt
+# dns_server.threads; default 1, the per-core figure), SG_BIN (a prebuilt
 # stampgate binary instead of `cargo build --release`). Every process
 # started here is ended by PID on exit; everything listens on loopback.
 

@@ -865,7 +865,7 @@ fn check_prints_the_zone_and_which_pool_each_record_follows() {
     let config = parse(&config_text("weighted", &stamps(&[1]), ""));
     let text = config::summary(&config);
     for expected in [
-        "dns zone example.com.  (udp+tcp 127.0.0.1:0; ttl 30s; rate limit off)",
+        "dns zone example.com.  (udp+tcp 127.0.0.1:0; ttl 30s; rate limit off; a thread per core (",
         "example.com.  SOA  ns1.example.com. hostmaster.example.com.",
         "example.com.  NS   ns2.example.com.",
         "catalog.example.com.  A/AAAA  follows the usable stamps of pool backend-apis",

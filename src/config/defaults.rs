@@ -244,10 +244,8 @@ pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
 /// leaves room for bursts after a flush, while a spoofed flood reflected at
 /// a victim is cut to 200 answers a second (BIND's RRL idea, per network).
 pub const DEFAULT_DNS_RESPONSES_PER_SECOND: u32 = 200;
-/// One thread answers about 250,000 queries a second (bench/RESULTS.md),
-/// more than most zones see, and takes one core at most from the proxy.
-pub const DEFAULT_DNS_THREADS: u32 = 1;
-/// Past this, more threads only contend for the shared counters; a zone
+/// `dns_server.threads` at most, and the most "one per core" gives: past
+/// this, more threads only contend for the shared counters, and a zone
 /// needing more than 64 cores of DNS wants more edges.
 pub const MAX_DNS_THREADS: u32 = 64;
 

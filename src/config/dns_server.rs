@@ -27,8 +27,19 @@ pub struct DnsServerSettings {
     pub responses_per_second: u32,
     /// Threads answering UDP, each with its own socket on every listen
     /// address (`SO_REUSEPORT` when more than one); the first also serves
-    /// TCP.
-    pub threads: usize,
+    /// TCP. `None`: one per core, as BIND and Knot do, at most
+    /// [`MAX_DNS_THREADS`](super::defaults::MAX_DNS_THREADS).
+    pub threads: Option<usize>,
+}
+
+impl DnsServerSettings {
+    /// How many threads answer: `threads`, or one per core.
+    pub fn thread_count(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.min(super::defaults::MAX_DNS_THREADS as usize)
+        })
+    }
 }
 
 /// One `[[dns_server.records]]` entry.

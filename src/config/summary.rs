@@ -54,8 +54,9 @@ fn dns_zone(out: &mut String, dns: &super::DnsServerSettings, advertise: &[std::
         n => format!("{n}/s per client network"),
     };
     let threads = match dns.threads {
-        1 => String::new(),
-        n => format!("; {n} threads"),
+        None => format!("; a thread per core ({})", dns.thread_count()),
+        Some(1) => "; 1 thread".to_string(),
+        Some(n) => format!("; {n} threads"),
     };
     let _ = writeln!(
         out,

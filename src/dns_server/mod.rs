@@ -189,7 +189,7 @@ impl DnsServerHandle {
 /// zone until `shutdown`.
 ///
 /// The server runs on threads of its own (`dns_server.threads`, default
-/// one), each with a single-threaded runtime: a query then never waits
+/// one per core), each with a single-threaded runtime: a query then never waits
 /// behind proxy connections, probes or controller ticks, and a query flood
 /// cannot take the proxy's worker threads. On the proxy's work-stealing
 /// runtime each query's task also woke an idle worker to steal it, and
@@ -236,7 +236,7 @@ pub async fn start(
         zone = %settings.zone,
         ?listen,
         records = settings.records.len(),
-        threads = settings.threads,
+        threads = settings.thread_count(),
         "dns server listening"
     );
 
@@ -267,7 +267,8 @@ async fn start_threads(
     ended: &mpsc::Sender<()>,
     stop: &CancellationToken,
 ) -> Result<Vec<SocketAddr>, DnsServerError> {
-    let reuse_port = settings.threads > 1;
+    let threads = settings.thread_count();
+    let reuse_port = threads > 1;
     let (bound_tx, bound_rx) = oneshot::channel();
     on_own_thread(
         0,
@@ -281,7 +282,7 @@ async fn start_threads(
         ),
     )?;
     let listen = bound_rx.await.map_err(|_| ended_early())??;
-    for index in 1..settings.threads {
+    for index in 1..threads {
         let (bound_tx, bound_rx) = oneshot::channel();
         on_own_thread(
             index,

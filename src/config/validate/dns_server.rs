@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::{Ctx, overlaps, quote, shown_duration};
-use crate::config::defaults::{
-    DEFAULT_DNS_RESPONSES_PER_SECOND, DEFAULT_DNS_THREADS, DEFAULT_DNS_TTL, MAX_DNS_THREADS,
-};
+use crate::config::defaults::{DEFAULT_DNS_RESPONSES_PER_SECOND, DEFAULT_DNS_TTL, MAX_DNS_THREADS};
 use crate::config::raw::{RawDnsRecord, RawDnsServer};
 use crate::config::{
     AdminSettings, ConfigError, DnsAnswerKind, DnsRecordConfig, DnsServerSettings, PoolConfig,
@@ -96,13 +94,10 @@ pub(super) fn dns_server(
         0,
         u32::MAX,
     )?;
-    let threads = ctx.int(
-        "dns_server.threads",
-        raw.threads,
-        DEFAULT_DNS_THREADS,
-        1,
-        MAX_DNS_THREADS,
-    )? as usize;
+    let threads = match raw.threads {
+        None => None,
+        Some(n) => Some(ctx.int("dns_server.threads", Some(n), 1, 1, MAX_DNS_THREADS)? as usize),
+    };
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut records = Vec::new();
