@@ -973,6 +973,12 @@ async fn controller_decisions_reach_the_next_answer_and_the_status() {
         if record["addresses"] == serde_json::json!(["127.0.0.3"]) {
             assert_eq!(record["name"], CATALOG);
             assert_eq!(record["pool"], "p");
+            let cores = std::thread::available_parallelism().unwrap().get();
+            assert_eq!(
+                status["dns_server"]["threads"],
+                cores.min(64),
+                "one per core"
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "status: {status}");

@@ -498,6 +498,7 @@ async fn watch(
             "zone": settings.zone,
             "serial": table.generation as u32,
             "ttl_s": settings.ttl.as_secs(),
+            "threads": settings.thread_count(),
             "records": records,
         });
         if status != last {
