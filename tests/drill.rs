@@ -484,12 +484,7 @@ async fn existing_proxy_and_stamps_are_driven_through_their_urls() {
         Some(30),
         "the fault went through b-1's control URL"
     );
-    let status = p
-        .handle
-        .controller
-        .command(stampgate::signals::command::Command::Status, "test")
-        .await
-        .unwrap();
+    let status = support::status(&p.handle.controller).await;
     let a_admin = status["pools"][0]["stamps"]
         .as_array()
         .unwrap()

@@ -193,11 +193,7 @@ async fn live_latency_takes_traffic_from_a_stamp_whose_api_alone_is_slow() {
     eventually("a is a latency outlier", async || {
         let batch = (0..8).map(|_| get(&client, &url));
         futures_util::future::join_all(batch).await;
-        let status = p
-            .handle
-            .controller
-            .command(stampgate::signals::command::Command::Status, "test");
-        let status = status.await.unwrap();
+        let status = support::status(&p.handle.controller).await;
         status["pools"][0]["stamps"][0]["latency_outlier"].is_string()
     })
     .await;
@@ -210,12 +206,7 @@ async fn live_latency_takes_traffic_from_a_stamp_whose_api_alone_is_slow() {
         to_a <= 8,
         "{to_a} of 400 requests still went to the slow stamp"
     );
-    let status = p
-        .handle
-        .controller
-        .command(stampgate::signals::command::Command::Status, "test")
-        .await
-        .unwrap();
+    let status = support::status(&p.handle.controller).await;
     let a = &status["pools"][0]["stamps"][0];
     assert_ne!(a["health"], "unhealthy", "probes saw nothing: {a}");
     let reason = a["latency_outlier"].as_str().unwrap();

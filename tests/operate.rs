@@ -44,11 +44,7 @@ fn stamp_status<'a>(status: &'a Value, name: &str) -> &'a Value {
 }
 
 async fn status(p: &Proxy) -> Value {
-    p.handle
-        .controller
-        .command(Command::Status, "test")
-        .await
-        .unwrap()
+    support::status(&p.handle.controller).await
 }
 
 fn drain(name: &str) -> Command {
@@ -308,11 +304,7 @@ async fn decisions_survive_a_restart_and_a_corrupt_state_file_refuses_to_start()
     first.shutdown().await;
 
     let second = stampgate::app::App::start(&config, None).await.unwrap();
-    let s = second
-        .controller
-        .command(Command::Status, "test")
-        .await
-        .unwrap();
+    let s = support::status(&second.controller).await;
     assert_eq!(
         stamp_status(&s, "westeurope-1")["admin"],
         "drained",
@@ -344,11 +336,7 @@ async fn decisions_survive_a_restart_and_a_corrupt_state_file_refuses_to_start()
     )
     .unwrap();
     let third = stampgate::app::App::start(&config, None).await.unwrap();
-    let s = third
-        .controller
-        .command(Command::Status, "test")
-        .await
-        .unwrap();
+    let s = support::status(&third.controller).await;
     assert_eq!(s["orphaned_decisions"][0]["stamp"], "gone-1", "{s}");
     // Writing a new decision keeps the orphan in the file.
     third
@@ -417,11 +405,7 @@ async fn reload_under_load_changes_routing_without_failed_requests() {
         seen.contains("southeastasia-1"),
         "the new stamp took traffic: {seen:?}"
     );
-    let s = handle
-        .controller
-        .command(Command::Status, "test")
-        .await
-        .unwrap();
+    let s = support::status(&handle.controller).await;
     assert_eq!(s["last_reload"]["ok"], false, "{s}");
     let events = handle.controller.events.since(0);
     assert!(

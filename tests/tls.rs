@@ -405,10 +405,7 @@ async fn upstream_mtls_rejection_is_named_in_the_answer_and_in_status() {
         eventually(
             "the stamp's health reason names the rejection",
             async || {
-                let status = controller
-                    .command(stampgate::signals::command::Command::Status, "test")
-                    .await
-                    .unwrap();
+                let status = support::status(&controller).await;
                 status
                     .to_string()
                     .contains("upstream-tls-client-cert-rejected")

@@ -262,6 +262,14 @@ pub async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
     assert!(waited.is_ok(), "not within {EVENTUALLY:?}: {what}");
 }
 
+/// What `/admin/status` would show, straight from the controller.
+pub async fn status(controller: &stampgate::controller::ControllerHandle) -> serde_json::Value {
+    controller
+        .command(stampgate::signals::command::Command::Status, "test")
+        .await
+        .expect("the controller answers a status command")
+}
+
 /// Wait until the controller has stored a table newer than generation
 /// `after`; return its generation. Awaits the publish itself, so a test
 /// needs no sleep to let a change reach the routing table.
