@@ -192,9 +192,9 @@ impl DnsServerHandle {
 /// one per core), each with a single-threaded runtime: a query then never waits
 /// behind proxy connections, probes or controller ticks, and a query flood
 /// cannot take the proxy's worker threads. On the proxy's work-stealing
-/// runtime each query's task also woke an idle worker to steal it, and
-/// those hand-offs were most of the tail latency (bench/RESULTS.md, "DNS
-/// server"). Each thread has its own UDP socket on every address
+/// runtime each query's task also woke an idle worker to steal it, which
+/// about doubled the CPU per query (bench/RESULTS.md, "Its own thread, UDP
+/// answered inline"). Each thread has its own UDP socket on every address
 /// (`SO_REUSEPORT`, so the kernel spreads clients over them); the first
 /// also serves TCP. Binding happens on the threads, where the sockets are
 /// polled, and the results come back here, so a bind error still fails

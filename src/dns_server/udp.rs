@@ -1,13 +1,14 @@
 //! The UDP front of the DNS server: each datagram is read, answered and
-//! sent before the next one is read, on the DNS server's own thread.
+//! sent before the next one is read, on one of the DNS server's threads.
 //!
 //! hickory-server's UDP loop spawns a task per datagram and hands each
 //! response back through a channel to the loop, which sends only when it
 //! next runs: under a burst it first reads up to a whole coop budget of
 //! queries (128), then answers them, then sends. The first query of a
-//! burst thus waited for 127 others, which was most of the p99 latency at
-//! 50,000 queries/s (bench/RESULTS.md, "DNS server"). Answering inline
-//! keeps each query's latency to its own work plus the queue ahead of it.
+//! burst thus waited for 127 others, a large part of the p99 at 50,000
+//! queries/s (bench/RESULTS.md, "Its own thread, UDP answered inline").
+//! Answering inline keeps each query's latency to its own work plus the
+//! queue ahead of it.
 //!
 //! What is DNS here is still hickory's: [`Request::from_bytes`] parses,
 //! the same [`RequestHandler`] decides the answer, and
