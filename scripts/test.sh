@@ -11,6 +11,8 @@
 #   chromium           tests/dashboard.rs renders the dashboard headless
 #   etcd-server        tests/fleet.rs runs a real etcd on loopback
 #   protobuf-compiler  the etcd client's build script compiles its protos
+#   libprotobuf-dev    ... which import google/protobuf/*.proto from it (only a
+#                      Recommends of protobuf-compiler, and we install none)
 #   systemd            deploy/check.sh runs systemd-analyze verify
 #   python3-yaml       deploy/check.sh parses the Kubernetes manifests
 #
@@ -21,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(chromium etcd-server protobuf-compiler systemd python3-yaml)
+PACKAGES=(chromium etcd-server protobuf-compiler libprotobuf-dev systemd python3-yaml)
 
 deps_only=0
 if [[ ${1:-} == --deps-only ]]; then deps_only=1; shift; fi
