@@ -233,7 +233,19 @@ impl RequestHandler for Handler {
         if request.protocol() == Protocol::Udp
             && let Some(limiter) = &self.limiter
         {
-            match limiter.check(request.src().ip(), tokio::time::Instant::now()) {
+            let now = tokio::time::Instant::now();
+            let verdict = limiter.check(request.src().ip(), now);
+            if verdict != Verdict::Answer && limiter.log_due(now) {
+                tracing::warn!(
+                    client = %request.src().ip(),
+                    limit = limiter.per_second(),
+                    "dns: UDP responses to this client's network are over \
+                     dns_server.responses_per_second; every second one is sent truncated \
+                     (the client retries over TCP), the rest are dropped; a load test from \
+                     one host needs responses_per_second = 0"
+                );
+            }
+            match verdict {
                 Verdict::Answer => {}
                 Verdict::Slip => {
                     self.stats.rate_limited[1].fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! TCP client has proved its address in the handshake).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
@@ -14,6 +14,11 @@ use tokio::time::Instant;
 /// hundreds of thousands of queries a second to crowd out a resolver, and
 /// that resolver still gets truncated answers and so retries over TCP.
 const SLOTS: usize = 4096;
+
+/// Seconds between two log lines about responses held back: a flood is a
+/// line every so often, not a line per query, and an operator whose load
+/// test is being limited still sees why.
+const LOG_EVERY_SECS: u32 = 10;
 
 /// What to do with one UDP response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +46,8 @@ pub struct RateLimiter {
     per_second: u32,
     start: Instant,
     slots: Box<[AtomicU64]>,
+    /// The window (plus one; 0 is never) of the last over-limit log line.
+    logged: AtomicU32,
 }
 
 impl RateLimiter {
@@ -51,7 +58,26 @@ impl RateLimiter {
             per_second,
             start,
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            logged: AtomicU32::new(0),
         })
+    }
+
+    /// The responses allowed to one client network per second.
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+
+    /// Whether a response held back at `now` should be logged: true for
+    /// the first one, then at most once every `LOG_EVERY_SECS`, across
+    /// every thread sharing this limiter.
+    pub fn log_due(&self, now: Instant) -> bool {
+        let stamp = (now.saturating_duration_since(self.start).as_secs() as u32).saturating_add(1);
+        let last = self.logged.load(Ordering::Relaxed);
+        (last == 0 || stamp.saturating_sub(last) >= LOG_EVERY_SECS)
+            && self
+                .logged
+                .compare_exchange(last, stamp, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Count one response to `client` at `now` and say what to do with it.
@@ -123,6 +149,17 @@ mod tests {
         // Same /56.
         assert_eq!(limiter.check(ip("2001:db8:0:2::1"), start), Verdict::Slip);
         assert_ne!(slot_of(ip("192.0.2.1")), slot_of(ip("192.0.3.1")));
+    }
+
+    #[test]
+    fn held_back_responses_are_logged_once_per_ten_seconds() {
+        let start = Instant::now();
+        let limiter = RateLimiter::new(1, start).unwrap();
+        assert!(limiter.log_due(start));
+        assert!(!limiter.log_due(start));
+        assert!(!limiter.log_due(start + Duration::from_secs(9)));
+        assert!(limiter.log_due(start + Duration::from_secs(10)));
+        assert!(!limiter.log_due(start + Duration::from_secs(11)));
     }
 
     #[test]
