@@ -39,10 +39,27 @@ pub struct DnsCache {
     table: Arc<ArcSwap<Table>>,
 }
 
+/// One state of the table, held to tell later whether the table has
+/// changed since (the DNS server's packet cache does). Compared by
+/// identity: a held state is never freed, so no later table can be given
+/// its address.
+#[derive(Clone, Debug)]
+pub struct CacheState(Arc<Table>);
+
 impl DnsCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The table as it is now.
+    pub fn state(&self) -> CacheState {
+        CacheState(self.table.load_full())
+    }
+
+    /// Whether the table is still `state`: no host's addresses changed.
+    pub fn is_at(&self, state: &CacheState) -> bool {
+        Arc::ptr_eq(&self.table.load(), &state.0)
     }
 
     /// The current addresses of `host`, sorted, if it has been resolved.
@@ -115,6 +132,19 @@ fn normalize(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_is_current_until_an_address_changes() {
+        let cache = DnsCache::new();
+        cache.set("a.example", ["192.0.2.1".parse().unwrap()]);
+        let state = cache.state();
+        assert!(cache.is_at(&state));
+        // The same addresses again: nothing changed.
+        cache.set("a.example", ["192.0.2.1".parse().unwrap()]);
+        assert!(cache.is_at(&state));
+        cache.set("a.example", ["192.0.2.2".parse().unwrap()]);
+        assert!(!cache.is_at(&state));
+    }
 
     fn ip(last: u8) -> IpAddr {
         [127, 0, 0, last].into()

@@ -31,7 +31,7 @@ mod resolver;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use cache::DnsCache;
+pub use cache::{CacheState, DnsCache};
 pub use connector::{CacheResolver, ResolveFuture, ResolvedAddrs};
 pub use refresh::{DnsReport, spawn_refresh};
 pub use resolver::{Answer, Discovery, DnsError};

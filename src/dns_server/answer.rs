@@ -53,35 +53,25 @@ impl Answer {
     /// to the first address (the heavier a target, the more often it is
     /// first). Addresses of one target stay together.
     pub fn ordered(&self, rng: &mut fastrand::Rng) -> Vec<IpAddr> {
+        let order = self.draw(rng);
         let mut out = Vec::with_capacity(self.targets.iter().map(|t| t.addresses.len()).sum());
-        let mut start = 0;
-        while start < self.targets.len() {
-            let group = self.targets[start].group;
-            let end = start
-                + self.targets[start..]
-                    .iter()
-                    .take_while(|t| t.group == group)
-                    .count();
-            let mut left: Vec<&Target> = self.targets[start..end].iter().collect();
-            while !left.is_empty() {
-                let total: u64 = left.iter().map(|t| u64::from(t.weight.max(1))).sum();
-                let mut r = rng.u64(..total);
-                let pos = left
-                    .iter()
-                    .position(|t| {
-                        let w = u64::from(t.weight.max(1));
-                        if r < w {
-                            return true;
-                        }
-                        r -= w;
-                        false
-                    })
-                    .unwrap_or(0);
-                out.extend_from_slice(&left.remove(pos).addresses);
-            }
-            start = end;
+        for &i in &order {
+            out.extend_from_slice(&self.targets[usize::from(i)].addresses);
         }
         out
+    }
+
+    /// The order of one response as target indices (see
+    /// [`Answer::ordered`]).
+    pub fn draw(&self, rng: &mut fastrand::Rng) -> Vec<u16> {
+        let shape: Vec<(u8, u32)> = self.targets.iter().map(|t| (t.group, t.weight)).collect();
+        draw_order(&shape, rng)
+    }
+
+    /// Whether every response orders the addresses the same way: at most
+    /// one target in each group, so nothing is left to draw.
+    pub fn is_fixed_order(&self) -> bool {
+        self.targets.windows(2).all(|w| w[0].group != w[1].group)
     }
 
     /// Addresses in table order (status pages and tests).
@@ -91,6 +81,43 @@ impl Answer {
             .flat_map(|t| t.addresses.iter().copied())
             .collect()
     }
+}
+
+/// The order of one response over targets given as `(group, weight)` in
+/// group order: every target of a group before any of the next, and
+/// within a group one drawn by weight (a weight of 0 counts as 1, so an
+/// answered target is never last by rule). Shared by [`Answer::ordered`]
+/// and the UDP packet cache, which draws an order per response and then
+/// looks for a response already written in that order.
+pub fn draw_order(targets: &[(u8, u32)], rng: &mut fastrand::Rng) -> Vec<u16> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut left: Vec<u16> = Vec::with_capacity(targets.len());
+    let mut start = 0;
+    while start < targets.len() {
+        let group = targets[start].0;
+        let end = start + targets[start..].iter().take_while(|t| t.0 == group).count();
+        left.clear();
+        left.extend((start..end).filter_map(|i| u16::try_from(i).ok()));
+        let weight = |i: u16| u64::from(targets[usize::from(i)].1.max(1));
+        while !left.is_empty() {
+            let total: u64 = left.iter().map(|&i| weight(i)).sum();
+            let mut r = rng.u64(..total);
+            let pos = left
+                .iter()
+                .position(|&i| {
+                    let w = weight(i);
+                    if r < w {
+                        return true;
+                    }
+                    r -= w;
+                    false
+                })
+                .unwrap_or(0);
+            out.push(left.remove(pos));
+        }
+        start = end;
+    }
+    out
 }
 
 /// The answer of `record` under `table`. `resolve` gives the current
@@ -226,7 +253,7 @@ fn edges(pool: &PoolView, edges: &[EdgeInfo]) -> Answer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::{Config, parse_str};
     use crate::routing::budget::RetryBudget;
@@ -239,15 +266,15 @@ mod tests {
 
     /// How a test stamp stands in the controller's view.
     #[derive(Clone, Copy)]
-    struct State {
-        weight: u32,
-        enabled: bool,
-        rtt_ms: Option<u64>,
+    pub(in crate::dns_server) struct State {
+        pub(in crate::dns_server) weight: u32,
+        pub(in crate::dns_server) enabled: bool,
+        pub(in crate::dns_server) rtt_ms: Option<u64>,
         /// A latency outlier.
-        trickle: bool,
+        pub(in crate::dns_server) trickle: bool,
     }
 
-    const UP: State = State {
+    pub(in crate::dns_server) const UP: State = State {
         weight: 100,
         enabled: true,
         rtt_ms: None,
@@ -265,7 +292,7 @@ mod tests {
         ..UP
     };
     /// Unhealthy or ejected: no weight, still enabled.
-    const DOWN: State = State { weight: 0, ..UP };
+    pub(in crate::dns_server) const DOWN: State = State { weight: 0, ..UP };
 
     fn config(method: &str, all_unhealthy: &str, stamps: &[(&str, &str, u32)]) -> Config {
         let mut t = format!(
@@ -282,7 +309,7 @@ mod tests {
         parse_str(&t, Path::new("t.toml")).unwrap()
     }
 
-    fn table(config: &Config, states: &[State]) -> RoutingTable {
+    pub(in crate::dns_server) fn table(config: &Config, states: &[State]) -> RoutingTable {
         let upstream = Arc::new(Upstream::new(&config.pools[0], &Default::default()).unwrap());
         let by_name: HashMap<&str, State> = config.pools[0]
             .stamps

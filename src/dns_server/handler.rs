@@ -1,5 +1,6 @@
-//! The hickory glue: one [`RequestHandler`] that turns a parsed query into
-//! an authoritative answer for the zone. hickory-server owns the sockets,
+//! The hickory glue: [`Handler::decide`] turns a parsed query into an
+//! authoritative answer for the zone, which the UDP loop writes itself and
+//! hickory's TCP listener gets through [`RequestHandler`]. hickory owns
 //! the wire format, truncation of UDP answers (TC bit) and FORMERR for
 //! packets it cannot parse; this file decides what the answer says.
 //!
@@ -18,7 +19,7 @@ use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, Re
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
 use super::rate_limit::{RateLimiter, Verdict};
 use super::{LiveEdges, answer};
@@ -106,6 +107,78 @@ struct Found {
     soa: bool,
     /// Index of the metrics label: a record, the apex, or "-".
     label: usize,
+    /// How the addresses were ordered, when this answer may be written
+    /// once and sent again (see [`Reuse`]); `None` when it may not.
+    order: Option<Order>,
+}
+
+/// The order of the addresses in one answer: the targets' `(group,
+/// weight)` and the order drawn over them (empty when the answer has no
+/// addresses).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Order {
+    pub(super) shape: Vec<(u8, u32)>,
+    pub(super) drawn: Vec<u16>,
+}
+
+/// A response, decided but not written: hickory's TCP listener (through
+/// [`RequestHandler`]) and the UDP loop each write it their own way.
+pub(super) struct Reply {
+    pub(super) metadata: Metadata,
+    edns: Option<Edns>,
+    answers: Vec<Record>,
+    soa: Option<Record>,
+    /// Set when the same query bytes would get this response again, up to
+    /// the order of the addresses, for as long as the routing table, the
+    /// live edges and the resolved stamp names stay the ones it was
+    /// decided from: the UDP packet cache keeps such responses.
+    pub(super) reuse: Option<Reuse>,
+}
+
+/// What the UDP packet cache needs to send a kept response again.
+#[derive(Debug, Clone)]
+pub(super) struct Reuse {
+    /// The query counter this response counts in (record, type, code).
+    pub(super) counter: [usize; 3],
+    pub(super) order: Order,
+}
+
+/// The response type [`Reply::build`] gives: hickory's, over the reply's
+/// own records.
+pub(super) type Built<'a> = MessageResponse<
+    'a,
+    'a,
+    std::slice::Iter<'a, Record>,
+    std::iter::Empty<&'a Record>,
+    std::option::Iter<'a, Record>,
+    std::iter::Empty<&'a Record>,
+>;
+
+impl Reply {
+    fn new(metadata: Metadata, edns: Option<Edns>) -> Reply {
+        Reply {
+            metadata,
+            edns,
+            answers: Vec::new(),
+            soa: None,
+            reuse: None,
+        }
+    }
+
+    /// hickory's response for it, answering `queries`.
+    pub(super) fn build<'a>(&'a self, queries: &'a Queries) -> Built<'a> {
+        let mut builder = MessageResponseBuilder::new(queries, None);
+        if let Some(edns) = &self.edns {
+            builder.edns(edns);
+        }
+        builder.build(
+            self.metadata,
+            self.answers.iter(),
+            std::iter::empty(),
+            self.soa.iter(),
+            std::iter::empty(),
+        )
+    }
 }
 
 impl Handler {
@@ -123,6 +196,7 @@ impl Handler {
             answers: Vec::new(),
             soa: false,
             label: self.other_label(),
+            order: Some(Order::default()),
         };
         let record = zone.records.iter().position(|(n, _)| n == name);
         if *name == zone.origin_lower {
@@ -150,7 +224,7 @@ impl Handler {
             return found;
         }
         if let Some(i) = record {
-            self.addresses(
+            found.order = self.addresses(
                 &table,
                 &zone.records[i].1,
                 original,
@@ -163,6 +237,10 @@ impl Handler {
         found
     }
 
+    /// The record's addresses of type `qtype` into `out`, and how they were
+    /// ordered: `None` when the answer may not be reused, because it
+    /// fails open (it then reads the stamps' mirrored admin state, which
+    /// can change without a new routing table).
     fn addresses(
         &self,
         table: &RoutingTable,
@@ -170,24 +248,38 @@ impl Handler {
         owner: &Name,
         qtype: RecordType,
         out: &mut Vec<Record>,
-    ) {
+    ) -> Option<Order> {
         let (v4, v6) = match qtype {
             RecordType::A => (true, false),
             RecordType::AAAA => (false, true),
             RecordType::ANY => (true, true),
-            _ => return,
+            _ => return Some(Order::default()),
         };
         let edges = self.edges.load();
         let answer = answer::compute(table, record, &edges, |host| self.resolved.get(host));
         let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        for ip in answer.ordered(&mut rng) {
-            let rdata = match ip {
-                IpAddr::V4(ip) if v4 => RData::A(A(ip)),
-                IpAddr::V6(ip) if v6 => RData::AAAA(AAAA(ip)),
-                _ => continue,
-            };
-            out.push(Record::from_rdata(owner.clone(), self.zone.ttl, rdata));
+        let drawn = answer.draw(&mut rng);
+        for &i in &drawn {
+            for &ip in &answer.targets[usize::from(i)].addresses {
+                let rdata = match ip {
+                    IpAddr::V4(ip) if v4 => RData::A(A(ip)),
+                    IpAddr::V6(ip) if v6 => RData::AAAA(AAAA(ip)),
+                    _ => continue,
+                };
+                out.push(Record::from_rdata(owner.clone(), self.zone.ttl, rdata));
+            }
         }
+        if answer.failing_open {
+            return None;
+        }
+        Some(if answer.is_fixed_order() || out.len() < 2 {
+            Order::default()
+        } else {
+            Order {
+                shape: answer.targets.iter().map(|t| (t.group, t.weight)).collect(),
+                drawn,
+            }
+        })
     }
 
     /// A datagram with a header but no parsable message, answered FORMERR
@@ -197,6 +289,15 @@ impl Handler {
     }
 
     fn count(&self, label: usize, qtype: Option<RecordType>, code: ResponseCode) {
+        self.count_in(Self::counter(label, qtype, code));
+    }
+
+    /// Count one query in `counter` (as [`Reuse::counter`] names it).
+    pub(super) fn count_in(&self, [label, t, c]: [usize; 3]) {
+        self.stats.count(label, t, c);
+    }
+
+    fn counter(label: usize, qtype: Option<RecordType>, code: ResponseCode) -> [usize; 3] {
         let t = match qtype {
             Some(RecordType::A) => 0,
             Some(RecordType::AAAA) => 1,
@@ -215,7 +316,110 @@ impl Handler {
             _ => 6,
         };
         debug_assert_eq!((DNS_QTYPES.len(), DNS_RCODES.len()), (6, 7));
-        self.stats.count(label, t, c);
+        [label, t, c]
+    }
+}
+
+impl Handler {
+    /// The rate limit's verdict on one UDP response to `client`, counted;
+    /// always [`Verdict::Answer`] when the limit is off.
+    pub(super) fn limit(&self, client: IpAddr) -> Verdict {
+        let Some(limiter) = &self.limiter else {
+            return Verdict::Answer;
+        };
+        let now = tokio::time::Instant::now();
+        let verdict = limiter.check(client, now);
+        if verdict != Verdict::Answer && limiter.log_due(now) {
+            tracing::warn!(
+                %client,
+                limit = limiter.per_second(),
+                "dns: UDP responses to this client's network are over \
+                 dns_server.responses_per_second; every second one is sent truncated \
+                 (the client retries over TCP), the rest are dropped; a load test from \
+                 one host needs responses_per_second = 0"
+            );
+        }
+        match verdict {
+            Verdict::Answer => {}
+            Verdict::Slip => {
+                self.stats.rate_limited[1].fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Drop => {
+                self.stats.rate_limited[0].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        verdict
+    }
+
+    /// The response to `request`, given the rate limit's `verdict` on it
+    /// (counted already), and the query counted; `None` when nothing is to
+    /// be sent (over the rate limit).
+    pub(super) fn decide(&self, request: &Request, verdict: Verdict) -> Option<Reply> {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        match verdict {
+            Verdict::Answer => {}
+            Verdict::Slip => {
+                metadata.truncation = true;
+                return Some(Reply::new(metadata, None));
+            }
+            Verdict::Drop => return None,
+        }
+
+        // EDNS0 (RFC 6891): answer with our own OPT record, keeping the
+        // client's buffer size (at least 512), which the writer uses to
+        // decide when a UDP answer must be truncated.
+        let edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req.max_payload().max(512));
+            edns.set_version(EDNS_VERSION);
+            edns
+        });
+        let only = |code: ResponseCode, authoritative: bool| {
+            let mut m = metadata;
+            m.response_code = code;
+            m.authoritative = authoritative;
+            Some(Reply::new(m, edns.clone()))
+        };
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|req| req.version() > EDNS_VERSION)
+        {
+            self.count(self.other_label(), None, ResponseCode::BADVERS);
+            return only(ResponseCode::BADVERS, true);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            self.count(self.other_label(), None, ResponseCode::NotImp);
+            return only(ResponseCode::NotImp, true);
+        }
+        let [query] = request.queries.queries() else {
+            self.count(self.other_label(), None, ResponseCode::FormErr);
+            return only(ResponseCode::FormErr, true);
+        };
+        let qtype = query.query_type();
+        let in_zone = self.zone.origin_lower.zone_of(query.name());
+        if !in_zone || query.query_class() != DNSClass::IN {
+            // Not ours, and no recursion: refuse rather than point
+            // anywhere (an open resolver is an amplifier).
+            self.count(self.other_label(), Some(qtype), ResponseCode::Refused);
+            return only(ResponseCode::Refused, false);
+        }
+
+        let found = self.lookup(query.name(), query.original().name(), qtype);
+        let counter = Self::counter(found.label, Some(qtype), found.code);
+        self.count_in(counter);
+        metadata.response_code = found.code;
+        let soa = found
+            .soa
+            .then(|| self.zone.soa(self.routing.load().generation));
+        Some(Reply {
+            metadata,
+            edns,
+            answers: found.answers,
+            soa,
+            reuse: found.order.map(|order| Reuse { counter, order }),
+        })
     }
 }
 
@@ -226,102 +430,18 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = true;
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
-
-        if request.protocol() == Protocol::Udp
-            && let Some(limiter) = &self.limiter
-        {
-            let now = tokio::time::Instant::now();
-            let verdict = limiter.check(request.src().ip(), now);
-            if verdict != Verdict::Answer && limiter.log_due(now) {
-                tracing::warn!(
-                    client = %request.src().ip(),
-                    limit = limiter.per_second(),
-                    "dns: UDP responses to this client's network are over \
-                     dns_server.responses_per_second; every second one is sent truncated \
-                     (the client retries over TCP), the rest are dropped; a load test from \
-                     one host needs responses_per_second = 0"
-                );
-            }
-            match verdict {
-                Verdict::Answer => {}
-                Verdict::Slip => {
-                    self.stats.rate_limited[1].fetch_add(1, Ordering::Relaxed);
-                    metadata.truncation = true;
-                    let response = builder.build_no_records(metadata);
-                    return send(&mut response_handle, response, metadata).await;
-                }
-                Verdict::Drop => {
-                    self.stats.rate_limited[0].fetch_add(1, Ordering::Relaxed);
-                    return unsent(metadata);
-                }
-            }
-        }
-
-        // EDNS0 (RFC 6891): answer with our own OPT record, keeping the
-        // client's buffer size (at least 512), which hickory uses to
-        // decide when a UDP answer must be truncated.
-        let mut edns = Edns::new();
-        let mut edns_used = false;
-        if let Some(req) = &request.edns {
-            edns.set_max_payload(req.max_payload().max(512));
-            edns.set_version(EDNS_VERSION);
-            edns_used = true;
-            if req.version() > EDNS_VERSION {
-                metadata.response_code = ResponseCode::BADVERS;
-                builder.edns(&edns);
-                self.count(self.other_label(), None, ResponseCode::BADVERS);
-                let response = builder.build_no_records(metadata);
-                return send(&mut response_handle, response, metadata).await;
-            }
-        }
-        if edns_used {
-            builder.edns(&edns);
-        }
-
-        let queries = request.queries.queries();
-        let code_only = |code: ResponseCode| {
-            let mut m = metadata;
-            m.response_code = code;
-            m
+        let verdict = match request.protocol() {
+            Protocol::Udp => self.limit(request.src().ip()),
+            // A TCP client has proved its address in the handshake.
+            _ => Verdict::Answer,
         };
-        if request.metadata.op_code != OpCode::Query {
-            self.count(self.other_label(), None, ResponseCode::NotImp);
-            let m = code_only(ResponseCode::NotImp);
-            return send(&mut response_handle, builder.build_no_records(m), m).await;
+        match self.decide(request, verdict) {
+            None => unsent(Metadata::response_from_request(&request.metadata)),
+            Some(reply) => {
+                let response = reply.build(&request.queries);
+                send(&mut response_handle, response, reply.metadata).await
+            }
         }
-        let [query] = queries else {
-            self.count(self.other_label(), None, ResponseCode::FormErr);
-            let m = code_only(ResponseCode::FormErr);
-            return send(&mut response_handle, builder.build_no_records(m), m).await;
-        };
-        let qtype = query.query_type();
-        let in_zone = self.zone.origin_lower.zone_of(query.name());
-        if !in_zone || query.query_class() != DNSClass::IN {
-            // Not ours, and no recursion: refuse rather than point
-            // anywhere (an open resolver is an amplifier).
-            self.count(self.other_label(), Some(qtype), ResponseCode::Refused);
-            let mut m = code_only(ResponseCode::Refused);
-            m.authoritative = false;
-            return send(&mut response_handle, builder.build_no_records(m), m).await;
-        }
-
-        let found = self.lookup(query.name(), query.original().name(), qtype);
-        self.count(found.label, Some(qtype), found.code);
-        metadata.response_code = found.code;
-        let soa = found
-            .soa
-            .then(|| self.zone.soa(self.routing.load().generation));
-        let response = builder.build(
-            metadata,
-            found.answers.iter(),
-            std::iter::empty(),
-            soa.iter(),
-            std::iter::empty(),
-        );
-        send(&mut response_handle, response, metadata).await
     }
 }
 

@@ -4,12 +4,14 @@
 //!
 //! ```text
 //!  UDP: udp::serve, one datagram answered and sent at a time
+//!         rate_limit (UDP only, per client network)
+//!         packet_cache: a repeat of a query whose inputs are unchanged
+//!         is sent the response already written for it ──▶ client
 //!  TCP: hickory-server's listener
 //!  (on the `stampgate-dnsN` threads, each with a runtime of its own and
 //!  its own UDP socket per address; TCP on the first; hickory parses,
 //!  writes, truncates (TC bit) and answers FORMERR)
-//!      │  handler::Handler::handle_request
-//!      │    rate_limit (UDP only, per client network)
+//!      │  handler::Handler::decide
 //!      │    table = routing.load()                (the proxy's ArcSwap)
 //!      │    answer::compute(table, record, edges, resolved)   (pure)
 //!      │    order drawn by weight, A/AAAA records, SOA serial = generation
@@ -21,8 +23,10 @@
 //! ```
 //!
 //! Every answer is computed when the query arrives, from the table loaded
-//! at that moment: a new table is in the very next answer, with no cache
-//! to invalidate. Answering takes no lock: the routing table, the
+//! at that moment, or sent from the packet cache only after checking that
+//! the table, the live edges and the resolved names it was computed from
+//! are still the current ones: a new table is in the very next answer
+//! either way. Answering takes no lock: the routing table, the
 //! discovery cache and the live edges are all `ArcSwap` loads, counters
 //! are relaxed atomics, so a query never waits for the proxy nor the
 //! proxy for a query.
@@ -59,6 +63,7 @@ use crate::routing::RoutingTable;
 
 pub mod answer;
 mod handler;
+mod packet_cache;
 use handler::Handler;
 pub mod rate_limit;
 mod udp;

@@ -11,17 +11,19 @@
 //! queue ahead of it.
 //!
 //! What is DNS here is still hickory's: [`Request::from_bytes`] parses,
-//! the same [`RequestHandler`] decides the answer, and
+//! the handler's `decide` (which hickory's TCP listener reaches through
+//! `RequestHandler`) chooses the answer, and
 //! [`MessageResponse::destructive_emit`] writes it with the client's
 //! payload size as the limit, so truncation (TC) and EDNS behave as over
-//! hickory's own loop. TCP stays on hickory's listener.
+//! hickory's own loop. TCP stays on hickory's listener. Before any of
+//! that, the rate limit has its say and the packet cache
+//! (`super::packet_cache`) answers a repeat from a response written
+//! earlier.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::ProtoError;
 use hickory_server::proto::op::{
@@ -31,12 +33,14 @@ use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable, BinEncoder,
 };
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::Handler;
+use super::handler::{Handler, Reuse};
+use super::packet_cache::PacketCache;
+use super::rate_limit::Verdict;
 
 /// Largest query read. Queries are a header and one question, well under
 /// this; a longer datagram is cut here and then fails to parse (FORMERR).
@@ -44,11 +48,15 @@ use super::handler::Handler;
 const RECEIVE_BUFFER: usize = 4096;
 /// Without EDNS a client takes 512 bytes over UDP (RFC 1035 4.2.1).
 const PLAIN_UDP_PAYLOAD: u16 = 512;
+/// A DNS header's length; the ID is its first two bytes and the QR bit
+/// the top bit of the third (RFC 1035 4.1.1).
+const HEADER_LEN: usize = 12;
 
 /// Answer queries on `socket` until `shutdown`.
 pub(super) async fn serve(socket: UdpSocket, handler: Arc<Handler>, shutdown: CancellationToken) {
-    let socket = Arc::new(socket);
     let mut buf = vec![0u8; RECEIVE_BUFFER];
+    let mut out = Vec::with_capacity(512);
+    let mut cache = PacketCache::new();
     loop {
         let received = tokio::select! {
             biased;
@@ -67,14 +75,25 @@ pub(super) async fn serve(socket: UdpSocket, handler: Arc<Handler>, shutdown: Ca
                 continue;
             }
         };
-        if !can_answer(src) {
+        let datagram = &buf[..len];
+        // Shorter than a header: there is no ID to answer to. A response:
+        // dropped, so that two servers cannot be made to answer each
+        // other forever.
+        if !can_answer(src) || len < HEADER_LEN || datagram[2] & 0x80 != 0 {
             continue;
         }
-        let reply = UdpReply {
-            socket: socket.clone(),
-            dst: src,
-        };
-        answer(&handler, &buf[..len], src, reply).await;
+        match handler.limit(src.ip()) {
+            Verdict::Drop => continue,
+            Verdict::Answer if cache.answer(&handler, datagram, &mut out) => {}
+            verdict => {
+                if let Some(reuse) = uncached(&handler, datagram, src, verdict, &mut out) {
+                    cache.keep(datagram, reuse, &out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            send(&socket, &out, src).await;
+        }
     }
 }
 
@@ -89,89 +108,85 @@ fn can_answer(src: SocketAddr) -> bool {
         }
 }
 
-/// Parse one datagram and answer it. Shorter than a header: dropped, there
-/// is no ID to answer to. A header but no parsable message: FORMERR.
-/// A response: dropped, so that two servers cannot be made to answer each
-/// other forever.
-async fn answer(handler: &Handler, datagram: &[u8], src: SocketAddr, mut reply: UdpReply) {
+/// Parse one query (a header at least, not a response) and write its
+/// response into `out`, empty when nothing is to be sent. A header but no
+/// parsable message: FORMERR. Returns how the response may be kept by
+/// the packet cache, when it may.
+pub(super) fn uncached(
+    handler: &Handler,
+    datagram: &[u8],
+    src: SocketAddr,
+    verdict: Verdict,
+    out: &mut Vec<u8>,
+) -> Option<Reuse> {
+    out.clear();
     let request = match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
         Ok(request) => request,
         Err(error) => {
-            let mut decoder = BinDecoder::new(datagram);
-            let Ok(header) = Header::read(&mut decoder) else {
-                return;
-            };
-            if header.metadata.message_type == MessageType::Response {
-                return;
-            }
             tracing::debug!(%src, %error, "dns: malformed query");
             handler.count_malformed();
+            let header = Header::read(&mut BinDecoder::new(datagram)).ok()?;
+            if verdict != Verdict::Answer {
+                return None;
+            }
             // An empty question section (hickory offers no other public
             // way to make one).
-            let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
-                return;
-            };
+            let queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
             let response = MessageResponseBuilder::new(&queries, None)
                 .error_msg(&header.metadata, ResponseCode::FormErr);
-            let _ = reply.send_response(response).await;
-            return;
+            encode(response, out);
+            return None;
         }
     };
-    if request.metadata.message_type == MessageType::Response {
-        return;
-    }
-    handler
-        .handle_request::<_, TokioTime>(&request, reply)
-        .await;
+    let reply = handler.decide(&request, verdict)?;
+    let written = encode(reply.build(&request.queries), out);
+    reply.reuse.filter(|_| written)
 }
 
-/// Sends one response to one client on the shared socket.
-#[derive(Clone)]
-struct UdpReply {
-    socket: Arc<UdpSocket>,
-    dst: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpReply {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        // Records that do not fit the client's UDP payload size are left
-        // out and TC is set, so the client asks again over TCP.
-        let id = response.metadata().id;
-        let limit = response
-            .edns()
-            .map_or(PLAIN_UDP_PAYLOAD, |edns| edns.max_payload());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(limit);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::warn!(%error, "dns: cannot encode a response; answering SERVFAIL");
-                bytes.clear();
-                servfail(id, &mut bytes)?
+/// Write `response` into `out` with the client's UDP payload size as the
+/// limit: records that do not fit are left out and TC is set, so the
+/// client asks again over TCP. A response hickory cannot write becomes a
+/// bare SERVFAIL; returns whether hickory wrote the response itself.
+fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    out: &mut Vec<u8>,
+) -> bool {
+    let id = response.metadata().id;
+    let limit = response
+        .edns()
+        .map_or(PLAIN_UDP_PAYLOAD, |edns| edns.max_payload());
+    out.clear();
+    let mut encoder = BinEncoder::new(out);
+    encoder.set_max_size(limit);
+    match response.destructive_emit(&mut encoder) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "dns: cannot encode a response; answering SERVFAIL");
+            out.clear();
+            if servfail(id, out).is_err() {
+                out.clear();
             }
-        };
-        // The socket buffer almost always has room; waiting for it only
-        // when full keeps the common case one system call.
-        match self.socket.try_send_to(&bytes, self.dst) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.socket.send_to(&bytes, self.dst).await?;
-            }
-            Err(e) => return Err(e.into()),
+            false
         }
-        Ok(info)
+    }
+}
+
+/// Send one response. The socket buffer almost always has room; waiting
+/// for it only when full keeps the common case one system call.
+async fn send(socket: &UdpSocket, bytes: &[u8], dst: SocketAddr) {
+    let sent = match socket.try_send_to(bytes, dst) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, dst).await,
+        sent => sent,
+    };
+    if let Err(error) = sent {
+        tracing::debug!(%error, %dst, "dns: cannot send a response");
     }
 }
 
