@@ -462,16 +462,9 @@ impl RequestHandler for Shared {
     }
 }
 
-async fn send<'a, R: ResponseHandler>(
+async fn send<R: ResponseHandler>(
     handle: &mut R,
-    response: hickory_server::zone_handler::MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
+    response: Built<'_>,
     metadata: Metadata,
 ) -> ResponseInfo {
     match handle.send_response(response).await {
