@@ -41,10 +41,10 @@ pub struct DnsCache {
 
 /// One state of the table, held to tell later whether the table has
 /// changed since (the DNS server's packet cache does). Compared by
-/// identity: a held state is never freed, so no later table can be given
-/// its address.
+/// identity through a `Weak`: the allocation stays while it is held, so
+/// no later table can be given its address, but the entries are freed.
 #[derive(Clone, Debug)]
-pub struct CacheState(Arc<Table>);
+pub struct CacheState(std::sync::Weak<Table>);
 
 impl DnsCache {
     /// An empty cache.
@@ -54,12 +54,12 @@ impl DnsCache {
 
     /// The table as it is now.
     pub fn state(&self) -> CacheState {
-        CacheState(self.table.load_full())
+        CacheState(Arc::downgrade(&self.table.load()))
     }
 
     /// Whether the table is still `state`: no host's addresses changed.
     pub fn is_at(&self, state: &CacheState) -> bool {
-        Arc::ptr_eq(&self.table.load(), &state.0)
+        std::ptr::eq(Arc::as_ptr(&self.table.load()), state.0.as_ptr())
     }
 
     /// The current addresses of `host`, sorted, if it has been resolved.

@@ -68,6 +68,23 @@ impl Answer {
         draw_order(&shape, rng)
     }
 
+    /// Whether `order` is an order of this answer's targets: each once,
+    /// group by group.
+    pub fn is_order(&self, order: &[u16]) -> bool {
+        let mut seen = vec![false; self.targets.len()];
+        let mut group = 0;
+        order.len() == self.targets.len()
+            && order.iter().all(|&i| {
+                let Some(target) = self.targets.get(usize::from(i)) else {
+                    return false;
+                };
+                let fresh = !std::mem::replace(&mut seen[usize::from(i)], true);
+                let in_turn = target.group >= group;
+                group = target.group;
+                fresh && in_turn
+            })
+    }
+
     /// Whether every response orders the addresses the same way: at most
     /// one target in each group, so nothing is left to draw.
     pub fn is_fixed_order(&self) -> bool {

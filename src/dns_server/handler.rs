@@ -188,7 +188,13 @@ impl Handler {
         self.zone.records.len() + 1
     }
 
-    fn lookup(&self, name: &LowerName, original: &Name, qtype: RecordType) -> Found {
+    fn lookup(
+        &self,
+        name: &LowerName,
+        original: &Name,
+        qtype: RecordType,
+        order: Option<&[u16]>,
+    ) -> Found {
         let table = self.routing.load();
         let zone = &self.zone;
         let mut found = Found {
@@ -229,6 +235,7 @@ impl Handler {
                 &zone.records[i].1,
                 original,
                 qtype,
+                order,
                 &mut found.answers,
             );
         }
@@ -237,16 +244,20 @@ impl Handler {
         found
     }
 
-    /// The record's addresses of type `qtype` into `out`, and how they were
-    /// ordered: `None` when the answer may not be reused, because it
-    /// fails open (it then reads the stamps' mirrored admin state, which
-    /// can change without a new routing table).
+    /// The record's addresses of type `qtype` into `out`, in `order` when
+    /// it is given and is an order of this answer's targets (the packet
+    /// cache drew it, as below, and has no response in it yet), else in an
+    /// order drawn by weight; and how they were ordered: `None` when the
+    /// answer may not be reused, because it fails open (it then reads the
+    /// stamps' mirrored admin state, which can change without a new
+    /// routing table).
     fn addresses(
         &self,
         table: &RoutingTable,
         record: &DnsRecordConfig,
         owner: &Name,
         qtype: RecordType,
+        order: Option<&[u16]>,
         out: &mut Vec<Record>,
     ) -> Option<Order> {
         let (v4, v6) = match qtype {
@@ -257,8 +268,10 @@ impl Handler {
         };
         let edges = self.edges.load();
         let answer = answer::compute(table, record, &edges, |host| self.resolved.get(host));
-        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        let drawn = answer.draw(&mut rng);
+        let drawn = match order {
+            Some(order) if answer.is_order(order) => order.to_vec(),
+            _ => answer.draw(&mut fastrand::Rng::with_seed(fastrand::u64(..))),
+        };
         for &i in &drawn {
             for &ip in &answer.targets[usize::from(i)].addresses {
                 let rdata = match ip {
@@ -353,8 +366,14 @@ impl Handler {
 
     /// The response to `request`, given the rate limit's `verdict` on it
     /// (counted already), and the query counted; `None` when nothing is to
-    /// be sent (over the rate limit).
-    pub(super) fn decide(&self, request: &Request, verdict: Verdict) -> Option<Reply> {
+    /// be sent (over the rate limit). `order`: the order of the addresses,
+    /// when the packet cache has drawn it (see [`Handler::addresses`]).
+    pub(super) fn decide(
+        &self,
+        request: &Request,
+        verdict: Verdict,
+        order: Option<&[u16]>,
+    ) -> Option<Reply> {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         match verdict {
@@ -406,7 +425,7 @@ impl Handler {
             return only(ResponseCode::Refused, false);
         }
 
-        let found = self.lookup(query.name(), query.original().name(), qtype);
+        let found = self.lookup(query.name(), query.original().name(), qtype, order);
         let counter = Self::counter(found.label, Some(qtype), found.code);
         self.count_in(counter);
         metadata.response_code = found.code;
@@ -435,7 +454,7 @@ impl RequestHandler for Handler {
             // A TCP client has proved its address in the handshake.
             _ => Verdict::Answer,
         };
-        match self.decide(request, verdict) {
+        match self.decide(request, verdict, None) {
             None => unsent(Metadata::response_from_request(&request.metadata)),
             Some(reply) => {
                 let response = reply.build(&request.queries);

@@ -11,8 +11,10 @@
 //! still wrote every byte that is sent.
 //!
 //! **Never stale.** A response is kept together with the routing table,
-//! the live edges and the resolved stamp names it was decided from, all
-//! held by `Arc`; every query first checks that the three are still the
+//! the live edges and the resolved stamp names it was decided from, held
+//! by `Weak` (which keeps the allocation, so no later value can be given
+//! its address, but not the value: an idle thread does not keep an old
+//! table's upstream connections alive); every query first checks that the three are still the
 //! current ones (three `ArcSwap` loads and pointer compares, the loads the
 //! uncached path makes anyway) and drops everything kept when one is not.
 //! A change in the routing table is thus in the very next answer, as
@@ -22,11 +24,12 @@
 //! **Orders stay drawn by weight.** A response whose addresses are ordered
 //! per response is kept once per order it was written in. Each query
 //! draws its order afresh, exactly as the uncached path does, and is
-//! answered from the cache only when a response in that order is kept;
-//! otherwise it takes the uncached path (which draws its own order) and
-//! its response is kept under the order it got. Once the orders a pool
-//! draws are kept, the orders sent follow the weights as without the
-//! cache.
+//! answered from the cache when a response in that order is kept;
+//! otherwise the uncached path writes the response in that same order
+//! ([`PacketCache::wanted_order`]) and it is kept. Every order sent is
+//! thus one draw by weight, as without the cache. (Letting the uncached
+//! path draw again instead would send a rare order only once it had been
+//! drawn twice in a row: a 10 % order at 1 % until kept.)
 //!
 //! **Bounded.** At most [`MAX_QUERIES`] distinct queries per thread (a
 //! flood of random names clears the cache and starts it again rather than
@@ -36,7 +39,7 @@
 //! Locking: none. The cache belongs to one UDP loop on one thread.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::discovery::CacheState;
 use crate::routing::RoutingTable;
@@ -52,8 +55,8 @@ pub(super) const MAX_ORDERS: usize = 24;
 
 /// The inputs every kept response was decided from.
 struct Inputs {
-    table: Arc<RoutingTable>,
-    edges: Arc<Vec<EdgeInfo>>,
+    table: Weak<RoutingTable>,
+    edges: Weak<Vec<EdgeInfo>>,
     names: CacheState,
 }
 
@@ -76,7 +79,11 @@ pub(super) struct PacketCache {
     inputs: Option<Inputs>,
     kept: HashMap<Box<[u8]>, Kept>,
     rng: fastrand::Rng,
+    /// The order the last query drew.
     order: Vec<u16>,
+    /// Whether the last query's order was drawn but no response in it is
+    /// kept, so the uncached path must write it.
+    wanted: bool,
 }
 
 /// Whether a datagram could be a query with an ID to answer to.
@@ -91,6 +98,7 @@ impl PacketCache {
             kept: HashMap::new(),
             rng: fastrand::Rng::new(),
             order: Vec::new(),
+            wanted: false,
         }
     }
 
@@ -100,13 +108,14 @@ impl PacketCache {
     /// kept responses were decided from is still current, and drops them
     /// all when not.
     pub(super) fn answer(&mut self, handler: &Handler, query: &[u8], out: &mut Vec<u8>) -> bool {
+        self.wanted = false;
         if !self.current(handler) {
             // Taken before the uncached path reads anything, so what it
             // decides is never older than the inputs it is kept under.
             self.kept.clear();
             self.inputs = Some(Inputs {
-                table: handler.routing.load_full(),
-                edges: Arc::clone(&handler.edges.load()),
+                table: Arc::downgrade(&handler.routing.load()),
+                edges: Arc::downgrade(&handler.edges.load()),
                 names: handler.resolved.state(),
             });
             return false;
@@ -119,6 +128,7 @@ impl PacketCache {
             self.order = draw_order(&kept.reuse.order.shape, &mut self.rng);
         }
         let Some(written) = kept.by_order.iter().find(|w| *w.order == self.order[..]) else {
+            self.wanted = !self.order.is_empty();
             return false;
         };
         out.clear();
@@ -126,6 +136,14 @@ impl PacketCache {
         out[..2].copy_from_slice(&query[..2]);
         handler.count_in(kept.reuse.counter);
         true
+    }
+
+    /// The order the last query drew, when [`answer`] found no response
+    /// in it: the uncached path writes the response in this order.
+    ///
+    /// [`answer`]: PacketCache::answer
+    pub(super) fn wanted_order(&self) -> Option<&[u16]> {
+        self.wanted.then_some(&self.order[..])
     }
 
     /// Keep `response`, written for `query` by the uncached path as
@@ -159,8 +177,8 @@ impl PacketCache {
         let Some(inputs) = &self.inputs else {
             return false;
         };
-        Arc::ptr_eq(&*handler.routing.load(), &inputs.table)
-            && Arc::ptr_eq(&*handler.edges.load(), &inputs.edges)
+        std::ptr::eq(Arc::as_ptr(&handler.routing.load()), inputs.table.as_ptr())
+            && std::ptr::eq(Arc::as_ptr(&handler.edges.load()), inputs.edges.as_ptr())
             && handler.resolved.is_at(&inputs.names)
     }
 
@@ -240,8 +258,16 @@ mod tests {
                 return true;
             }
             let src = CLIENT.parse().unwrap();
-            if let Some(reuse) = uncached(&self.handler, query, src, Verdict::Answer, &mut self.out)
-            {
+            let order = self.cache.wanted_order();
+            let reuse = uncached(
+                &self.handler,
+                query,
+                src,
+                Verdict::Answer,
+                order,
+                &mut self.out,
+            );
+            if let Some(reuse) = reuse {
                 self.cache.keep(query, reuse, &self.out);
             }
             false
@@ -377,6 +403,35 @@ mod tests {
         // Expect 1,800 (sd 13); a fixed order gives 0 or 2,000, a
         // uniform one 1,000.
         assert!((1700..1900).contains(&heavy_first), "{heavy_first}");
+    }
+
+    #[test]
+    fn an_old_table_is_not_kept_alive_by_the_cache() {
+        let mut f = Fixture::new(&[UP, UP]);
+        f.ask(&query(1, "catalog.example.com."));
+        let old = Arc::downgrade(&f.routing.load_full());
+        f.publish(&[UP, DOWN]);
+        assert_eq!(old.strong_count(), 0, "only the cache could hold it");
+        assert!(!f.ask(&query(2, "catalog.example.com.")));
+        assert_eq!(addresses(&f.response()), [ip(2)]);
+    }
+
+    #[test]
+    fn a_rare_order_is_sent_at_its_share_from_the_first_queries() {
+        let heavy = State { weight: 900, ..UP };
+        let light = State { weight: 100, ..UP };
+        // Fresh caches, so every query is among the first few of its cache:
+        // the light stamp must be first in 10 % of them (sd 0.7 %), not in
+        // the 1 % it got when the uncached path drew a second time.
+        let mut light_first = 0;
+        for _ in 0..50 {
+            let mut f = Fixture::new(&[heavy, light]);
+            for id in 0..40 {
+                f.ask(&query(id, "catalog.example.com."));
+                light_first += usize::from(first_address(&f.response()) == ip(3));
+            }
+        }
+        assert!((140..260).contains(&light_first), "{light_first} of 2,000");
     }
 
     #[test]

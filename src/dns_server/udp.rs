@@ -86,7 +86,8 @@ pub(super) async fn serve(socket: UdpSocket, handler: Arc<Handler>, shutdown: Ca
             Verdict::Drop => continue,
             Verdict::Answer if cache.answer(&handler, datagram, &mut out) => {}
             verdict => {
-                if let Some(reuse) = uncached(&handler, datagram, src, verdict, &mut out) {
+                let order = cache.wanted_order();
+                if let Some(reuse) = uncached(&handler, datagram, src, verdict, order, &mut out) {
                     cache.keep(datagram, reuse, &out);
                 }
             }
@@ -109,14 +110,16 @@ fn can_answer(src: SocketAddr) -> bool {
 }
 
 /// Parse one query (a header at least, not a response) and write its
-/// response into `out`, empty when nothing is to be sent. A header but no
-/// parsable message: FORMERR. Returns how the response may be kept by
-/// the packet cache, when it may.
+/// response into `out`, empty when nothing is to be sent, its addresses in
+/// `order` when the packet cache drew one. A header but no parsable
+/// message: FORMERR. Returns how the response may be kept by the packet
+/// cache, when it may.
 pub(super) fn uncached(
     handler: &Handler,
     datagram: &[u8],
     src: SocketAddr,
     verdict: Verdict,
+    order: Option<&[u16]>,
     out: &mut Vec<u8>,
 ) -> Option<Reuse> {
     out.clear();
@@ -138,7 +141,7 @@ pub(super) fn uncached(
             return None;
         }
     };
-    let reply = handler.decide(&request, verdict)?;
+    let reply = handler.decide(&request, verdict, order)?;
     let written = encode(reply.build(&request.queries), out);
     reply.reuse.filter(|_| written)
 }
