@@ -335,28 +335,43 @@ async fn latency_method_moves_traffic_off_a_slow_stamp() {
     stamps[0].set_fault(fault(|f| f.latency_ms = Some(80)));
     let c = http1_client();
     let url = p.url(ITEMS);
-    // It keeps a trickle (to show its recovery), far under 1 %.
-    support::published_until(
-        &p.handle.controller,
-        "the slow stamp is down to a trickle",
-        |t| {
-            let slow = t.pools[0]
-                .stamps
-                .iter()
-                .position(|s| &*s.name == "westeurope-1")
-                .unwrap();
-            t.pools[0].selector.tiers()[0].share_of(slow) < 0.01
-        },
-    )
-    .await;
-    let mut by: HashMap<String, u32> = HashMap::new();
-    for _ in 0..60 {
-        *by.entry(get(&c, &url).await.header("x-server-name").to_owned())
-            .or_default() += 1;
+    let slow_share = |t: &stampgate::routing::RoutingTable| {
+        let slow = t.pools[0]
+            .stamps
+            .iter()
+            .position(|s| &*s.name == "westeurope-1")
+            .unwrap();
+        t.pools[0].selector.tiers()[0].share_of(slow)
+    };
+    // It keeps a trickle (to show its recovery), far under 1 %. The
+    // requests are judged against a table that held for all of them: on a
+    // loaded machine the fast stamps' probe times can spike enough for a
+    // new table to take the slow one back for a moment, which is the
+    // method working, not a leak past the trickle.
+    for attempt in 1.. {
+        support::published_until(
+            &p.handle.controller,
+            "the slow stamp is down to a trickle",
+            |t| slow_share(t) < 0.01,
+        )
+        .await;
+        let generation = p.handle.controller.routing.load().generation;
+        let mut by: HashMap<String, u32> = HashMap::new();
+        for _ in 0..60 {
+            *by.entry(get(&c, &url).await.header("x-server-name").to_owned())
+                .or_default() += 1;
+        }
+        if p.handle.controller.routing.load().generation != generation {
+            assert!(attempt < 5, "the table never held for 60 requests");
+            continue;
+        }
+        // A 0.25 % trickle gets 2 of 60 about once in 100 runs, 3 about
+        // once in 2,000; without the trickle it would get about 20.
+        assert!(by.get("westeurope-1").is_none_or(|&n| n <= 2), "{by:?}");
+        let fast = by.keys().filter(|k| *k != "westeurope-1").count();
+        assert_eq!(fast, 2, "the two fast stamps share: {by:?}");
+        break;
     }
-    assert!(by.get("westeurope-1").is_none_or(|&n| n <= 1), "{by:?}");
-    let fast = by.keys().filter(|k| *k != "westeurope-1").count();
-    assert_eq!(fast, 2, "the two fast stamps share: {by:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
