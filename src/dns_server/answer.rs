@@ -53,12 +53,15 @@ impl Answer {
     /// to the first address (the heavier a target, the more often it is
     /// first). Addresses of one target stay together.
     pub fn ordered(&self, rng: &mut fastrand::Rng) -> Vec<IpAddr> {
-        let order = self.draw(rng);
-        let mut out = Vec::with_capacity(self.targets.iter().map(|t| t.addresses.len()).sum());
-        for &i in &order {
-            out.extend_from_slice(&self.targets[usize::from(i)].addresses);
-        }
-        out
+        self.in_order(&self.draw(rng)).collect()
+    }
+
+    /// The addresses of the targets in `order` (target indices, as
+    /// [`Answer::draw`] gives them), each target's together.
+    pub fn in_order<'a>(&'a self, order: &'a [u16]) -> impl Iterator<Item = IpAddr> + 'a {
+        order
+            .iter()
+            .flat_map(|&i| self.targets[usize::from(i)].addresses.iter().copied())
     }
 
     /// The order of one response as target indices (see

@@ -36,6 +36,9 @@ const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 86_400 * 14;
 /// The only EDNS version there is.
 const EDNS_VERSION: u8 = 0;
+/// A DNS header's length; the ID is its first two bytes and the QR bit
+/// the top bit of the third (RFC 1035 4.1.1).
+pub(super) const HEADER_LEN: usize = 12;
 
 /// The zone, parsed once at start.
 #[derive(Debug)]
@@ -272,15 +275,13 @@ impl Handler {
             Some(order) if answer.is_order(order) => order.to_vec(),
             _ => answer.draw(&mut fastrand::Rng::with_seed(fastrand::u64(..))),
         };
-        for &i in &drawn {
-            for &ip in &answer.targets[usize::from(i)].addresses {
-                let rdata = match ip {
-                    IpAddr::V4(ip) if v4 => RData::A(A(ip)),
-                    IpAddr::V6(ip) if v6 => RData::AAAA(AAAA(ip)),
-                    _ => continue,
-                };
-                out.push(Record::from_rdata(owner.clone(), self.zone.ttl, rdata));
-            }
+        for ip in answer.in_order(&drawn) {
+            let rdata = match ip {
+                IpAddr::V4(ip) if v4 => RData::A(A(ip)),
+                IpAddr::V6(ip) if v6 => RData::AAAA(AAAA(ip)),
+                _ => continue,
+            };
+            out.push(Record::from_rdata(owner.clone(), self.zone.ttl, rdata));
         }
         if answer.failing_open {
             return None;
@@ -331,9 +332,7 @@ impl Handler {
         debug_assert_eq!((DNS_QTYPES.len(), DNS_RCODES.len()), (6, 7));
         [label, t, c]
     }
-}
 
-impl Handler {
     /// The rate limit's verdict on one UDP response to `client`, counted;
     /// always [`Verdict::Answer`] when the limit is off.
     pub(super) fn limit(&self, client: IpAddr) -> Verdict {

@@ -46,7 +46,7 @@ use crate::routing::RoutingTable;
 
 use super::EdgeInfo;
 use super::answer::draw_order;
-use super::handler::{Handler, Reuse};
+use super::handler::{HEADER_LEN, Handler, Reuse};
 
 /// Distinct queries kept per thread.
 pub(super) const MAX_QUERIES: usize = 4096;
@@ -88,7 +88,7 @@ pub(super) struct PacketCache {
 
 /// Whether a datagram could be a query with an ID to answer to.
 fn key(datagram: &[u8]) -> Option<&[u8]> {
-    datagram.get(2..).filter(|_| datagram.len() >= 12)
+    datagram.get(2..).filter(|_| datagram.len() >= HEADER_LEN)
 }
 
 impl PacketCache {

@@ -38,7 +38,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{Handler, Reuse};
+use super::handler::{HEADER_LEN, Handler, Reuse};
 use super::packet_cache::PacketCache;
 use super::rate_limit::Verdict;
 
@@ -48,9 +48,6 @@ use super::rate_limit::Verdict;
 const RECEIVE_BUFFER: usize = 4096;
 /// Without EDNS a client takes 512 bytes over UDP (RFC 1035 4.2.1).
 const PLAIN_UDP_PAYLOAD: u16 = 512;
-/// A DNS header's length; the ID is its first two bytes and the QR bit
-/// the top bit of the third (RFC 1035 4.1.1).
-const HEADER_LEN: usize = 12;
 
 /// Answer queries on `socket` until `shutdown`.
 pub(super) async fn serve(socket: UdpSocket, handler: Arc<Handler>, shutdown: CancellationToken) {
