@@ -110,6 +110,8 @@ struct Found {
     soa: bool,
     /// Index of the metrics label: a record, the apex, or "-".
     label: usize,
+    /// The generation of the table the answer came from: the SOA serial.
+    generation: u64,
     /// How the addresses were ordered, when this answer may be written
     /// once and sent again (see [`Reuse`]); `None` when it may not.
     order: Option<Order>,
@@ -205,6 +207,7 @@ impl Handler {
             answers: Vec::new(),
             soa: false,
             label: self.other_label(),
+            generation: table.generation,
             order: Some(Order::default()),
         };
         let record = zone.records.iter().position(|(n, _)| n == name);
@@ -428,9 +431,7 @@ impl Handler {
         let counter = Self::counter(found.label, Some(qtype), found.code);
         self.count_in(counter);
         metadata.response_code = found.code;
-        let soa = found
-            .soa
-            .then(|| self.zone.soa(self.routing.load().generation));
+        let soa = found.soa.then(|| self.zone.soa(found.generation));
         Some(Reply {
             metadata,
             edns,
